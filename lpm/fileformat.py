@@ -1,0 +1,394 @@
+"""The ``.lpm`` container: one compressed image, self-describing and checksummed.
+
+A ``.lpm`` file holds the entropy-coded strings of one image (in our codec two strings: the
+latent ``y``, then the hyper-latent ``z``; each is what CompressAI's ``compress()`` returns as
+``strings[i][0]``) together with everything needed to decode them: which checkpoint made them
+(``model_id``), the rate ``λ`` the prompt modules were driven with, the original image size,
+channel count and bit depth, and the hyper-latent shape that CompressAI's ``decompress()`` takes
+as ``shape``.
+
+Pure Python (``struct`` and ``zlib``); no torch needed. The decoder's contract is that any
+truncated, mutated or foreign input fails with a one-line :class:`BitstreamError` (a
+``ValueError``) -- never an exception from deeper code, a hang, or an allocation larger than the
+input. To that end the CRC-32 over the whole file is verified *before* any length field is
+trusted, and every length is checked against the bytes actually present.
+
+Byte layout (all integers big-endian, ``struct`` format ``>``; ``u8/u16/u32`` unsigned,
+``f64`` IEEE-754 double)::
+
+    offset  size  type   field
+    ------  ----  -----  --------------------------------------------------------------
+         0     8  bytes  magic  89 4C 50 4D 0D 0A 1A 0A  (b"\\x89LPM\\r\\n\\x1a\\n")
+         8     1  u8     format version (FORMAT_VERSION = 1)
+         9     1  u8     flags (0; reserved, a non-zero value is refused)
+        10     2  u16    header length H (HEADER_SIZE = 31 for version 1): bytes 12..12+H
+        12     8  bytes  model id: first 8 bytes of the checkpoint's sha256 (16 hex chars)
+        20     8  f64    rate (the λ used; finite and > 0)
+        28     4  u32    height of the original image (1..65535)
+        32     4  u32    width  of the original image (1..65535)
+        36     1  u8     channels of the original image (1 or 3)
+        37     1  u8     bit depth of the original image (8 or 16)
+        38     2  u16    latent height = ceil(height / LATENT_STRIDE)
+        40     2  u16    latent width  = ceil(width / LATENT_STRIDE)
+        42     1  u8     number of strings N (1..8)
+        43                N times:  u32 length L_i | L_i bytes of string i
+     end-4     4  u32    CRC-32 (zlib.crc32) of bytes [0, end-4)
+
+The smallest valid file (one empty string) is ``MIN_FILE_SIZE = 51`` bytes. ``LATENT_STRIDE`` is
+64: the hyper-latent ``z`` is the image padded to a multiple of 64 and downsampled 64 times, so a
+header whose latent shape disagrees with its image size is refused as inconsistent.
+
+Decoding checks, in order: the length is at least the minimum; the magic; the version; the
+CRC-32; flags and header length; field ranges and latent consistency; the string table (each
+length within the bytes that remain, no trailing bytes); finally the caller's ``max_pixels``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+import os
+import secrets
+import stat
+import struct
+import zlib
+from dataclasses import dataclass
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "LATENT_STRIDE",
+    "MAX_STRINGS",
+    "MAX_FILE_BYTES",
+    "MIN_FILE_SIZE",
+    "BitstreamError",
+    "StreamHeader",
+    "CompressedImage",
+    "encode",
+    "decode",
+    "write",
+    "read",
+    "model_id_from_sha256",
+    "expected_latent_shape",
+    "describe",
+    "bits_per_pixel",
+]
+
+MAGIC = b"\x89LPM\r\n\x1a\n"
+FORMAT_VERSION = 1
+#: Total downsampling from the image to the hyper-latent z (image padded to a multiple of this).
+LATENT_STRIDE = 64
+#: Largest image side (and latent side) a header may declare.
+MAX_SIDE = 65535
+MAX_STRINGS = 8
+#: ``read()`` refuses files larger than this before reading them into memory.
+MAX_FILE_BYTES = 1 << 30
+
+_PREFIX = struct.Struct(">8sBBH")  # magic, version, flags, header length
+_HEADER = struct.Struct(">8sdIIBBHHB")  # model id, rate, h, w, channels, bit depth, zh, zw, n
+_LENGTH = struct.Struct(">I")
+_CRC = struct.Struct(">I")
+
+HEADER_SIZE = _HEADER.size  # 31
+MIN_FILE_SIZE = _PREFIX.size + HEADER_SIZE + _LENGTH.size + _CRC.size  # 51
+
+_HEX = frozenset("0123456789abcdef")
+_CHANNEL_NAMES = {1: "gray", 3: "RGB"}
+
+
+class BitstreamError(ValueError):
+    """A byte string or file is not a valid ``.lpm`` container (message is one line)."""
+
+
+def expected_latent_shape(height: int, width: int) -> tuple[int, int]:
+    """Shape of the hyper-latent z for an image of ``height x width``: ``ceil(side / 64)``."""
+    return (-(-height // LATENT_STRIDE), -(-width // LATENT_STRIDE))
+
+
+def model_id_from_sha256(hexdigest: str) -> str:
+    """The ``model_id`` of a checkpoint: the first 16 hex chars (8 bytes) of its sha256."""
+    if not isinstance(hexdigest, str):
+        raise ValueError(f"expected a sha256 hex digest string, got {type(hexdigest).__name__}")
+    digest = hexdigest.strip().lower()
+    if len(digest) != 64 or not set(digest) <= _HEX:
+        raise ValueError(f"not a sha256 hex digest (64 hex chars): {hexdigest!r:.80}")
+    return digest[:16]
+
+
+def _as_int(name: str, value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got bool")
+    try:
+        return operator.index(value)  # accepts int and numpy integers, refuses floats
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {type(value).__name__}") from None
+
+
+def _header_problem(
+    rate: float, height: int, width: int, channels: int, bit_depth: int,
+    latent_shape: tuple[int, int],
+) -> str | None:
+    """The first thing wrong with these header fields, or None. Shared by encoder and decoder."""
+    if not (math.isfinite(rate) and rate > 0):
+        return f"rate must be finite and > 0, got {rate!r}"
+    for name, side in (("height", height), ("width", width)):
+        if not 1 <= side <= MAX_SIDE:
+            return f"{name} {side} out of range 1..{MAX_SIDE}"
+    if channels not in (1, 3):
+        return f"channels must be 1 or 3, got {channels}"
+    if bit_depth not in (8, 16):
+        return f"bit_depth must be 8 or 16, got {bit_depth}"
+    zh, zw = latent_shape
+    for name, side in (("latent height", zh), ("latent width", zw)):
+        if not 1 <= side <= MAX_SIDE:
+            return f"{name} {side} out of range 1..{MAX_SIDE}"
+    want = expected_latent_shape(height, width)
+    if (zh, zw) != want:
+        return (
+            f"inconsistent header: latent shape {zh}x{zw} does not match image "
+            f"{height}x{width} (expected {want[0]}x{want[1]} at stride {LATENT_STRIDE})"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """What a decoder needs besides the strings. Validated on construction (``ValueError``).
+
+    ``model_id`` is 16 lowercase hex chars (see :func:`model_id_from_sha256`); ``rate`` is the
+    λ used; ``height``/``width``/``channels``/``bit_depth`` describe the original image;
+    ``latent_shape`` is the hyper-latent shape handed to CompressAI's ``decompress(shape=...)``.
+    """
+
+    model_id: str
+    rate: float
+    height: int
+    width: int
+    channels: int
+    bit_depth: int
+    latent_shape: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        mid = self.model_id
+        if not isinstance(mid, str) or len(mid) != 16 or not set(mid) <= _HEX:
+            raise ValueError(f"model_id must be 16 lowercase hex chars, got {mid!r:.80}")
+        if isinstance(self.rate, bool) or not isinstance(self.rate, numbers.Real):
+            raise ValueError(f"rate must be a real number, got {type(self.rate).__name__}")
+        rate = float(self.rate)
+        ints = {n: _as_int(n, getattr(self, n)) for n in ("height", "width", "channels", "bit_depth")}
+        try:
+            zh, zw = self.latent_shape
+        except (TypeError, ValueError):
+            raise ValueError(f"latent_shape must be a pair of ints, got {self.latent_shape!r:.80}") from None
+        latent = (_as_int("latent height", zh), _as_int("latent width", zw))
+        problem = _header_problem(rate, latent_shape=latent, **ints)
+        if problem:
+            raise ValueError(problem)
+        object.__setattr__(self, "rate", rate)
+        for name, value in ints.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "latent_shape", latent)
+
+
+def _strings_problem(strings: object) -> str | None:
+    if not isinstance(strings, list):
+        return f"strings must be a list of bytes, got {type(strings).__name__}"
+    if not 1 <= len(strings) <= MAX_STRINGS:
+        return f"expected 1..{MAX_STRINGS} strings, got {len(strings)}"
+    for i, s in enumerate(strings):
+        if not isinstance(s, bytes):
+            return f"strings[{i}] must be bytes, got {type(s).__name__}"
+        if len(s) > 0xFFFFFFFF:
+            return f"strings[{i}] is too long ({len(s)} bytes; at most 2**32 - 1)"
+    return None
+
+
+@dataclass(frozen=True)
+class CompressedImage:
+    """One compressed image: its header and its entropy-coded strings (y then z in our codec)."""
+
+    header: StreamHeader
+    strings: list[bytes]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.header, StreamHeader):
+            raise ValueError(f"header must be a StreamHeader, got {type(self.header).__name__}")
+        strings = self.strings
+        if isinstance(strings, (list, tuple)):
+            strings = [bytes(s) if isinstance(s, (bytearray, memoryview)) else s for s in strings]
+        problem = _strings_problem(strings)
+        if problem:
+            raise ValueError(problem)
+        object.__setattr__(self, "strings", strings)
+
+
+def _encoded_size(c: CompressedImage) -> int:
+    return _PREFIX.size + HEADER_SIZE + sum(_LENGTH.size + len(s) for s in c.strings) + _CRC.size
+
+
+def encode(c: CompressedImage) -> bytes:
+    """Serialise ``c``; refuses (``ValueError``) anything :func:`decode` would not read back."""
+    if not isinstance(c, CompressedImage):
+        raise ValueError(f"expected a CompressedImage, got {type(c).__name__}")
+    h = c.header
+    # Re-check: frozen dataclasses can be bypassed and the strings list is mutable.
+    problem = _strings_problem(c.strings) or _header_problem(
+        h.rate, h.height, h.width, h.channels, h.bit_depth, tuple(h.latent_shape)
+    )
+    if problem:
+        raise ValueError(problem)
+    parts = [
+        _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, HEADER_SIZE),
+        _HEADER.pack(
+            bytes.fromhex(h.model_id), h.rate, h.height, h.width, h.channels, h.bit_depth,
+            h.latent_shape[0], h.latent_shape[1], len(c.strings),
+        ),
+    ]
+    for s in c.strings:
+        parts += [_LENGTH.pack(len(s)), s]
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def decode(data: bytes, *, max_pixels: int | None = None) -> CompressedImage:
+    """Parse a ``.lpm`` byte string; any malformed input raises a one-line :class:`BitstreamError`.
+
+    ``max_pixels`` (optional) refuses images with ``height * width > max_pixels`` before a caller
+    allocates anything for them.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode() expects bytes, got {type(data).__name__}")
+    if max_pixels is not None and (_as_int("max_pixels", max_pixels) < 1):
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    data = bytes(data)
+    n = len(data)
+
+    if n < MIN_FILE_SIZE:
+        if n == 0:
+            raise BitstreamError("not an lpm file (empty)")
+        if data[: len(MAGIC)] != MAGIC[:n]:
+            raise BitstreamError("not an lpm file (bad magic)")
+        raise BitstreamError(f"truncated lpm file ({n} bytes; a valid file has at least {MIN_FILE_SIZE})")
+    magic, version, flags, header_len = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise BitstreamError("not an lpm file (bad magic)")
+    if version != FORMAT_VERSION:
+        raise BitstreamError(f"unsupported lpm format version {version} (this build reads {FORMAT_VERSION})")
+    end = n - _CRC.size
+    (stored_crc,) = _CRC.unpack_from(data, end)
+    if zlib.crc32(memoryview(data)[:end]) != stored_crc:
+        raise BitstreamError("corrupted lpm file (checksum mismatch)")
+
+    # From here on the bytes are as written; still, trust no field without checking it.
+    if flags != 0:
+        raise BitstreamError(f"unsupported lpm flags 0x{flags:02x} (this build knows none)")
+    if header_len != HEADER_SIZE:
+        raise BitstreamError(
+            f"bad lpm header length {header_len} (version {FORMAT_VERSION} headers are {HEADER_SIZE} bytes)"
+        )
+    mid, rate, height, width, channels, bit_depth, zh, zw, n_strings = _HEADER.unpack_from(data, _PREFIX.size)
+    problem = _header_problem(rate, height, width, channels, bit_depth, (zh, zw))
+    if problem:
+        raise BitstreamError(f"invalid lpm header: {problem}")
+    if not 1 <= n_strings <= MAX_STRINGS:
+        raise BitstreamError(f"invalid lpm header: {n_strings} strings (expected 1..{MAX_STRINGS})")
+
+    pos = _PREFIX.size + HEADER_SIZE
+    strings = []
+    for i in range(n_strings):
+        if end - pos < _LENGTH.size:
+            raise BitstreamError(f"malformed lpm file: string {i} length field runs past the end")
+        (length,) = _LENGTH.unpack_from(data, pos)
+        pos += _LENGTH.size
+        if length > end - pos:
+            raise BitstreamError(
+                f"malformed lpm file: string {i} declares {length} bytes but only {end - pos} remain"
+            )
+        strings.append(data[pos : pos + length])
+        pos += length
+    if pos != end:
+        raise BitstreamError(f"malformed lpm file: {end - pos} trailing bytes after the last string")
+
+    if max_pixels is not None and height * width > max_pixels:
+        raise BitstreamError(
+            f"image of {height}x{width} (HxW, {height * width} pixels) exceeds the limit of {max_pixels} pixels"
+        )
+    header = StreamHeader(mid.hex(), rate, height, width, channels, bit_depth, (zh, zw))
+    return CompressedImage(header, strings)
+
+
+def write(path: str | os.PathLike, c: CompressedImage) -> None:
+    """Write ``c`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
+
+    Readers see either the old file or the complete new one; on failure no temporary is left.
+    The new file gets the usual permissions (``0o666`` minus the umask).
+    """
+    data = encode(c)  # validate before touching the disk
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read(path: str | os.PathLike, *, max_pixels: int | None = None) -> CompressedImage:
+    """Read and :func:`decode` a ``.lpm`` file.
+
+    Files over ``MAX_FILE_BYTES`` are refused before being read; a missing file raises
+    ``FileNotFoundError``. Decoding errors carry the path: ``BitstreamError("<path>: ...")``.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if stat.S_ISREG(st.st_mode) and st.st_size > MAX_FILE_BYTES:
+            raise BitstreamError(f"{path}: file of {st.st_size} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
+        data = f.read(MAX_FILE_BYTES + 1)  # bounded even for files that grow or are not regular
+    if len(data) > MAX_FILE_BYTES:
+        raise BitstreamError(f"{path}: file exceeds the {MAX_FILE_BYTES}-byte limit")
+    try:
+        return decode(data, max_pixels=max_pixels)
+    except BitstreamError as e:
+        raise BitstreamError(f"{path}: {e}") from None
+
+
+def bits_per_pixel(data: bytes, height: int, width: int) -> float:
+    """Rate of an encoded file counted from its real bytes: ``8 * len(data) / (height * width)``."""
+    height, width = _as_int("height", height), _as_int("width", width)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    return 8 * len(data) / (height * width)
+
+
+def describe(c: CompressedImage) -> str:
+    """One-line summary, e.g. ``lpm v1: 512x768 (HxW) RGB 8-bit, lambda=0.0067, ...``.
+
+    The bpp counts every byte of the encoded file (header and checksum included).
+    """
+    h = c.header
+    total = _encoded_size(c)
+    names = ("y", "z") if len(c.strings) == 2 else tuple(str(i) for i in range(len(c.strings)))
+    sizes = ", ".join(f"{k} {len(s)} B" for k, s in zip(names, c.strings))
+    return (
+        f"lpm v{FORMAT_VERSION}: {h.height}x{h.width} (HxW) {_CHANNEL_NAMES.get(h.channels, h.channels)} "
+        f"{h.bit_depth}-bit, lambda={h.rate:.6g}, model {h.model_id}, latent {h.latent_shape[0]}x"
+        f"{h.latent_shape[1]}, {len(c.strings)} strings ({sizes}), {total} bytes, "
+        f"{8 * total / (h.height * h.width):.4f} bpp"
+    )
