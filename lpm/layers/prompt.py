@@ -1,0 +1,110 @@
+"""Prompt networks: a light convolutional trunk with one small head per Swin layer it serves.
+
+This is our reading of the paper's *Layer-adaptive* Prompt Module (the full text is not available; see the
+README): one trunk per side extracts features from what that side has — the input image on the encoder
+side, hidden features (the quantised latents ``ẑ`` and ``ŷ``) on the decoder side — and every Swin block of
+the frozen codec gets its *own* head, so each layer receives prompts adapted to it.
+
+Levels: a feature at level ``L`` has stride ``2**L`` relative to the (padded) image. The trunk starts at the
+input's level and walks down (stride-2 convolutions) or up (nearest ×2 + convolution) to every level a
+target needs::
+
+    input (C_in, level L0) ─ stem ─► f[L0] ─ down/up ─► f[L0±1] ─ … ─► f[L_k]
+                                        │                   │
+                         heads: conv1x1 / conv3x3→conv1x1 per served Swin block → prompt map (dim, level)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+__all__ = ["PromptTarget", "PromptNet"]
+
+
+@dataclass(frozen=True)
+class PromptTarget:
+    """A Swin stage that receives prompts: its name, the level of its prompt map, width and depth."""
+
+    name: str
+    level: int
+    dim: int
+    depth: int
+
+
+class _Up(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+
+
+class PromptNet(nn.Module):
+    """Trunk + per-layer heads producing prompt maps for a set of Swin stages.
+
+    Args:
+        in_channels: channels of the input (3 for the image, ``M`` for ``ŷ``, ``N`` for ``ẑ``).
+        channels: trunk width.
+        in_level: level of the input.
+        targets: the stages to serve; all on one side of ``in_level`` (all ≥ or all ≤).
+        head_hidden: if > 0, each head is conv3x3(channels→head_hidden)+GELU+conv1x1(→dim); else conv1x1.
+        stem_kernel: kernel of the first convolution (1 keeps wide latent inputs cheap).
+        head_init_scale: multiplies the initial weights of each head's last layer (small ⇒ gentle start).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        in_level: int,
+        targets: list[PromptTarget],
+        head_hidden: int = 0,
+        stem_kernel: int = 3,
+        head_init_scale: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not targets:
+            raise ValueError("a PromptNet needs at least one target stage")
+        levels = [t.level for t in targets]
+        down = min(levels) >= in_level
+        if not down and max(levels) > in_level:
+            raise ValueError(f"targets at levels {levels} lie on both sides of the input level {in_level}")
+        self.in_level = in_level
+        self.targets = list(targets)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, stem_kernel, padding=stem_kernel // 2), nn.GELU())
+        n_steps = (max(levels) - in_level) if down else (in_level - min(levels))
+        self.direction = 1 if down else -1
+        self.steps = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GELU()) if down else _Up(channels)
+            for _ in range(n_steps)
+        )
+        self.heads = nn.ModuleDict()
+        for t in targets:
+            heads = nn.ModuleList()
+            for _ in range(t.depth):
+                if head_hidden > 0:
+                    head = nn.Sequential(
+                        nn.Conv2d(channels, head_hidden, 3, padding=1), nn.GELU(), nn.Conv2d(head_hidden, t.dim, 1)
+                    )
+                else:
+                    head = nn.Sequential(nn.Conv2d(channels, t.dim, 1))
+                last = head[-1]
+                last.weight.data.mul_(head_init_scale)
+                last.bias.data.zero_()
+                heads.append(head)
+            self.heads[t.name.replace(".", "_")] = heads
+
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        """Prompt maps ``{stage name: [map for block 0, map for block 1, ...]}``."""
+        feats = {self.in_level: self.stem(x)}
+        f, level = feats[self.in_level], self.in_level
+        for step in self.steps:
+            f = step(f)
+            level += self.direction
+            feats[level] = f
+        return {t.name: [h(feats[t.level]) for h in self.heads[t.name.replace(".", "_")]] for t in self.targets}

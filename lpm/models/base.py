@@ -1,0 +1,254 @@
+"""The base transformer codec: TIC-family analysis/synthesis with Swin stages and a Swin hyperprior.
+
+Follows the TIC family (Lu et al., "Transformer-based Image Compression", DCC 2022; the backbone that Kao et
+al., ICIP 2023, and TransTIC, ICCV 2023, prompt): strided convolutions change resolution, Swin stages
+(window 8) transform features between them, the hyperprior has Swin stages with window 4, and ``y`` is
+coded with a mean-scale Gaussian conditional (Minnen et al., NeurIPS 2018) through compressai's rANS coder.
+Every stage can receive prompt maps, which is how :class:`lpm.models.PromptedCodec` steers it to other rates.
+
+Data flow (level ``L`` = stride ``2**L``; default depths in brackets)::
+
+    x ─pad→64─► conv↓ ─[2]─ conv↓ ─[4]─ conv↓ ─[6]─ conv↓ ──► y (M, L4)
+                   g_a stages at L1, L2, L3    (prompts: from the image, encoder side)
+    y ─► conv↓ ─[2]─ conv↓ ──► z (N, L6) ──► EntropyBottleneck ──► ẑ        h_a, stage at L5 (window 4)
+    ẑ ─► deconv↑ ─[2]─ deconv↑ ──► (scales, means) (L4)                     h_s, prompts from ẑ
+    y ─► GaussianConditional(scales, means) ──► ŷ
+    ŷ ─► deconv↑ ─[6]─ deconv↑ ─[4]─ deconv↑ ─[2]─ deconv↑ ─crop─► x̂        g_s stages at L3, L2, L1, prompts from ŷ
+
+Any ``H×W`` is accepted: the image is padded (edge replication) to a multiple of 64 and the output cropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models import CompressionModel
+from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+
+from lpm.layers import PromptTarget, SwinStage
+
+__all__ = ["CodecConfig", "TICCodec", "PromptSource", "Transform", "STRIDE"]
+
+#: The image is padded to a multiple of this (4 stride-2 steps to ``y``, 2 more to ``z``).
+STRIDE = 64
+
+
+class PromptSource(Protocol):
+    """What the codec asks for prompts. ``None`` values mean "no prompts for that side"."""
+
+    prompt_logit: Optional[float]
+
+    def encoder(self, x: Tensor) -> Optional[dict[str, list[Tensor]]]: ...
+
+    def hyper_decoder(self, z_hat: Tensor) -> Optional[dict[str, list[Tensor]]]: ...
+
+    def decoder(self, y_hat: Tensor) -> Optional[dict[str, list[Tensor]]]: ...
+
+
+@dataclass
+class CodecConfig:
+    """Every size setting of :class:`TICCodec` (defaults: TIC/Kao et al. size, N=128, M=192)."""
+
+    N: int = 128
+    M: int = 192
+    enc_depths: Sequence[int] = (2, 4, 6)
+    dec_depths: Sequence[int] = (6, 4, 2)
+    enc_heads: Sequence[int] = (8, 8, 8)
+    dec_heads: Sequence[int] = (8, 8, 8)
+    hyper_depth: int = 2
+    hyper_heads: int = 8
+    window: int = 8
+    hyper_window: int = 4
+    mlp_ratio: float = 2.0
+    kernel: int = 5
+    hyper_kernel: int = 3
+    drop_path: float = 0.0
+    prompt_stride: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown codec config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+class Transform(nn.Module):
+    """A sequence of convolutions and :class:`SwinStage` s; stage ``i`` is addressed as ``f"{name}.{i}"``."""
+
+    def __init__(self, name: str, layers: list[nn.Module], levels: list[int]) -> None:
+        super().__init__()
+        self.name = name
+        self.layers = nn.ModuleList(layers)
+        self.stage_names: dict[int, str] = {}
+        self.targets: list[PromptTarget] = []
+        for idx, (layer, level) in enumerate(zip(layers, levels)):
+            if isinstance(layer, SwinStage):
+                sname = f"{name}.{len(self.targets)}"
+                self.stage_names[idx] = sname
+                self.targets.append(PromptTarget(sname, level + 1, layer.dim, layer.depth))
+
+    def forward(
+        self, x: Tensor, prompts: Optional[dict[str, list[Tensor]]] = None, prompt_logit: Optional[float] = None
+    ) -> Tensor:
+        for idx, layer in enumerate(self.layers):
+            if idx in self.stage_names:
+                p = prompts.get(self.stage_names[idx]) if prompts else None
+                x = layer(x, p, prompt_logit)
+            else:
+                x = layer(x)
+        return x
+
+
+def _stages(dim: int, depths: Sequence[int], heads: Sequence[int], window: int, cfg: CodecConfig) -> list[SwinStage]:
+    return [
+        SwinStage(dim, d, h, window, cfg.mlp_ratio, cfg.drop_path, cfg.prompt_stride) for d, h in zip(depths, heads)
+    ]
+
+
+class TICCodec(CompressionModel):
+    """TIC-family transformer codec (see module docstring). Construct with keyword sizes or a config.
+
+    ``TICCodec()`` is the default N=128, M=192 model (~7.5 M parameters); ``TICCodec(N=16, M=24, ...)``
+    gives test-sized models. All methods accept an optional :class:`PromptSource`; without one they are the
+    plain base codec.
+
+    Returns follow compressai: ``forward -> {"x_hat", "likelihoods": {"y", "z"}}``,
+    ``compress -> {"strings": [y_strings, z_strings], "shape": z_hw}``, ``decompress -> {"x_hat"}``.
+    """
+
+    def __init__(self, config: Optional[CodecConfig] = None, **kwargs: Any) -> None:
+        super().__init__()
+        cfg = config or CodecConfig()
+        if kwargs:
+            cfg = CodecConfig(**{**cfg.to_dict(), **kwargs})
+        if len(cfg.enc_depths) != 3 or len(cfg.dec_depths) != 3:
+            raise ValueError("enc_depths and dec_depths need 3 entries (stages at strides 2, 4, 8)")
+        self.config = cfg
+        N, M, k, hk = cfg.N, cfg.M, cfg.kernel, cfg.hyper_kernel
+        ea, eb, ec = _stages(N, cfg.enc_depths, cfg.enc_heads, cfg.window, cfg)
+        self.g_a = Transform(
+            "g_a",
+            [conv(3, N, k), ea, conv(N, N, k), eb, conv(N, N, k), ec, conv(N, M, k)],
+            [1, 1, 2, 2, 3, 3, 4],
+        )
+        da, db, dc = _stages(N, cfg.dec_depths, cfg.dec_heads, cfg.window, cfg)
+        self.g_s = Transform(
+            "g_s",
+            [deconv(M, N, k), da, deconv(N, N, k), db, deconv(N, N, k), dc, deconv(N, 3, k)],
+            [3, 3, 2, 2, 1, 1, 0],
+        )
+        (ha,) = _stages(N, [cfg.hyper_depth], [cfg.hyper_heads], cfg.hyper_window, cfg)
+        self.h_a = Transform("h_a", [conv(M, N, hk), ha, conv(N, N, hk)], [5, 5, 6])
+        (hs,) = _stages(N, [cfg.hyper_depth], [cfg.hyper_heads], cfg.hyper_window, cfg)
+        self.h_s = Transform("h_s", [deconv(N, N, hk), hs, deconv(N, 2 * M, hk)], [5, 5, 4])
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+
+    # ------------------------------------------------------------------ layout for prompt modules
+    def prompt_targets(self) -> dict[str, list[PromptTarget]]:
+        """Stages that accept prompts, grouped by who can compute them: ``encoder`` (sees the image),
+        ``hyper_decoder`` (sees ẑ) and ``decoder`` (sees ŷ)."""
+        return {
+            "encoder": self.g_a.targets + self.h_a.targets,
+            "hyper_decoder": self.h_s.targets,
+            "decoder": self.g_s.targets,
+        }
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def pad(x: Tensor) -> Tensor:
+        """Pad ``(B, 3, H, W)`` on the bottom/right to a multiple of :data:`STRIDE` by edge replication."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % STRIDE, (-w) % STRIDE
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x
+
+    def _analysis(self, x: Tensor, src: Optional[PromptSource]) -> tuple[Tensor, Tensor]:
+        logit = src.prompt_logit if src is not None else None
+        prompts = src.encoder(x) if src is not None else None
+        y = self.g_a(x, prompts, logit)
+        z = self.h_a(y, prompts, logit)
+        return y, z
+
+    def _params(self, z_hat: Tensor, src: Optional[PromptSource]) -> tuple[Tensor, Tensor]:
+        logit = src.prompt_logit if src is not None else None
+        prompts = src.hyper_decoder(z_hat) if src is not None else None
+        scales, means = self.h_s(z_hat, prompts, logit).chunk(2, 1)
+        return scales, means
+
+    def _synthesis(self, y_hat: Tensor, src: Optional[PromptSource]) -> Tensor:
+        logit = src.prompt_logit if src is not None else None
+        prompts = src.decoder(y_hat) if src is not None else None
+        return self.g_s(y_hat, prompts, logit)
+
+    # ------------------------------------------------------------------ compressai API
+    def forward(self, x: Tensor, prompts: Optional[PromptSource] = None) -> dict[str, Any]:
+        """Training/evaluation pass. In training mode ``y`` gets uniform noise for the likelihoods and a
+        straight-through rounding for the synthesis (and the decoder-side prompts); in eval mode both use
+        the rounded latents exactly as the bitstream path does."""
+        h, w = x.shape[-2:]
+        xp = self.pad(x)
+        y, z = self._analysis(xp, prompts)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        scales, means = self._params(z_hat, prompts)
+        _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+        if self.training:
+            y_hat = y + (torch.round(y - means) + means - y).detach()
+        else:
+            y_hat = torch.round(y - means) + means
+        x_hat = self._synthesis(y_hat, prompts)[..., :h, :w]
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    @torch.no_grad()
+    def compress(self, x: Tensor, prompts: Optional[PromptSource] = None) -> dict[str, Any]:
+        """Entropy-code a batch ``(B, 3, H, W)`` in [0, 1]; ``update()`` must have been called."""
+        xp = self.pad(x)
+        y, z = self._analysis(xp, prompts)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        scales, means = self._params(z_hat, prompts)
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        y_strings = self.gaussian_conditional.compress(y, indexes, means=means)
+        return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
+
+    @torch.no_grad()
+    def decompress(
+        self,
+        strings: list[list[bytes]],
+        shape: Sequence[int],
+        prompts: Optional[PromptSource] = None,
+        size: Optional[Sequence[int]] = None,
+    ) -> dict[str, Tensor]:
+        """Decode ``strings`` (as returned by :meth:`compress`); ``size=(H, W)`` crops the padding."""
+        if not isinstance(strings, (list, tuple)) or len(strings) != 2:
+            raise ValueError("expected strings = [y_strings, z_strings]")
+        z_hat = self.entropy_bottleneck.decompress(strings[1], tuple(shape))
+        scales, means = self._params(z_hat, prompts)
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means)
+        x_hat = self._synthesis(y_hat, prompts).clamp_(0, 1)
+        if size is not None:
+            x_hat = x_hat[..., : size[0], : size[1]]
+        return {"x_hat": x_hat}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @staticmethod
+    def latent_shape(height: int, width: int) -> tuple[int, int]:
+        """Shape of ``z`` for an ``H×W`` image."""
+        return math.ceil(height / STRIDE), math.ceil(width / STRIDE)

@@ -1,0 +1,255 @@
+"""The variable-rate codec: one frozen base codec plus one Layer-adaptive Prompt Module per extra rate.
+
+Qin et al., "Progressive Learning with Visual Prompt Tuning for Variable-Rate Image Compression",
+arXiv:2311.13846. The base (:class:`~lpm.models.TICCodec`) is trained at one rate (``base_rate``, a λ of the
+rate–distortion loss λ·255²·MSE + bpp) and frozen; every other rate of the ladder owns a
+:class:`LayerAdaptivePromptModule` whose prompts move the frozen codec to that rate::
+
+                  ┌────────── LPM(rate).encoder(x) ──────────┐ prompt maps per Swin block of g_a, h_a
+    x ─► g_a ─► y ─► h_a ─► z ─► ẑ ─► h_s ─► (σ, μ) ─► ŷ ─► g_s ─► x̂
+                                 └ LPM.hyper_decoder(ẑ) ┘     └ LPM.decoder(ŷ) ┘ prompts for h_s, g_s
+
+The base's own rate uses no prompts at all, so it reproduces the base bit for bit.
+
+Continuous rate (beyond the paper): ``rate`` may be any λ between the smallest and largest trained one.
+Positions are taken in log λ. Between two prompted rates the prompt maps of both modules are linearly
+interpolated, layer by layer. Between the base rate and its prompted neighbour, the neighbour's prompts are
+faded in by a *prompt strength* ``s ∈ (0, 1]`` that enters attention as the logit offset ``log s`` on prompt
+keys (``s → 0`` is exactly the base). Both rules give the trained models exactly at trained rates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lpm.layers import PromptNet
+from lpm.models.base import TICCodec
+
+__all__ = ["PromptConfig", "LayerAdaptivePromptModule", "PromptedCodec", "RateMix", "find_rate"]
+
+#: compressai's λ ladder for MSE models (qualities 1–6); the default rates of the variable-rate codec.
+DEFAULT_RATES = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483)
+
+
+@dataclass
+class PromptConfig:
+    """Sizes of one prompt module (defaults chosen to keep 5 modules + base ≤ 20 % of 6 base models)."""
+
+    enc_channels: int = 48
+    enc_head_hidden: int = 0
+    dec_channels: int = 32
+    dec_head_hidden: int = 0
+    head_init_scale: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PromptConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown prompt config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class LayerAdaptivePromptModule(nn.Module):
+    """Prompts for one rate: an image-fed encoder net and ẑ-/ŷ-fed decoder nets, one head per Swin block."""
+
+    def __init__(self, base: TICCodec, config: Optional[PromptConfig] = None) -> None:
+        super().__init__()
+        cfg = config or PromptConfig()
+        self.config = cfg
+        t = base.prompt_targets()
+        N, M = base.config.N, base.config.M
+        self.encoder = PromptNet(3, cfg.enc_channels, 0, t["encoder"], cfg.enc_head_hidden, 3, cfg.head_init_scale)
+        self.hyper_decoder = PromptNet(
+            N, cfg.dec_channels, 6, t["hyper_decoder"], cfg.dec_head_hidden, 1, cfg.head_init_scale
+        )
+        self.decoder = PromptNet(M, cfg.dec_channels, 4, t["decoder"], cfg.dec_head_hidden, 1, cfg.head_init_scale)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _mix(maps: list[dict[str, list[Tensor]]], weights: list[float]) -> dict[str, list[Tensor]]:
+    if len(maps) == 1 and weights[0] == 1.0:
+        return maps[0]
+    out: dict[str, list[Tensor]] = {}
+    for name in maps[0]:
+        out[name] = [sum(w * m[name][i] for m, w in zip(maps, weights)) for i in range(len(maps[0][name]))]
+    return out
+
+
+class RateMix:
+    """A :class:`~lpm.models.base.PromptSource`: weighted prompt modules plus a prompt-strength logit."""
+
+    def __init__(self, modules: list[LayerAdaptivePromptModule], weights: list[float], strength: float = 1.0):
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"prompt strength must be in (0, 1], got {strength}")
+        self.modules, self.weights = modules, weights
+        self.strength = strength
+        self.prompt_logit: Optional[float] = None if strength == 1.0 else math.log(strength)
+
+    def encoder(self, x: Tensor) -> dict[str, list[Tensor]]:
+        return _mix([m.encoder(x) for m in self.modules], self.weights)
+
+    def hyper_decoder(self, z_hat: Tensor) -> dict[str, list[Tensor]]:
+        return _mix([m.hyper_decoder(z_hat) for m in self.modules], self.weights)
+
+    def decoder(self, y_hat: Tensor) -> dict[str, list[Tensor]]:
+        return _mix([m.decoder(y_hat) for m in self.modules], self.weights)
+
+    def __repr__(self) -> str:
+        return f"RateMix(weights={self.weights}, strength={self.strength:.4g})"
+
+
+class PromptedCodec(nn.Module):
+    """Frozen base codec + prompt modules keyed by rate (λ). See the module docstring.
+
+    Args:
+        base: the pre-trained base codec (frozen here: ``requires_grad=False``).
+        rates: the λ ladder, including ``base_rate``.
+        base_rate: the λ the base was trained at (needs no prompts).
+        prompt_config: sizes of each prompt module.
+
+    Methods mirror compressai with an extra ``rate`` argument: ``forward(x, rate)``, ``compress(x, rate)``,
+    ``decompress(strings, shape, rate, size=None)``.
+    """
+
+    def __init__(
+        self,
+        base: TICCodec,
+        rates: Sequence[float] = DEFAULT_RATES,
+        base_rate: float = 0.0483,
+        prompt_config: Optional[PromptConfig] = None,
+    ) -> None:
+        super().__init__()
+        rates = sorted(float(r) for r in rates)
+        if len(set(rates)) != len(rates) or any(r <= 0 for r in rates):
+            raise ValueError(f"rates must be distinct positive λ values, got {rates}")
+        if not any(math.isclose(base_rate, r, rel_tol=1e-9) for r in rates):
+            raise ValueError(f"base_rate {base_rate} is not in the rate ladder {rates}")
+        self.base = base
+        self.base.requires_grad_(False)
+        self.rates = rates
+        self.base_rate = float(base_rate)
+        self.prompt_config = prompt_config or PromptConfig()
+        self.prompts = nn.ModuleDict(
+            {self.key(r): LayerAdaptivePromptModule(base, self.prompt_config) for r in rates if not self._is_base(r)}
+        )
+
+    # ------------------------------------------------------------------ rates
+    def key(self, rate: float) -> str:
+        """ModuleDict key of a trained rate (``r0`` is the smallest λ)."""
+        for i, r in enumerate(self.rates):
+            if math.isclose(rate, r, rel_tol=1e-9):
+                return f"r{i}"
+        raise KeyError(f"{rate} is not a trained rate; trained rates: {self.rates}")
+
+    def _is_base(self, rate: float) -> bool:
+        return math.isclose(rate, self.base_rate, rel_tol=1e-9)
+
+    def module(self, rate: float) -> LayerAdaptivePromptModule:
+        """The prompt module of a trained, non-base rate."""
+        return self.prompts[self.key(rate)]
+
+    @property
+    def rate_range(self) -> tuple[float, float]:
+        return self.rates[0], self.rates[-1]
+
+    def prompt_source(self, rate: float) -> Optional[RateMix]:
+        """The prompts for any ``rate`` in the trained range (``None`` at the base rate)."""
+        rate = float(rate)
+        lo, hi = self.rate_range
+        if not (math.isfinite(rate) and lo * (1 - 1e-9) <= rate <= hi * (1 + 1e-9)):
+            raise ValueError(f"rate {rate} is outside the trained range [{lo}, {hi}]")
+        for r in self.rates:
+            if math.isclose(rate, r, rel_tol=1e-9):
+                return None if self._is_base(r) else RateMix([self.module(r)], [1.0])
+        i = next(i for i, r in enumerate(self.rates) if r > rate)
+        a, b = self.rates[i - 1], self.rates[i]
+        t = (math.log(rate) - math.log(a)) / (math.log(b) - math.log(a))  # 0 at a, 1 at b
+        if self._is_base(a):
+            return RateMix([self.module(b)], [1.0], strength=t)
+        if self._is_base(b):
+            return RateMix([self.module(a)], [1.0], strength=1.0 - t)
+        return RateMix([self.module(a), self.module(b)], [1.0 - t, t])
+
+    # ------------------------------------------------------------------ codec API
+    def forward(self, x: Tensor, rate: float) -> dict[str, Any]:
+        return self.base(x, self.prompt_source(rate))
+
+    def compress(self, x: Tensor, rate: float) -> dict[str, Any]:
+        return self.base.compress(x, self.prompt_source(rate))
+
+    def decompress(
+        self, strings: list[list[bytes]], shape: Sequence[int], rate: float, size: Optional[Sequence[int]] = None
+    ) -> dict[str, Tensor]:
+        return self.base.decompress(strings, shape, self.prompt_source(rate), size=size)
+
+    def update(self, scale_table: Optional[Tensor] = None, force: bool = False) -> bool:
+        """Build the entropy coder tables of the (shared) base."""
+        return self.base.update(scale_table=scale_table, force=force)
+
+    def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True):  # type: ignore[override]
+        """Loads entropy-model buffers of any size (via compressai's base-class logic) and the prompts."""
+        base_sd = {k[len("base."):]: v for k, v in state_dict.items() if k.startswith("base.")}
+        rest = {k: v for k, v in state_dict.items() if not k.startswith("base.")}
+        self.base.load_state_dict(base_sd, strict=strict)
+        return nn.Module.load_state_dict(self, {**rest, **{f"base.{k}": v for k, v in self.base.state_dict().items()}}, strict=strict)
+
+    # ------------------------------------------------------------------ accounting
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        return list(self.prompts.parameters())
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of the base, of each prompt module and in total."""
+        counts = {"base": self.base.num_parameters()}
+        for k, m in self.prompts.items():
+            counts[f"prompt_{k}"] = m.num_parameters()
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def storage_ratio(self) -> float:
+        """Parameters stored (base + all prompt modules) over those of one separate base model per rate."""
+        return self.parameter_counts()["total"] / (len(self.rates) * self.base.num_parameters())
+
+
+def find_rate(
+    measure: Callable[[float], float],
+    target: float,
+    rate_range: tuple[float, float],
+    tol: float = 0.01,
+    max_iter: int = 24,
+) -> tuple[float, float]:
+    """Bisection in log λ for the largest rate whose measured size does not exceed ``target``.
+
+    ``measure(rate)`` returns the real size at that rate (bpp or bytes, monotone non-decreasing in λ). Stops
+    when the measured size is within ``tol`` (relative) below the target or after ``max_iter`` steps.
+    Returns ``(rate, measured)``; if even the smallest rate is too big it returns the smallest rate and its
+    size (the caller decides whether that is an error); if the largest rate fits, the largest.
+    """
+    lo, hi = rate_range
+    s_lo = measure(lo)
+    if s_lo > target:
+        return lo, s_lo
+    s_hi = measure(hi)
+    if s_hi <= target:
+        return hi, s_hi
+    best = (lo, s_lo)
+    a, b = math.log(lo), math.log(hi)
+    for _ in range(max_iter):
+        m = 0.5 * (a + b)
+        s = measure(math.exp(m))
+        if s <= target:
+            best, a = (math.exp(m), s), m
+            if s >= target * (1 - tol):
+                break
+        else:
+            b = m
+    return best
