@@ -1,0 +1,623 @@
+"""Image I/O, image sets on disk, and training crops.
+
+Reading (:func:`read_image`) turns any image file into the one form the codecs take: a float32
+tensor of shape ``(3, H, W)`` with values in ``[0, 1]``, plus an :class:`ImageInfo` that remembers
+what the file was (grey or colour, 8 or 16 bits, whether it had alpha), so that
+:func:`write_image` can give back a file of the same kind::
+
+    file --read_image--> (x: (3,H,W) float32 in [0,1], info) --codec--> x_hat --write_image(info)--> PNG
+
+Policies, in one place:
+
+- grey images are replicated to three channels; ``info.channels == 1`` remembers it;
+- alpha is dropped, the codec codes colour only (a :class:`UserWarning` names the file);
+- 16-bit images keep full precision (``value / 65535``), 8-bit ones are ``value / 255``;
+- PNG and TIFF are decoded with imagecodecs, which reads 16-bit RGB that PIL cannot (PIL cuts it
+  to 8 bits); every other format goes through PIL; EXIF orientation is not applied (pixels as
+  stored, as in the usual evaluation code);
+- written files are always PNG, written atomically.
+
+Data sets (:data:`KNOWN_SETS`) are never part of the repository: ``data/`` holds their sha256
+manifests and ``data/download.py``; :func:`locate_dataset` finds a local copy and
+:func:`verify_manifest` checks it. :class:`ImageFolderDataset` gives random training crops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import struct
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, get_worker_info
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "DATA_DIR",
+    "IMAGE_EXTENSIONS",
+    "KNOWN_SETS",
+    "MANIFEST_DIR",
+    "PROJECT_ROOT",
+    "ImageFolderDataset",
+    "ImageInfo",
+    "ImageReadError",
+    "ImageTooLargeError",
+    "KnownSet",
+    "find_images",
+    "locate_dataset",
+    "manifest_checksum",
+    "manifest_path",
+    "read_image",
+    "read_manifest",
+    "sha256_file",
+    "to_uint8",
+    "verify_manifest",
+    "write_image",
+]
+
+#: Root of the checkout: the parent of the ``lpm`` package directory.
+PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
+#: Where the sha256 manifests and ``download.py`` live: the project's ``data/`` directory.
+MANIFEST_DIR: Path = PROJECT_ROOT / "data"
+#: Default parent of local data set copies (``<DATA_DIR>/<name>``, git-ignored); same ``data/``.
+DATA_DIR: Path = PROJECT_ROOT / "data"
+#: Environment variable naming a directory that holds data sets as ``<dir>/<name>``.
+DATA_DIR_ENV = "LPM_DATA_DIR"
+
+#: Suffixes (lower case) that :func:`find_images` treats as images.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # TIFF and BigTIFF
+# ITU-R BT.601 luma weights, used when a colour tensor is written as a grey image.
+_BT601 = (0.299, 0.587, 0.114)
+
+
+class ImageReadError(ValueError):
+    """A file exists but is not an image this package can read."""
+
+
+class ImageTooLargeError(ValueError):
+    """An image has more pixels than the caller allowed (``max_pixels``)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image file was, before :func:`read_image` turned it into ``(3, H, W)`` floats.
+
+    ``channels`` counts colour channels of the original file after alpha is dropped (1 or 3);
+    ``bit_depth`` is 8 or 16; ``had_alpha`` says an alpha channel was dropped.
+    """
+
+    height: int
+    width: int
+    channels: int
+    bit_depth: int
+    had_alpha: bool
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+def read_image(
+    path: str | os.PathLike[str], *, max_pixels: int | None = None
+) -> tuple[torch.Tensor, ImageInfo]:
+    """Read an image file as a float32 tensor ``(3, H, W)`` in ``[0, 1]`` and its :class:`ImageInfo`.
+
+    Grey images are replicated to three channels. Policy for transparency: alpha is dropped, the
+    codec codes colour only; a :class:`UserWarning` naming the file says so. 16-bit images are
+    converted at full precision (``value / 65535``). PNG and TIFF files (recognised by their
+    signature, not their name) are decoded with imagecodecs, anything else with PIL (JPEG, BMP,
+    WebP, GIF, PNM, ...); palettes are expanded to RGB.
+
+    Args:
+        path: the image file.
+        max_pixels: refuse images with more than this many pixels (``H * W``), checked from the
+            file header before decoding where the format allows. ``None``: no limit.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ImageReadError: the file is not a readable image, or has zero width or height.
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a regular file")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_PNG_SIGNATURE):
+        array = _decode_png(path, path.read_bytes(), max_pixels)
+    elif head[:4] in _TIFF_SIGNATURES:
+        array = _decode_tiff(path, max_pixels)
+    else:
+        array = _decode_with_pil(path, max_pixels)
+    return _array_to_tensor(path, array)
+
+
+def _decode_png(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray:
+    # IHDR is always the first chunk: length(4) "IHDR"(4) width(4) height(4) ...
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise ImageReadError(f"{path}: not a readable PNG (missing IHDR header)")
+    width, height = struct.unpack(">II", data[16:24])
+    _check_size(path, height, width, max_pixels)
+    try:
+        return imagecodecs.png_decode(data)
+    except Exception as exc:  # imagecodecs raises PngError (RuntimeError) or ValueError
+        raise ImageReadError(f"{path}: cannot decode PNG ({_one_line(exc)})") from exc
+
+
+def _decode_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
+    """TIFF through imagecodecs (PIL would cut 16-bit RGB to 8 bits); PIL if that fails."""
+    size = _header_size(path)
+    if size is not None:
+        _check_size(path, size[1], size[0], max_pixels)
+    try:
+        array = imagecodecs.tiff_decode(path.read_bytes(), index=0)
+    except Exception:
+        array = None
+    ok = (
+        array is not None
+        and array.dtype in (np.uint8, np.uint16)
+        and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 2, 3, 4)))
+    )
+    if not ok:
+        return _decode_with_pil(path, max_pixels)
+    _check_size(path, array.shape[0], array.shape[1], max_pixels)
+    return array
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the header as PIL reads it (no pixels decoded), or None."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # PIL cannot parse it (or calls it a bomb): the size is checked after decoding
+        return None
+
+
+def _decode_with_pil(path: Path, max_pixels: int | None) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            width, height = im.size  # from the header; pixels are not decoded yet
+            _check_size(path, height, width, max_pixels)
+            return _pil_to_array(path, im)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{path}: {_one_line(exc)}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(f"{path}: not an image file PIL can identify") from exc
+    except (ImageReadError, ImageTooLargeError, PermissionError):
+        raise
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise ImageReadError(f"{path}: cannot decode image ({_one_line(exc)})") from exc
+
+
+def _pil_to_array(path: Path, im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(im).astype(np.uint16)
+    if mode == "I":  # 32-bit integer pixels: accept only values that fit 16 bits
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ImageReadError(f"{path}: 32-bit integer pixels outside 0..65535 are not supported")
+        return arr.astype(np.uint16)
+    if mode == "F":
+        raise ImageReadError(f"{path}: floating-point images are not supported")
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return np.asarray(im)
+    if mode == "1":
+        return np.asarray(im.convert("L"))
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in im.info
+        return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+    if mode in ("La", "RGBa"):
+        return np.asarray(im.convert("LA" if mode == "La" else "RGBA"))
+    return np.asarray(im.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, RGBX, ...
+
+
+def _check_size(path: Path, height: int, width: int, max_pixels: int | None) -> None:
+    if height <= 0 or width <= 0:
+        raise ImageReadError(f"{path}: image has zero size ({width}x{height})")
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageTooLargeError(
+            f"{path}: {width}x{height} image has {height * width} pixels, "
+            f"more than the allowed max_pixels={max_pixels}"
+        )
+
+
+def _array_to_tensor(path: Path, array: np.ndarray) -> tuple[torch.Tensor, ImageInfo]:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ImageReadError(f"{path}: unsupported pixel layout {tuple(array.shape)}")
+    height, width, n = array.shape
+    if height == 0 or width == 0:
+        raise ImageReadError(f"{path}: image has zero size ({width}x{height})")
+    if array.dtype == np.uint8:
+        bit_depth, scale = 8, 255.0
+    elif array.dtype == np.uint16:
+        bit_depth, scale = 16, 65535.0
+    else:
+        raise ImageReadError(f"{path}: unsupported sample type {array.dtype}")
+    had_alpha = n in (2, 4)
+    if had_alpha:
+        warnings.warn(
+            f"{path}: alpha channel dropped (the codec codes colour only)", UserWarning, stacklevel=3
+        )
+        array = array[:, :, : n - 1]
+    channels = array.shape[2]
+    # float64 for the division so 16-bit values land on the nearest float32 to v/65535
+    x = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)).astype(np.float64) / scale)
+    x = x.to(torch.float32)
+    if channels == 1:
+        x = x.expand(3, height, width).contiguous()
+    info = ImageInfo(height, width, channels, bit_depth, had_alpha)
+    return x, info
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def _check_chw(x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image tensor of shape (3, H, W) or (1, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor in [0, 1], got dtype {x.dtype}")
+    x = x.detach().cpu().to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError("image tensor contains NaN or infinite values")
+    return x
+
+
+def _quantise(x: torch.Tensor, bit_depth: int) -> np.ndarray:
+    """Float64 ``(C, H, W)`` -> ``(H, W, C)`` integers of ``bit_depth`` bits (clamp, scale, round)."""
+    peak = 255.0 if bit_depth == 8 else 65535.0
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    q = torch.round(x.clamp(0.0, 1.0) * peak)
+    return np.ascontiguousarray(q.numpy().transpose(1, 2, 0).astype(dtype))
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Float tensor ``(C, H, W)`` in ``[0, 1]`` -> uint8 numpy ``(H, W, C)``: ``round(clamp(x) * 255)``."""
+    return _quantise(_check_chw(x), 8)
+
+
+def write_image(
+    path: str | os.PathLike[str], x: torch.Tensor, info: ImageInfo | None = None
+) -> None:
+    """Write ``x`` (``(3, H, W)`` or ``(1, H, W)`` float in ``[0, 1]``) as a PNG file.
+
+    Values are clamped to ``[0, 1]`` and rounded. ``info`` (from :func:`read_image`) chooses the
+    file's kind: ``channels == 1`` writes a grey image, taking the ITU-R BT.601 luma
+    ``0.299 R + 0.587 G + 0.114 B`` of a colour tensor (for a grey image replicated by
+    :func:`read_image` this is the original value); ``bit_depth == 16`` writes 16-bit samples.
+    Without ``info``: 8 bits, and as many channels as ``x`` has. The file appears atomically (a
+    temporary file in the same directory, then :func:`os.replace`).
+
+    Raises:
+        ValueError: wrong shape, non-finite values, or a file name not ending in ``.png``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"write_image writes PNG files only; name the output *.png, got {path}")
+    x = _check_chw(x)
+    channels = x.shape[0] if info is None else info.channels
+    bit_depth = 8 if info is None else info.bit_depth
+    if channels not in (1, 3):
+        raise ValueError(f"info.channels must be 1 or 3, got {channels}")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"info.bit_depth must be 8 or 16, got {bit_depth}")
+    if channels == 1 and x.shape[0] == 3:
+        r, g, b = _BT601
+        x = (r * x[0] + g * x[1] + b * x[2]).unsqueeze(0)
+    elif channels == 3 and x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    array = _quantise(x, bit_depth)
+    if channels == 1:
+        array = array[:, :, 0]
+    _atomic_write_bytes(path, imagecodecs.png_encode(array))
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    directory = path.parent
+    if not directory.is_dir():
+        raise FileNotFoundError(f"output directory does not exist: {directory}")
+    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # os.open with 0o666 lets the process umask decide the final permissions, as for open()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# image folders and data sets
+
+
+def find_images(directory: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+    """Image files in ``directory`` (suffix in :data:`IMAGE_EXTENSIONS`, any case), sorted.
+
+    Hidden files (names starting with ``.``) are skipped. ``recursive=True`` also searches
+    subdirectories.
+
+    Raises:
+        FileNotFoundError: ``directory`` does not exist.
+        NotADirectoryError: ``directory`` is not a directory.
+        ValueError: no image files were found.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"image directory not found: {directory}")
+    if not directory.is_dir():
+        raise NotADirectoryError(f"not a directory: {directory}")
+    candidates = directory.rglob("*") if recursive else directory.iterdir()
+    images = sorted(
+        p
+        for p in candidates
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+    if not images:
+        where = "in or below" if recursive else "in"
+        raise ValueError(
+            f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) {where} {directory}"
+        )
+    return images
+
+
+@dataclass(frozen=True)
+class KnownSet:
+    """A data set the project knows by name: its manifest in ``data/`` and what it holds."""
+
+    name: str
+    manifest: str
+    num_images: int
+    description: str
+
+    @property
+    def manifest_path(self) -> Path:
+        return MANIFEST_DIR / self.manifest
+
+
+KNOWN_SETS: dict[str, KnownSet] = {
+    "kodak": KnownSet(
+        "kodak",
+        "kodak.sha256",
+        24,
+        "Kodak Lossless True Color Image Suite, kodim01..24.png, 768x512 RGB (evaluation)",
+    ),
+    "bsds500": KnownSet(
+        "bsds500",
+        "bsds500.sha256",
+        500,
+        "Berkeley Segmentation Dataset 500, {train,val,test}/*.jpg, 481x321 RGB (training)",
+    ),
+}
+
+
+def _known(name: str) -> KnownSet:
+    try:
+        return KNOWN_SETS[name]
+    except KeyError:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(KNOWN_SETS))}") from None
+
+
+def manifest_path(name: str) -> Path:
+    """Path of the sha256 manifest of the known data set ``name`` (in the project's ``data/``)."""
+    return _known(name).manifest_path
+
+
+def locate_dataset(
+    name: str, data_dir: str | os.PathLike[str] | None = None, *, verify: bool = False
+) -> Path:
+    """Directory holding a local copy of the known data set ``name``.
+
+    Looked for in ``data_dir/name`` if ``data_dir`` is given, else in ``$LPM_DATA_DIR/name`` if
+    that variable is set, else in ``<project root>/data/name``. With ``verify=True`` every file is
+    checked against the set's manifest.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`KNOWN_SETS`, or ``verify`` found problems.
+        FileNotFoundError: the directory does not exist; the message says how to get the data.
+    """
+    known = _known(name)
+    if data_dir is not None:
+        root, source = Path(data_dir), "data_dir argument"
+    elif os.environ.get(DATA_DIR_ENV):
+        root, source = Path(os.environ[DATA_DIR_ENV]), f"${DATA_DIR_ENV}"
+    else:
+        root, source = DATA_DIR, "project default"
+    directory = root / name
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"data set {name!r} not found at {directory} ({source}). Get it with "
+            f"`python {MANIFEST_DIR / 'download.py'} {name} --dest DIR` (see data/README.md), "
+            f"then pass data_dir=DIR or set {DATA_DIR_ENV}=DIR"
+        )
+    if verify:
+        problems = verify_manifest(directory, known.manifest_path)
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
+            raise ValueError(f"data set {name!r} at {directory} does not match its manifest: {shown}")
+    return directory
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(manifest_path: str | os.PathLike[str]) -> dict[str, str]:
+    """Parse a ``sha256sum``-style manifest into ``{relative path: hex digest}``.
+
+    Lines are ``<64 hex>  <path>`` (or ``<64 hex> *<path>``); a leading ``./`` is dropped; blank
+    lines and ``#`` comments are ignored.
+
+    Raises:
+        ValueError: a malformed line, or a path that is absolute or leaves the directory.
+    """
+    entries: dict[str, str] = {}
+    lines = Path(manifest_path).read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        digest, _, rest = line.partition(" ")
+        rel = rest[1:] if rest[:1] in (" ", "*") else rest
+        while rel.startswith("./"):
+            rel = rel[2:]
+        digest = digest.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not rel:
+            raise ValueError(f"{manifest_path}:{lineno}: malformed manifest line: {line!r}")
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts:
+            raise ValueError(f"{manifest_path}:{lineno}: path leaves the data directory: {rel!r}")
+        entries[rel] = digest
+    return entries
+
+
+def verify_manifest(
+    directory: str | os.PathLike[str], manifest_path: str | os.PathLike[str]
+) -> list[str]:
+    """Check the files of ``directory`` against a sha256 manifest; return the problems found.
+
+    Each problem is one line, ``"missing: <path>"`` or ``"sha256 mismatch: <path>"``; an empty list
+    means every listed file is present with the listed content (files not listed are ignored).
+    """
+    directory = Path(directory)
+    problems: list[str] = []
+    for rel, digest in read_manifest(manifest_path).items():
+        file = directory / rel
+        if not file.is_file():
+            problems.append(f"missing: {rel}")
+        elif sha256_file(file) != digest:
+            problems.append(f"sha256 mismatch: {rel}")
+    return problems
+
+
+def manifest_checksum(manifest_path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of the manifest file itself: an id of the data set's exact content for results."""
+    return sha256_file(manifest_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# training data
+
+
+class ImageFolderDataset(Dataset):
+    """Images from a folder or a list of paths, as float ``(3, h, w)`` tensors in ``[0, 1]``.
+
+    With ``crop_size`` each item is a random crop of that size; an image smaller than the crop is
+    first reflection-padded (replicated where a side is a single pixel) to at least the crop size.
+    ``hflip`` / ``vflip`` flip with probability 1/2 each.
+
+    Randomness: in a DataLoader worker process the worker's torch RNG is used (DataLoader seeds
+    it per worker from its base seed, so seed the DataLoader's ``generator`` for reproducibility);
+    in the main process ``generator`` is used if given, else torch's global RNG. The generator is
+    not sent to workers, so workers never repeat one another's crops.
+    """
+
+    def __init__(
+        self,
+        images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        crop_size: int | tuple[int, int] | None = None,
+        *,
+        hflip: bool = False,
+        vflip: bool = False,
+        generator: torch.Generator | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
+        if isinstance(images, (str, os.PathLike)):
+            self.paths = find_images(images)
+        else:
+            self.paths = [Path(p) for p in images]
+            if not self.paths:
+                raise ValueError("ImageFolderDataset needs at least one image path")
+        if crop_size is None:
+            self.crop_size: tuple[int, int] | None = None
+        else:
+            h, w = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+            if h < 1 or w < 1:
+                raise ValueError(f"crop_size must be positive, got {crop_size!r}")
+            self.crop_size = (int(h), int(w))
+        self.hflip = hflip
+        self.vflip = vflip
+        self.generator = generator
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["generator"] = None  # workers use their own per-worker seeded RNG
+        return state
+
+    def _rng(self) -> torch.Generator | None:
+        if get_worker_info() is not None:
+            return None
+        return self.generator
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        x, _ = read_image(self.paths[index], max_pixels=self.max_pixels)
+        gen = self._rng()
+        if self.crop_size is not None:
+            x = _pad_to(x, *self.crop_size)
+            ch, cw = self.crop_size
+            top = int(torch.randint(0, x.shape[1] - ch + 1, (1,), generator=gen))
+            left = int(torch.randint(0, x.shape[2] - cw + 1, (1,), generator=gen))
+            x = x[:, top : top + ch, left : left + cw]
+        if self.hflip and bool(torch.rand((), generator=gen) < 0.5):
+            x = x.flip(-1)
+        if self.vflip and bool(torch.rand((), generator=gen) < 0.5):
+            x = x.flip(-2)
+        return x.contiguous()
+
+
+def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad ``(C, H, W)`` symmetrically to at least ``height x width``, mirroring the image.
+
+    Reflection needs a pad smaller than the side, so large pads are done in several rounds; a side
+    of one pixel can only be replicated.
+    """
+    while x.shape[1] < height or x.shape[2] < width:
+        pads = []
+        for size, target in ((x.shape[2], width), (x.shape[1], height)):  # F.pad order: W then H
+            need = min(max(target - size, 0), max(size - 1, 0))
+            pads += [need // 2, need - need // 2]
+        if any(pads):
+            x = F.pad(x.unsqueeze(0), pads, mode="reflect").squeeze(0)
+        else:  # a side of one pixel that must grow
+            need_h, need_w = max(height - x.shape[1], 0), max(width - x.shape[2], 0)
+            x = F.pad(x.unsqueeze(0), [0, need_w, 0, need_h], mode="replicate").squeeze(0)
+    return x
