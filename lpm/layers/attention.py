@@ -94,6 +94,7 @@ class WindowAttention(nn.Module):
         mask: Optional[Tensor] = None,
         prompts: Optional[Tensor] = None,
         prompt_logit: Optional[float] = None,
+        masked_windows: Optional[Tensor] = None,
     ) -> Tensor:
         """Attend within windows.
 
@@ -102,33 +103,50 @@ class WindowAttention(nn.Module):
             mask: additive mask ``(nW, N, N + P)`` (or ``(nW, N, N)`` without prompts); ``None`` = none.
             prompts: prompt tokens ``(B, nW, P, C)`` or ``None``.
             prompt_logit: scalar added to the logits of prompt keys (``log`` of the prompt strength).
+            masked_windows: optional indices of the windows whose ``mask`` is not all zero (with a shift or
+                padding, only windows at the bottom/right edge). Those are recomputed with the mask and all
+                others use the shared position bias alone, so no ``(nW, heads, N, N+P)`` tensor is built.
         Returns:
             ``(B, nW, N, C)``.
         """
         b, nw, n, c = x.shape
         h, d = self.num_heads, self.head_dim
-        qkv = self.qkv(x).reshape(b, nw, n, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, h, N, d)
+        qkv = self.qkv(x).reshape(b * nw, n, 3, h, d).permute(2, 0, 3, 1, 4)  # (3, B*nW, h, N, d)
         q, k, v = qkv.unbind(0)
         bias = self.relative_bias().to(q.dtype)  # (h, N, N)
         if prompts is not None:
             p = prompts.shape[2]
             w_kv = self.qkv.weight[c:]
             b_kv = self.qkv.bias[c:] if self.qkv.bias is not None else None
-            kv_p = F.linear(prompts, w_kv, b_kv).reshape(b, nw, p, 2, h, d).permute(3, 0, 1, 4, 2, 5)
-            k = torch.cat([k, kv_p[0]], dim=3)
-            v = torch.cat([v, kv_p[1]], dim=3)
+            kv_p = F.linear(prompts, w_kv, b_kv).reshape(b * nw, p, 2, h, d).permute(2, 0, 3, 1, 4)
+            k = torch.cat([k, kv_p[0]], dim=2)
+            v = torch.cat([v, kv_p[1]], dim=2)
             pbias = bias.new_zeros(h, n, p) if prompt_logit is None else bias.new_full((h, n, p), prompt_logit)
             bias = torch.cat([bias, pbias], dim=2)  # (h, N, N+P)
-        attn_mask = bias if mask is None else bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1)
+        drop = self.attn_drop if self.training else 0.0
         if self._capture is not None:
-            logits = (q * self.scale) @ k.transpose(-2, -1) + attn_mask
-            probs = logits.softmax(dim=-1)
+            full = bias if mask is None else bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1)  # (nW|1, h, N, S)
+            logits = (q * self.scale).reshape(b, nw, h, n, d) @ k.reshape(b, nw, h, -1, d).transpose(-2, -1)
+            probs = (logits + full).softmax(dim=-1)
             self._capture.append(probs.detach())
-            out = probs @ v
+            out = (probs @ v.reshape(b, nw, h, -1, d)).reshape(b * nw, h, n, d)
+        elif mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), dropout_p=drop)
         else:
-            drop = self.attn_drop if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
-        out = out.transpose(2, 3).reshape(b, nw, n, c)
+            if masked_windows is None or masked_windows.numel() == nw:
+                full = bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1)  # (nW, h, N, S)
+                full = full.unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(b * nw, h, n, -1)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=drop)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), dropout_p=drop)
+                sel = lambda t: t.reshape(b, nw, *t.shape[1:])[:, masked_windows].flatten(0, 1)  # noqa: E731
+                nb = masked_windows.numel()
+                sub = bias.unsqueeze(0) + mask[masked_windows].to(bias.dtype).unsqueeze(1)  # (nB, h, N, S)
+                sub = sub.unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(b * nb, h, n, -1)
+                fixed = F.scaled_dot_product_attention(sel(q), sel(k), sel(v), attn_mask=sub, dropout_p=drop)
+                out = out.reshape(b, nw, h, n, d).index_copy(1, masked_windows, fixed.reshape(b, nb, h, n, d))
+                out = out.reshape(b * nw, h, n, d)
+        out = out.transpose(1, 2).reshape(b, nw, n, c)
         return self.proj_drop(self.proj(out))
 
 

@@ -41,17 +41,13 @@ def window_merge(x: Tensor, window: int, h: int, w: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
 
 
-def _region_labels(hp: int, wp: int, window: int, shift: int, device: torch.device) -> Tensor:
-    """Shift-region id of every position of the padded map (all zero without shift)."""
-    labels = torch.zeros(hp, wp, dtype=torch.int64, device=device)
+def _rolled_labels(n: int, shift: int, device: torch.device) -> Tensor:
+    """Shift region of each row (or column) in the *rolled* frame: 1 for the ``shift`` rows that wrapped
+    around from the top (left), 0 for the rest. Tokens of different regions were not neighbours."""
+    lab = torch.zeros(n, dtype=torch.int64, device=device)
     if shift:
-        cuts = lambda n: (slice(0, n - window), slice(n - window, n - shift), slice(n - shift, n))  # noqa: E731
-        i = 0
-        for hs in cuts(hp):
-            for ws in cuts(wp):
-                labels[hs, ws] = i
-                i += 1
-    return labels
+        lab[n - shift :] = 1
+    return lab
 
 
 def build_window_mask(
@@ -64,28 +60,50 @@ def build_window_mask(
 ) -> Optional[Tensor]:
     """Additive attention mask ``(nW, N, N [+ P])`` for a ``h×w`` map, or ``None`` if nothing is masked.
 
-    A query may attend to a key only if both lie in the same shift region and the key is a real (not
-    padded) position; prompt keys follow the same rule on their own (coarser) grid.
+    Works in the rolled frame the attention sees: a query may attend to a key only if both lie in the same
+    shift region (neither or both wrapped around) and the key is a real (not padded) position; prompt keys
+    follow the same rule on their own, ``prompt_stride`` times coarser grid.
     """
     hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
     if not shift and hp == h and wp == w:
         return None
-    labels = _region_labels(hp, wp, window, shift, device)
+    labels = _rolled_labels(hp, shift, device)[:, None] * 2 + _rolled_labels(wp, shift, device)[None, :]
     valid = torch.zeros(hp, wp, dtype=torch.bool, device=device)
     valid[:h, :w] = True
-    keys = torch.where(valid, labels, torch.full_like(labels, -1))
     roll = lambda t, s: torch.roll(t, (-s, -s), (0, 1)) if s else t  # noqa: E731
-    q_lab = window_partition(roll(labels, shift)[None, :, :, None], window)[0, :, :, 0]  # (nW, N)
-    k_lab = window_partition(roll(keys, shift)[None, :, :, None], window)[0, :, :, 0]
+    keys = torch.where(roll(valid, shift), labels, torch.full_like(labels, -1))
+    q_lab = window_partition(labels[None, :, :, None], window)[0, :, :, 0]  # (nW, N)
+    k_lab = window_partition(keys[None, :, :, None], window)[0, :, :, 0]
     if prompt_stride:
         s = prompt_stride
-        p_lab = labels[::s, ::s].clone()
-        p_lab[math.ceil(h / s):, :] = -1
-        p_lab[:, math.ceil(w / s):] = -1
-        p_lab = window_partition(roll(p_lab, shift // s)[None, :, :, None], window // s)[0, :, :, 0]
+        p_valid = torch.zeros(hp // s, wp // s, dtype=torch.bool, device=device)
+        p_valid[: math.ceil(h / s), : math.ceil(w / s)] = True
+        p_keys = torch.where(roll(p_valid, shift // s), labels[::s, ::s], torch.full_like(labels[::s, ::s], -1))
+        p_lab = window_partition(p_keys[None, :, :, None], window // s)[0, :, :, 0]
         k_lab = torch.cat([k_lab, p_lab], dim=1)
     allowed = q_lab[:, :, None] == k_lab[:, None, :]
     return torch.where(allowed, 0.0, MASK_VALUE).float()
+
+
+def window_gather_index(h: int, w: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Flat indices that do pad + cyclic shift + window partition (and the inverse) as one gather each.
+
+    ``tokens = x.reshape(B, h*w, C)[:, fwd]`` gives the ``(B, nW*window², C)`` window tokens of the padded,
+    rolled map (padded positions point at token 0: they are masked as keys and dropped as queries), and
+    ``out[:, inv]`` puts window tokens back at their ``h*w`` positions.
+    """
+    hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
+    r = (torch.arange(hp, device=device) + shift) % hp
+    c = (torch.arange(wp, device=device) + shift) % wp
+    valid = (r[:, None] < h) & (c[None, :] < w)
+    flat = torch.where(valid, r[:, None] * w + c[None, :], torch.zeros((), dtype=torch.long, device=device))
+    fwd = window_partition(flat[None, :, :, None], window).reshape(-1)
+    i = (torch.arange(h, device=device) - shift) % hp
+    j = (torch.arange(w, device=device) - shift) % wp
+    nww = wp // window
+    win_id = (i[:, None] // window) * nww + (j[None, :] // window)
+    inv = win_id * window * window + (i[:, None] % window) * window + (j[None, :] % window)
+    return fwd, inv.reshape(-1)
 
 
 class SwinBlock(nn.Module):
@@ -119,28 +137,31 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
-        self._mask_cache: dict[tuple, Optional[Tensor]] = {}
+        self._plan_cache: dict[tuple, tuple] = {}
 
-    def _mask(self, h: int, w: int, with_prompts: bool, device: torch.device) -> Optional[Tensor]:
+    def _plan(self, h: int, w: int, with_prompts: bool, device: torch.device) -> tuple:
+        """Gather indices and mask for a ``h×w`` map, cached per size (they depend on nothing else)."""
         key = (h, w, with_prompts, device)
-        if key not in self._mask_cache:
-            if len(self._mask_cache) > 32:
-                self._mask_cache.clear()
-            stride = self.prompt_stride if with_prompts else None
-            self._mask_cache[key] = build_window_mask(h, w, self.window, self.shift, stride, device)
-        return self._mask_cache[key]
+        if key not in self._plan_cache:
+            if len(self._plan_cache) > 32:
+                self._plan_cache.clear()
+            s = self.prompt_stride
+            mask = build_window_mask(h, w, self.window, self.shift, s if with_prompts else None, device)
+            masked = None if mask is None else torch.nonzero(mask.amin(dim=(1, 2)) < 0).flatten()
+            fwd, inv = window_gather_index(h, w, self.window, self.shift, device)
+            pfwd = None
+            if with_prompts:
+                pfwd, _ = window_gather_index(math.ceil(h / s), math.ceil(w / s), self.window // s, self.shift // s, device)
+            self._plan_cache[key] = (mask, masked, fwd, inv, pfwd)
+        return self._plan_cache[key]
 
     def forward(self, x: Tensor, prompt: Optional[Tensor] = None, prompt_logit: Optional[float] = None) -> Tensor:
         """``x``: ``(B, H, W, C)``; ``prompt``: ``(B, C, ⌈H/s⌉, ⌈W/s⌉)`` or ``None``."""
         b, h, w, c = x.shape
-        win, shift, s = self.window, self.shift, self.prompt_stride
-        hp, wp = math.ceil(h / win) * win, math.ceil(w / win) * win
-        y = self.norm1(x)
-        if (hp, wp) != (h, w):
-            y = F.pad(y, (0, 0, 0, wp - w, 0, hp - h))
-        if shift:
-            y = torch.roll(y, (-shift, -shift), (1, 2))
-        tokens = window_partition(y, win)
+        s = self.prompt_stride
+        mask, masked, fwd, inv, pfwd = self._plan(h, w, prompt is not None, x.device)
+        n = self.window * self.window
+        tokens = self.norm1(x).reshape(b, h * w, c).index_select(1, fwd).reshape(b, -1, n, c)
         ptokens = None
         if prompt is not None:
             ph, pw = math.ceil(h / s), math.ceil(w / s)
@@ -149,21 +170,15 @@ class SwinBlock(nn.Module):
                     f"prompt map of shape {tuple(prompt.shape)} does not fit a {h}x{w}x{c} block "
                     f"(expected ({b}, {c}, {ph}, {pw}))"
                 )
-            p = prompt.permute(0, 2, 3, 1).to(y.dtype)
-            if (hp // s, wp // s) != (ph, pw):
-                p = F.pad(p, (0, 0, 0, wp // s - pw, 0, hp // s - ph))
-            if shift:
-                p = torch.roll(p, (-shift // s, -shift // s), (1, 2))
-            ptokens = window_partition(p, win // s)
-        mask = self._mask(h, w, ptokens is not None, x.device)
-        y = self.attn(tokens, mask=mask, prompts=ptokens, prompt_logit=prompt_logit)
-        y = window_merge(y, win, hp, wp)
-        if shift:
-            y = torch.roll(y, (shift, shift), (1, 2))
-        if (hp, wp) != (h, w):
-            y = y[:, :h, :w, :]
-        x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+            p = prompt.to(tokens.dtype).flatten(2).transpose(1, 2)  # (B, ph*pw, C)
+            ptokens = p.index_select(1, pfwd).reshape(b, tokens.shape[1], -1, c)
+        y = self.attn(tokens, mask=mask, prompts=ptokens, prompt_logit=prompt_logit, masked_windows=masked)
+        y = y.reshape(b, -1, c).index_select(1, inv).reshape(b, h, w, c)
+        if torch.is_grad_enabled() or self.training:
+            x = x + self.drop_path(y)
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = y.add_(x)  # inference: no drop path; reuse the fresh buffers instead of allocating new maps
+        return x.add_(self.mlp(self.norm2(x)))
 
 
 class SwinStage(nn.Module):
