@@ -7,3 +7,9 @@ loops), ``lpm.eval`` (real-bitstream evaluation); ``lpm.data`` reads images and 
 """
 
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# compressai (imported by lpm.models) calls torch.jit.script at import time, which torch>=2.10 flags as
+# deprecated on every run; it is not ours to fix and would bury lpm's own messages.
+_warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)

@@ -197,11 +197,10 @@ class PromptedCodec(nn.Module):
         return self.base.update(scale_table=scale_table, force=force)
 
     def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True):  # type: ignore[override]
-        """Loads entropy-model buffers of any size (via compressai's base-class logic) and the prompts."""
-        base_sd = {k[len("base."):]: v for k, v in state_dict.items() if k.startswith("base.")}
-        rest = {k: v for k, v in state_dict.items() if not k.startswith("base.")}
-        self.base.load_state_dict(base_sd, strict=strict)
-        return nn.Module.load_state_dict(self, {**rest, **{f"base.{k}": v for k, v in self.base.state_dict().items()}}, strict=strict)
+        """Like ``nn.Module.load_state_dict``, but first lets the base resize its entropy-model buffers
+        (compressai's CDF tables change size with the weights)."""
+        self.base.load_state_dict({k[len("base."):]: v for k, v in state_dict.items() if k.startswith("base.")}, strict=strict)
+        return nn.Module.load_state_dict(self, state_dict, strict=strict)
 
     # ------------------------------------------------------------------ accounting
     def prompt_parameters(self) -> list[nn.Parameter]:

@@ -1,0 +1,201 @@
+"""The ``lpm`` command: ``main(argv) -> int``.
+
+    lpm compress IN.png OUT.lpm --model CKPT [--rate λ | --target-bpp B]
+    lpm decompress IN.lpm OUT.png --model CKPT
+    lpm info FILE.lpm
+    lpm roundtrip --model CKPT [--data-dir DIR] [--rates λ ...]   # real bpp and PSNR of an image set
+    lpm models                                                  # the name table
+
+Errors on bad input (unreadable images, truncated or foreign streams, another checkpoint's stream, wrong
+checkpoints) print one line ``lpm: error: ...`` and exit with status 2; nothing is written in that case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["main"]
+
+EXIT_ERROR = 2
+
+
+def _model(args: argparse.Namespace):
+    from lpm import fileformat, zoo
+
+    if not args.model:
+        names = sorted(zoo.CHECKPOINTS)
+        if not names:
+            raise ValueError("no --model given and no trained checkpoint is shipped yet; pass a checkpoint file")
+        args.model = names[0]
+    model, info = zoo.load(args.model, device=args.device)
+    return model, fileformat.model_id_from_sha256(info["sha256"]), info
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from lpm.codec import compress_file
+
+    model, model_id, _ = _model(args)
+    res = compress_file(
+        model, model_id, args.input, args.output, rate=args.rate, target_bpp=args.target_bpp, max_pixels=args.max_pixels
+    )
+    print(f"{args.output}: {res.height}x{res.width}, rate λ={res.rate:.5g}, {res.num_bytes} bytes, {res.bpp:.4f} bpp")
+    return 0
+
+
+def _cmd_decompress(args: argparse.Namespace) -> int:
+    from lpm.codec import decompress_file
+
+    model, model_id, _ = _model(args)
+    res = decompress_file(model, model_id, args.input, args.output, max_pixels=args.max_pixels)
+    print(f"{args.output}: {res.height}x{res.width} decoded from {res.num_bytes} bytes ({res.bpp:.4f} bpp)")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from lpm import fileformat
+
+    print(fileformat.describe(fileformat.read(args.input)))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from lpm import zoo
+
+    for name, cfg in zoo.CONFIGS.items():
+        print(f"config {name}: {json.dumps(cfg['codec'])}")
+    if not zoo.CHECKPOINTS:
+        print("checkpoints: none shipped yet")
+    for name, e in zoo.CHECKPOINTS.items():
+        print(f"checkpoint {name}: {e.file} sha256={e.sha256[:16]}… config={e.config} budget: {e.budget}")
+    return 0
+
+
+def _cmd_roundtrip(args: argparse.Namespace) -> int:
+    import torch
+
+    from lpm import fileformat
+    from lpm.codec import decode_image, encode_image
+    from lpm.data import find_images, locate_dataset, read_image
+
+    model, model_id, info = _model(args)
+    folder = Path(args.images) if args.images else locate_dataset("kodak", args.data_dir)
+    paths = find_images(folder)[: args.limit or None]
+    rates = args.rates or model.rates
+    budget = info["meta"].get("budget", "unknown training budget")
+    print(f"checkpoint {info['path']} (sha256 {info['sha256'][:16]}…; {budget})")
+    print(f"images: {folder} ({len(paths)} files); rates λ: {', '.join(f'{r:g}' for r in rates)}")
+    print(f"{'rate λ':>9s} {'bpp':>8s} {'PSNR dB':>8s} {'enc s':>7s} {'dec s':>7s}")
+    rows = []
+    for rate in rates:
+        bpps, psnrs, t_enc, t_dec = [], [], 0.0, 0.0
+        for p in paths:
+            x, im = read_image(p, max_pixels=args.max_pixels)
+            t0 = time.perf_counter()
+            data = fileformat.encode(encode_image(model, model_id, x, im, rate))
+            t1 = time.perf_counter()
+            x_hat, _ = decode_image(model, model_id, fileformat.decode(data))
+            t2 = time.perf_counter()
+            t_enc, t_dec = t_enc + t1 - t0, t_dec + t2 - t1
+            ref = torch.round(x.clamp(0, 1) * 255)
+            mse = torch.mean((torch.round(x_hat * 255) - ref) ** 2).item()
+            bpps.append(8 * len(data) / (im.height * im.width))
+            psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
+        row = {
+            "rate": rate,
+            "bpp": sum(bpps) / len(bpps),
+            "psnr-rgb": sum(psnrs) / len(psnrs),
+            "encoding_time": t_enc / len(paths),
+            "decoding_time": t_dec / len(paths),
+        }
+        rows.append(row)
+        print(f"{rate:9.5g} {row['bpp']:8.4f} {row['psnr-rgb']:8.3f} {row['encoding_time']:7.2f} {row['decoding_time']:7.2f}")
+    if args.json:
+        from lpm.provenance import environment
+
+        out = {
+            "name": f"lpm ({Path(info['path']).name})",
+            "description": f"real-bitstream round trip; {budget}",
+            "results": {k: [r[k] for r in rows] for k in rows[0]},
+            "meta": {**environment(args.device), "checkpoint_sha256": info["sha256"], "images": str(folder)},
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from lpm import __version__
+    from lpm.codec import DEFAULT_MAX_PIXELS
+
+    ap = argparse.ArgumentParser(prog="lpm", description="Variable-rate learned image compression with prompt modules.")
+    ap.add_argument("--version", action="version", version=f"lpm {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="zoo checkpoint name or a checkpoint file (.safetensors)")
+        p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+
+    p = sub.add_parser("compress", help="image -> .lpm file")
+    p.add_argument("input")
+    p.add_argument("output")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--rate", type=float, help="λ in the model's range (default: the base rate)")
+    g.add_argument("--target-bpp", type=float, help="largest rate whose file fits this many bits per pixel")
+    model_args(p)
+    p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("decompress", help=".lpm file -> PNG")
+    p.add_argument("input")
+    p.add_argument("output")
+    model_args(p)
+    p.set_defaults(func=_cmd_decompress)
+
+    p = sub.add_parser("info", help="describe a .lpm file")
+    p.add_argument("input")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("models", help="list named configs and shipped checkpoints")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("roundtrip", help="real-bitstream bpp and PSNR of an image set at each rate")
+    p.add_argument("--data-dir", help="directory holding kodak/ (default: $LPM_DATA_DIR or the project's data/)")
+    p.add_argument("--images", help="a directory of images instead of Kodak")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images")
+    p.add_argument("--rates", type=float, nargs="+", help="λ values (default: the model's trained rates)")
+    p.add_argument("--json", help="write compressai-style results JSON here")
+    model_args(p)
+    p.set_defaults(func=_cmd_roundtrip)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    from lpm.codec import ModelMismatchError
+    from lpm.data import ImageReadError
+    from lpm.fileformat import BitstreamError
+    from lpm.train.checkpoint import CheckpointError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return int(args.func(args) or 0)
+    except (BitstreamError, ImageReadError, ModelMismatchError, CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
+        msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+        print(f"lpm: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("lpm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""Image ⇄ ``.lpm`` file with a variable-rate codec: the functions behind ``lpm compress/decompress``.
+
+The file (see :mod:`lpm.fileformat`) records which checkpoint made it (first 16 hex digits of the
+checkpoint's sha256), the rate, and the original size, channels and bit depth, so decoding with another
+checkpoint is refused and the decoded PNG has the input's shape and format (grayscale stays grayscale,
+16-bit stays 16-bit; alpha is dropped at encoding with a warning — the codec codes colour only).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from lpm import fileformat
+from lpm.data import ImageInfo, read_image, write_image
+from lpm.models import PromptedCodec, find_rate
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ModelMismatchError",
+    "encode_image",
+    "decode_image",
+    "compress_file",
+    "decompress_file",
+    "CodingResult",
+]
+
+#: Largest image coded in one piece by default (~4096×4096). The CPU peak memory of the paper-size codec is
+#: roughly 1.3 kB per pixel, so this needs about 22 GB; larger images are refused with a clear message
+#: (raise the limit with ``max_pixels`` / ``--max-pixels`` on a bigger machine).
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+class ModelMismatchError(ValueError):
+    """The stream was made by another checkpoint, or asks for a rate the model does not have."""
+
+
+@dataclass(frozen=True)
+class CodingResult:
+    path: str
+    height: int
+    width: int
+    rate: float
+    num_bytes: int
+
+    @property
+    def bpp(self) -> float:
+        return 8.0 * self.num_bytes / (self.height * self.width)
+
+
+def _check_size(h: int, w: int, max_pixels: Optional[int]) -> None:
+    if max_pixels is not None and h * w > max_pixels:
+        raise ValueError(
+            f"image of {h}x{w} = {h * w} pixels exceeds the limit of {max_pixels} pixels "
+            f"(raise it with --max-pixels if this machine has the memory; about 1.3 kB per pixel)"
+        )
+
+
+@torch.no_grad()
+def encode_image(model: PromptedCodec, model_id: str, x: Tensor, info: ImageInfo, rate: float) -> fileformat.CompressedImage:
+    """Code one image ``x`` ``(3, H, W)`` in [0, 1] at ``rate`` (a λ in the model's range)."""
+    if x.dim() != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected an image tensor of shape (3, H, W), got {tuple(x.shape)}")
+    device = next(model.parameters()).device
+    out = model.compress(x[None].to(device), rate)
+    header = fileformat.StreamHeader(
+        model_id=model_id,
+        rate=float(rate),
+        height=info.height,
+        width=info.width,
+        channels=info.channels,
+        bit_depth=info.bit_depth,
+        latent_shape=tuple(out["shape"]),
+    )
+    return fileformat.CompressedImage(header, [s[0] for s in out["strings"]])
+
+
+@torch.no_grad()
+def decode_image(model: PromptedCodec, model_id: str, c: fileformat.CompressedImage) -> tuple[Tensor, ImageInfo]:
+    """Decode a parsed stream; refuses streams of other checkpoints or rates outside the model's range."""
+    h = c.header
+    if h.model_id != model_id:
+        raise ModelMismatchError(
+            f"stream was made by checkpoint {h.model_id}, but the loaded checkpoint is {model_id}; "
+            "decode with the checkpoint that encoded it"
+        )
+    lo, hi = model.rate_range
+    if not lo * (1 - 1e-9) <= h.rate <= hi * (1 + 1e-9):
+        raise ModelMismatchError(f"stream rate {h.rate} is outside this model's range [{lo}, {hi}]")
+    if len(c.strings) != 2:
+        raise ModelMismatchError(f"stream has {len(c.strings)} strings; this codec writes 2 (y, z)")
+    x_hat = model.decompress([[c.strings[0]], [c.strings[1]]], h.latent_shape, h.rate, size=(h.height, h.width))
+    info = ImageInfo(height=h.height, width=h.width, channels=h.channels, bit_depth=h.bit_depth, had_alpha=False)
+    return x_hat["x_hat"][0].cpu(), info
+
+
+def compress_file(
+    model: PromptedCodec,
+    model_id: str,
+    src: Union[str, os.PathLike],
+    dst: Union[str, os.PathLike],
+    *,
+    rate: Optional[float] = None,
+    target_bpp: Optional[float] = None,
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+) -> CodingResult:
+    """Read an image, code it at ``rate`` (default: the base rate) or at the largest rate whose *file*
+    (header included) fits ``target_bpp``, and write the ``.lpm`` file atomically."""
+    if rate is not None and target_bpp is not None:
+        raise ValueError("give either a rate or a target bpp, not both")
+    x, info = read_image(src, max_pixels=max_pixels)
+    _check_size(info.height, info.width, max_pixels)
+    npix = info.height * info.width
+    if target_bpp is not None:
+        if not (math.isfinite(target_bpp) and target_bpp > 0):
+            raise ValueError(f"target bpp must be a positive number, got {target_bpp}")
+        cache: dict[float, fileformat.CompressedImage] = {}
+
+        def measure(r: float) -> float:
+            cache[r] = encode_image(model, model_id, x, info, r)
+            return 8.0 * len(fileformat.encode(cache[r])) / npix
+
+        rate, _ = find_rate(measure, target_bpp, model.rate_range)
+        c = cache[rate]
+    else:
+        rate = model.base_rate if rate is None else float(rate)
+        c = encode_image(model, model_id, x, info, rate)
+    fileformat.write(dst, c)
+    return CodingResult(str(dst), info.height, info.width, rate, os.path.getsize(dst))
+
+
+def decompress_file(
+    model: PromptedCodec,
+    model_id: str,
+    src: Union[str, os.PathLike],
+    dst: Union[str, os.PathLike],
+    *,
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+) -> CodingResult:
+    """Decode an ``.lpm`` file to a PNG (same channels and bit depth as the original)."""
+    c = fileformat.read(src, max_pixels=max_pixels)
+    x_hat, info = decode_image(model, model_id, c)
+    write_image(dst, x_hat, info)
+    return CodingResult(str(dst), info.height, info.width, c.header.rate, os.path.getsize(src))

@@ -1,0 +1,89 @@
+"""The one name table: named model configs and the checkpoint manifest (file + sha256 + budget).
+
+Every other part of lpm (CLI, notebooks, evaluation, training configs) refers to models by these names.
+
+``CONFIGS``: architecture sizes by name (``"tic"`` is the paper-size N=128, M=192 codec; ``"tiny"`` is for
+tests and smoke runs). ``CHECKPOINTS``: trained checkpoints shipped under ``results/checkpoints/``, each
+with its sha256 (checked on load) and the training budget it was made with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from lpm.models import DEFAULT_RATES, CodecConfig, PromptConfig, PromptedCodec, TICCodec
+
+__all__ = ["CONFIGS", "CHECKPOINTS", "CheckpointEntry", "build", "checkpoint_path", "load", "CHECKPOINT_DIR"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT_DIR = PROJECT_ROOT / "results" / "checkpoints"
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    # TIC / Kao et al. size: N=128, M=192, Swin depths (2,4,6)/(6,4,2), window 8 (4 in the hyperprior).
+    "tic": {"codec": CodecConfig().to_dict(), "prompt": PromptConfig().to_dict(), "rates": list(DEFAULT_RATES)},
+    # Test/smoke size: same structure, ~100 k parameters.
+    "tiny": {
+        "codec": CodecConfig(
+            N=16, M=24, enc_depths=(1, 1, 2), dec_depths=(2, 1, 1), enc_heads=(2, 2, 2), dec_heads=(2, 2, 2),
+            hyper_depth=2, hyper_heads=2,
+        ).to_dict(),
+        "prompt": PromptConfig(enc_channels=8, dec_channels=8).to_dict(),
+        "rates": list(DEFAULT_RATES),
+    },
+}
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """A shipped checkpoint: file under ``CHECKPOINT_DIR``, its sha256, config name and training budget."""
+
+    file: str
+    sha256: str
+    config: str
+    budget: str
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: Trained checkpoints. Empty until the GPU training issue ships them (no GPU was available so far).
+CHECKPOINTS: dict[str, CheckpointEntry] = {}
+
+
+def build(name: str = "tic", *, prompted: bool = True, base_rate: float = 0.0483) -> Union[TICCodec, PromptedCodec]:
+    """An untrained model of a named config."""
+    if name not in CONFIGS:
+        raise KeyError(f"unknown config {name!r}; known: {sorted(CONFIGS)}")
+    cfg = CONFIGS[name]
+    base = TICCodec(CodecConfig.from_dict(cfg["codec"]))
+    if not prompted:
+        return base
+    return PromptedCodec(base, cfg["rates"], base_rate, PromptConfig.from_dict(cfg["prompt"]))
+
+
+def checkpoint_path(name: str) -> Path:
+    if name not in CHECKPOINTS:
+        known = ", ".join(sorted(CHECKPOINTS)) or "none shipped yet"
+        raise KeyError(f"unknown checkpoint {name!r} (known: {known}); pass a file path instead")
+    return CHECKPOINT_DIR / CHECKPOINTS[name].file
+
+
+def load(name_or_path: str, device: str = "cpu") -> tuple[PromptedCodec, dict[str, Any]]:
+    """Load a named (sha256-checked) or path-given checkpoint as a :class:`PromptedCodec`.
+
+    A bare base checkpoint is wrapped as a single-rate prompted codec, so callers see one interface.
+    """
+    from lpm.train.checkpoint import load_codec
+
+    expected: Optional[str] = None
+    path = Path(name_or_path)
+    if name_or_path in CHECKPOINTS:
+        path, expected = checkpoint_path(name_or_path), CHECKPOINTS[name_or_path].sha256
+    elif not path.exists():
+        known = ", ".join(sorted(CHECKPOINTS)) or "none shipped yet"
+        raise FileNotFoundError(f"no checkpoint file or zoo name {name_or_path!r} (zoo names: {known})")
+    model, info = load_codec(path, expected_sha256=expected, device=device)
+    if isinstance(model, TICCodec):
+        model = PromptedCodec(model, rates=[info["base_rate"]], base_rate=info["base_rate"]).eval()
+    return model, info
