@@ -207,17 +207,6 @@ def test_rates_outside_the_range_are_rejected(tiny_codec):
         tiny_codec.compress(x, float("nan"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (lpm/models/prompted.py, PromptedCodec.prompt_source): the range check accepts "
-        "rate >= lo*(1-1e-9), but the exact-rate test math.isclose(rate, lo, rel_tol=1e-9) can reject that "
-        "same value after float rounding (e.g. lo=0.0018 or 0.013, rate=lo*(1-1e-9)); then "
-        "next(i for r > rate) gives i=0 and the 'neighbours' become rates[-1] and rates[0] (wrap-around). "
-        "With the base on top this raises 'prompt strength must be in (0, 1], got 1.0000000003'; otherwise it "
-        "mixes in the top rate's module with a negative weight."
-    ),
-)
 @pytest.mark.parametrize("lowest,ladder", [(0.0018, DEFAULT_RATES), (0.013, (0.013, 0.0483, 0.1))])
 def test_rate_at_the_lower_tolerance_edge_is_the_lowest_rate(lowest, ladder):
     model = PromptedCodec(make_tiny_base(), rates=ladder, base_rate=0.0483, prompt_config=PromptConfig(8, 0, 8, 0))

@@ -168,6 +168,7 @@ class PromptedCodec(nn.Module):
         lo, hi = self.rate_range
         if not (math.isfinite(rate) and lo * (1 - 1e-9) <= rate <= hi * (1 + 1e-9)):
             raise ValueError(f"rate {rate} is outside the trained range [{lo}, {hi}]")
+        rate = min(max(rate, lo), hi)  # values within the tolerance just outside count as the end rates
         for r in self.rates:
             if math.isclose(rate, r, rel_tol=1e-9):
                 return None if self._is_base(r) else RateMix([self.module(r)], [1.0])
