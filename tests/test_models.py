@@ -414,3 +414,28 @@ def test_batch_compress_equals_single(tiny_codec, rate):
         torch.testing.assert_close(dec_part, dec_single, atol=1e-5, rtol=0)
         torch.testing.assert_close(dec[i : i + 1], dec_single, atol=1e-5, rtol=0)
     assert not torch.allclose(dec[0], dec[1])
+
+
+def test_latent_gain_option_round_trips_and_interpolates():
+    torch.manual_seed(7)
+    model = PromptedCodec(
+        make_tiny_base(), rates=(0.0035, 0.013, 0.0483), base_rate=0.0483,
+        prompt_config=PromptConfig(8, 0, 8, 0, latent_gain=True),
+    ).eval()
+    with torch.no_grad():
+        model.module(0.0035).log_gain.fill_(-1.0)
+        model.module(0.013).log_gain.fill_(-0.5)
+    model.update(force=True)
+    x = torch.rand(1, 3, 40, 56)
+    for rate in (0.0483, 0.013, 0.006, 0.02):
+        c = model.compress(x, rate)
+        y = model.decompress(c["strings"], c["shape"], rate, size=(40, 56))["x_hat"]
+        assert (y - model(x, rate)["x_hat"].clamp(0, 1)).abs().max() <= 1e-5
+    mid = (0.0035 * 0.013) ** 0.5
+    assert torch.allclose(model.prompt_source(mid).latent_log_gain(), torch.full((24,), -0.75))
+    near_base = model.prompt_source((0.013 * 0.0483) ** 0.5)
+    assert torch.allclose(near_base.latent_log_gain(), torch.full((24,), -0.25))
+    # a smaller gain on y means fewer bits for the same image
+    assert sum(len(s[0]) for s in model.compress(x, 0.0035)["strings"]) < sum(
+        len(s[0]) for s in model.compress(x, 0.0483)["strings"]
+    )

@@ -50,6 +50,10 @@ class PromptSource(Protocol):
 
     def decoder(self, y_hat: Tensor) -> Optional[dict[str, list[Tensor]]]: ...
 
+    def latent_log_gain(self) -> Optional[Tensor]:
+        """Optional per-channel log-gain ``(M,)`` on ``y`` (coded as ``y·e^g``, decoded as ``ŷ·e^-g``)."""
+        ...
+
 
 @dataclass
 class CodecConfig:
@@ -180,8 +184,16 @@ class TICCodec(CompressionModel):
         logit = src.prompt_logit if src is not None else None
         prompts = src.encoder(x) if src is not None else None
         y = self.g_a(x, prompts, logit)
+        gain = self._gain(src)
+        if gain is not None:
+            y = y * gain.exp().view(1, -1, 1, 1)
         z = self.h_a(y, prompts, logit)
         return y, z
+
+    @staticmethod
+    def _gain(src: Optional[PromptSource]) -> Optional[Tensor]:
+        fn = getattr(src, "latent_log_gain", None) if src is not None else None
+        return fn() if fn is not None else None
 
     def _params(self, z_hat: Tensor, src: Optional[PromptSource]) -> tuple[Tensor, Tensor]:
         logit = src.prompt_logit if src is not None else None
@@ -191,6 +203,9 @@ class TICCodec(CompressionModel):
 
     def _synthesis(self, y_hat: Tensor, src: Optional[PromptSource]) -> Tensor:
         logit = src.prompt_logit if src is not None else None
+        gain = self._gain(src)
+        if gain is not None:
+            y_hat = y_hat * (-gain).exp().view(1, -1, 1, 1)
         prompts = src.decoder(y_hat) if src is not None else None
         return self.g_s(y_hat, prompts, logit)
 

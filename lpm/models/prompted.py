@@ -45,6 +45,9 @@ class PromptConfig:
     dec_channels: int = 32
     dec_head_hidden: int = 0
     head_init_scale: float = 0.1
+    #: Beyond the paper (off by default): a learned per-channel log-gain on ``y`` per rate (Cui et al.,
+    #: CVPR 2021 gain units), a direct quantisation-step lever for when prompts alone cannot reach a rate.
+    latent_gain: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -71,6 +74,7 @@ class LayerAdaptivePromptModule(nn.Module):
             N, cfg.dec_channels, 6, t["hyper_decoder"], cfg.dec_head_hidden, 1, cfg.head_init_scale
         )
         self.decoder = PromptNet(M, cfg.dec_channels, 4, t["decoder"], cfg.dec_head_hidden, 1, cfg.head_init_scale)
+        self.log_gain = nn.Parameter(torch.zeros(M)) if cfg.latent_gain else None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -103,6 +107,12 @@ class RateMix:
 
     def decoder(self, y_hat: Tensor) -> dict[str, list[Tensor]]:
         return _mix([m.decoder(y_hat) for m in self.modules], self.weights)
+
+    def latent_log_gain(self) -> Optional[Tensor]:
+        """Log-gains mix like the prompts (geometric interpolation of gains) and fade with the strength."""
+        if self.modules[0].log_gain is None:
+            return None
+        return self.strength * sum(w * m.log_gain for m, w in zip(self.modules, self.weights))
 
     def __repr__(self) -> str:
         return f"RateMix(weights={self.weights}, strength={self.strength:.4g})"
