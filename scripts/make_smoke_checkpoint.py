@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--data-fraction", type=float, default=0.1, help="share of the images for prompt learning")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--no-latent-gain", dest="latent_gain", action="store_false",
+        help="prompts only (paper-faithful); by default the smoke model adds the per-rate latent gain, because "
+        "prompts alone barely move the rate in minutes of CPU training",
+    )
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -44,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         ds = ImageFolderDataset(paths, crop_size=args.crop, hflip=True, vflip=True)
         return infinite(torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=1))
 
-    codec = zoo.build("tiny")
+    from lpm.models import PromptConfig, PromptedCodec
+
+    tiny = zoo.build("tiny")
+    pcfg = PromptConfig.from_dict({**zoo.CONFIGS["tiny"]["prompt"], "latent_gain": args.latent_gain})
+    codec = PromptedCodec(tiny.base, tiny.rates, tiny.base_rate, pcfg)
     log = lambda r: print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}), flush=True)  # noqa: E731
     t0 = time.perf_counter()
     print(f"base: {len(images)} images, λ={codec.base_rate}, {args.base_steps} steps", flush=True)
@@ -58,13 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         train_prompt(codec, rate, loader(subset), args.prompt_steps, lr=1e-3, log=log, log_every=100)
     minutes = (time.perf_counter() - t0) / 60
     budget = (
-        f"smoke checkpoint, NOT the paper's budget: tiny config, CPU ({torch.get_num_threads()} threads), "
+        f"smoke checkpoint, NOT the paper's model or budget: tiny config"
+        f"{' + per-rate latent gain (beyond the paper)' if args.latent_gain else ', prompts only'}, CPU ({torch.get_num_threads()} threads), "
         f"{minutes:.1f} min; base {args.base_steps} steps x {args.batch} crops of {args.crop}px on {len(images)} "
         f"BSDS500 images ({t_base / 60:.1f} min); prompts {args.prompt_steps} steps/rate on {len(subset)} images"
     )
     meta = {
         "budget": budget,
         "config": "tiny",
+        "latent_gain": args.latent_gain,
         "cpu_minutes": round(minutes, 2),
         "base_steps": args.base_steps,
         "prompt_steps_per_rate": args.prompt_steps,
