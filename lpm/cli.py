@@ -5,6 +5,7 @@
     lpm info FILE.lpm
     lpm roundtrip --model CKPT [--data-dir DIR] [--rates λ ...]   # real bpp and PSNR of an image set
     lpm models                                                  # the name table
+    lpm train CONFIG.yaml [--resume] [--max-minutes M]          # base / prompts / separate runs
 
 Errors on bad input (unreadable images, truncated or foreign streams, another checkpoint's stream, wrong
 checkpoints) print one line ``lpm: error: ...`` and exit with status 2; nothing is written in that case.
@@ -131,6 +132,19 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lpm.train.runner import Runner, load_config
+
+    cfg = load_config(args.config, max_minutes=args.max_minutes, out_dir=args.out_dir)
+    runner = Runner(cfg, data_dir=args.data_dir, device=args.device, progress=not args.no_progress)
+    written = runner.run(resume=args.resume)
+    if runner.rank == 0:
+        for p in written:
+            print(f"wrote {p}")
+        print(runner.budget_string())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from lpm import __version__
     from lpm.codec import DEFAULT_MAX_PIXELS
@@ -165,6 +179,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list named configs and shipped checkpoints")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", help="run a training config (base, prompts, separate); resumable")
+    p.add_argument("config", help="YAML run config (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in its out_dir")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly (and save) after this much training time")
+    p.add_argument("--data-dir", help="directory holding the training set's folder")
+    p.add_argument("--out-dir", help="override the config's out_dir")
+    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("roundtrip", help="real-bitstream bpp and PSNR of an image set at each rate")
     p.add_argument("--data-dir", help="directory holding kodak/ (default: $LPM_DATA_DIR or the project's data/)")

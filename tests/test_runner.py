@@ -1,0 +1,204 @@
+"""The resumable training runner: configs, exact resume after a kill, data subsets, ledger, CLI, torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lpm.cli import main
+from lpm.train.checkpoint import load_codec
+from lpm.train.runner import LEDGER_FIELDS, Runner, RunConfig, load_config
+from lpm.train.sampler import CropSampler, subset
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A fake 'bsds500' layout with 20 small smooth images."""
+    import imagecodecs
+
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 14), ("val", 6)):
+        d = root / "bsds500" / split
+        d.mkdir(parents=True)
+        for i in range(n):
+            low = rng.random((6, 8, 3))
+            img = np.kron(low, np.ones((8, 8, 1)))[:45, :60]
+            img = np.clip(img * 255 + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+            (d / f"{split}{i:02d}.png").write_bytes(imagecodecs.png_encode(img))
+    return root
+
+
+def _cfg(tmp_path: Path, data_dir: Path, **kw) -> RunConfig:
+    base = dict(
+        name="t", kind="base", model="tiny", steps=6, lr=1e-3, checkpoint_every=3, log_every=1,
+        out_dir=str(tmp_path / "run"), data={"dir": str(data_dir), "crop": 32, "batch": 2, "on_device": False},
+    )
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _log(path: Path) -> list[dict]:
+    with open(path / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_base_run_writes_model_log_ledger(tmp_path, data_dir):
+    cfg = _cfg(tmp_path, data_dir)
+    written = Runner(cfg, progress=False).run()
+    assert [p.name for p in written] == ["model.safetensors"]
+    model, info = load_codec(written[0])
+    assert info["kind"] == "tic" and info["base_rate"] == 0.0483
+    assert "CPU-minutes" in info["meta"]["budget"] and "12 crops" in info["meta"]["budget"]
+    rows = _log(tmp_path / "run")
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    ledger = [json.loads(l) for l in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
+    assert len(ledger) == 1 and set(LEDGER_FIELDS) <= set(ledger[0])
+    assert ledger[0]["images_in_set"] == 20 and ledger[0]["images_seen"] == 20 and ledger[0]["crops_seen"] == 12
+    with pytest.raises(ValueError, match="already holds a run"):
+        Runner(cfg, progress=False).run()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_continues_exactly(tmp_path, data_dir, monkeypatch):
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "kill"
+    Runner(_cfg(tmp_path, data_dir, out_dir=str(ref_dir)), progress=False).run()
+    ref_log = _log(ref_dir)
+    ref_w = load_codec(ref_dir / "model.safetensors")[0].state_dict()
+
+    real_next = CropSampler.next
+    calls = {"n": 0}
+
+    def dying_next(self):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the 5th step dies mid-way; the last saved state is at step 3
+            raise _Killed()
+        return real_next(self)
+
+    monkeypatch.setattr(CropSampler, "next", dying_next)
+    with pytest.raises(_Killed):
+        Runner(_cfg(tmp_path, data_dir, out_dir=str(kill_dir)), progress=False).run()
+    monkeypatch.setattr(CropSampler, "next", real_next)
+    assert (kill_dir / "state.pt").exists()
+    Runner(_cfg(tmp_path, data_dir, out_dir=str(kill_dir)), progress=False).run(resume=True)
+    got = _log(kill_dir)
+    # steps 4.. after resume repeat exactly the uninterrupted run's losses (step 4 was logged twice: before
+    # the kill and again after resuming from step 3)
+    after = {int(r["step"]): r["loss"] for r in got[-3:]}
+    assert after == {int(r["step"]): r["loss"] for r in ref_log[3:]}
+    w = load_codec(kill_dir / "model.safetensors")[0].state_dict()
+    assert all(torch.equal(ref_w[k], w[k]) for k in ref_w)
+
+
+def test_max_minutes_stops_and_saves(tmp_path, data_dir):
+    cfg = _cfg(tmp_path, data_dir, max_minutes=0.0)
+    assert Runner(cfg, progress=False).run() == []
+    assert (tmp_path / "run" / "state.pt").exists() and not (tmp_path / "run" / "model.safetensors").exists()
+    cfg2 = _cfg(tmp_path, data_dir)
+    written = Runner(cfg2, progress=False).run(resume=True)
+    assert written and written[0].exists()
+
+
+def test_resume_refuses_a_changed_config(tmp_path, data_dir):
+    Runner(_cfg(tmp_path, data_dir, max_minutes=0.0), progress=False).run()
+    with pytest.raises(ValueError, match="config changed"):
+        Runner(_cfg(tmp_path, data_dir, lr=5e-4), progress=False).run(resume=True)
+
+
+def test_prompt_run_is_progressive_on_a_recorded_subset_and_keeps_base(tmp_path, data_dir):
+    base_dir = tmp_path / "base"
+    Runner(_cfg(tmp_path, data_dir, out_dir=str(base_dir), steps=4), progress=False).run()
+    base_ckpt = base_dir / "model.safetensors"
+    cfg = _cfg(
+        tmp_path, data_dir, kind="prompts", init=str(base_ckpt), rates=[0.0067, 0.013, 0.0483], steps=3,
+        out_dir=str(tmp_path / "prompts"), data={"dir": str(data_dir), "crop": 32, "batch": 2, "on_device": False,
+                                                 "fraction": 0.25},
+    )
+    written = Runner(cfg, progress=False).run()
+    model, info = load_codec(written[0])
+    assert info["kind"] == "prompted" and model.rates == [0.0067, 0.013, 0.0483]
+    base, _ = load_codec(base_ckpt)
+    assert all(torch.equal(v, model.base.state_dict()[k]) for k, v in base.state_dict().items())
+    chosen = (tmp_path / "prompts" / "subset.txt").read_text().split()
+    assert len(chosen) == 5  # 25 % of 20 images, recorded
+    paths = sorted((data_dir / "bsds500").rglob("*.png"))
+    assert chosen == [str(p.relative_to(data_dir / "bsds500")) for p in subset(paths, 0.25, seed=0)]
+    stages = [r["stage"] for r in _log(tmp_path / "prompts")]
+    assert stages[0] == "prompt-0.013" and stages[-1] == "prompt-0.0067"  # nearest the base first
+    ledger = [json.loads(l) for l in (tmp_path / "prompts" / "ledger.jsonl").read_text().splitlines()]
+    assert [r["images_seen"] for r in ledger] == [5, 5]
+
+
+def test_subset_is_deterministic_and_validated():
+    paths = [Path(f"/x/{i:03d}.jpg") for i in range(500)]
+    a, b = subset(paths, 0.1, 0), subset(list(reversed(paths)), 0.1, 0)
+    assert a == b and len(a) == 50 and a != subset(paths, 0.1, 1)
+    assert subset(paths, 1.0, 0) == sorted(paths)
+    with pytest.raises(ValueError):
+        subset(paths, 0.0, 0)
+
+
+def test_separate_run_writes_one_model_per_rate(tmp_path, data_dir):
+    base_dir = tmp_path / "base"
+    Runner(_cfg(tmp_path, data_dir, out_dir=str(base_dir), steps=2), progress=False).run()
+    cfg = _cfg(tmp_path, data_dir, kind="separate", init=str(base_dir / "model.safetensors"),
+               rates=[0.013, 0.0483], steps=2, out_dir=str(tmp_path / "sep"))
+    written = Runner(cfg, progress=False).run()
+    assert [p.name for p in written] == ["model-0.013.safetensors"]
+    _, info = load_codec(written[0])
+    assert info["base_rate"] == 0.013
+
+
+def test_cli_train_and_config_file(tmp_path, data_dir, capsys):
+    cfg = {"name": "cli", "kind": "base", "model": "tiny", "steps": 2, "log_every": 1,
+           "out_dir": str(tmp_path / "cli"), "data": {"dir": str(data_dir), "crop": 32, "batch": 2}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert load_config(path).data.crop == 32
+    rc = main(["train", str(path), "--device", "cpu", "--no-progress"])
+    assert rc == 0 and "model.safetensors" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**cfg, "bogus": 1}))
+    assert main(["train", str(bad), "--device", "cpu"]) == 2
+
+
+def test_repository_configs_parse():
+    root = Path(__file__).resolve().parent.parent / "configs"
+    files = sorted(root.glob("*.yaml"))
+    assert files, "configs/ holds the run recipes"
+    for f in files:
+        load_config(f)
+
+
+def test_torchrun_gloo_two_processes_stay_in_sync(tmp_path, data_dir):
+    """Two CPU processes under torchrun (gloo): DDP averages gradients, so both end with equal weights."""
+    out = tmp_path / "ddp"
+    cfg = {"name": "ddp", "kind": "base", "model": "tiny", "steps": 3, "log_every": 1, "checkpoint_every": 2,
+           "out_dir": str(out), "data": {"dir": str(data_dir), "crop": 32, "batch": 2, "on_device": False}}
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "lpm.train.ddp_check", str(path), str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    h0 = (tmp_path / "rank0.sha").read_text()
+    h1 = (tmp_path / "rank1.sha").read_text()
+    assert h0 == h1
+    assert (out / "model.safetensors").exists()
+    ledger = json.loads((out / "ledger.jsonl").read_text().splitlines()[0])
+    assert ledger["world_size"] == 2 and ledger["crops_seen"] == 3 * 2 * 2
