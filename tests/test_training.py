@@ -138,3 +138,14 @@ def test_progressive_initialises_from_neighbour():
     after_025 = codec.module(0.025).state_dict()
     # λ=0.013 started from the *trained* λ=0.025 module
     assert all(torch.equal(snapshots[0.013][k], after_025[k]) for k in after_025)
+
+
+def test_ms_ssim_loss_variant():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 192, 192)
+    out = {"x_hat": (x + 0.05 * torch.randn_like(x)).clamp(0, 1), "likelihoods": {"y": torch.full((1, 2, 4, 4), 0.25)}}
+    res = RateDistortionLoss(3.0, metric="ms-ssim")(out, x)
+    assert 0 < res["ms_ssim_loss"].item() < 1
+    assert res["loss"].item() == pytest.approx(3.0 * res["ms_ssim_loss"].item() + res["bpp_loss"].item(), rel=1e-5)
+    same = RateDistortionLoss(3.0, metric="ms-ssim")({**out, "x_hat": x}, x)
+    assert same["ms_ssim_loss"].item() == pytest.approx(0.0, abs=1e-5)

@@ -7,8 +7,9 @@ A run is a list of *stages*; each stage trains one set of parameters at one rate
   prompted rate, nearest the base rate first, each initialised from its trained neighbour
   (:func:`lpm.train.loops.progressive_order`); only that module's parameters are optimised. Images: a
   seeded subset of ``data.fraction`` of the set (default 0.1: the paper's "90 % less data"), recorded.
-* ``kind: separate`` — the separate-models baseline: per rate, a copy of the base fine-tuned with all
-  parameters on all images for ``steps`` steps (one checkpoint per rate).
+* ``kind: separate`` — the separate-models baseline: per rate, a copy of the base (``init``) fine-tuned with
+  all parameters on all images for ``steps`` steps, or without ``init`` a model trained from scratch (one
+  checkpoint per rate).
 
 Runs survive: a training-state file (model, optimizers, RNG and sampler states, stage, step, config,
 elapsed time, ledger) is written atomically every ``checkpoint_every`` steps, at the end of each stage, when
@@ -103,8 +104,8 @@ class RunConfig:
             self.data = DataConfig(**self.data)
         if self.kind not in ("base", "prompts", "separate"):
             raise ValueError(f"unknown run kind {self.kind!r} (base, prompts, separate)")
-        if self.kind in ("prompts", "separate") and not self.init:
-            raise ValueError(f"a {self.kind} run needs `init:` (the base checkpoint)")
+        if self.kind == "prompts" and not self.init:
+            raise ValueError("a prompts run needs `init:` (the base checkpoint)")
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("steps, checkpoint_every and log_every must be positive")
 
