@@ -9,6 +9,7 @@ from .prompted import (
     RateMix,
     find_rate,
 )
+from .baselines import GainUnitCodec, RateConditionedCodec, RateConditionedPrompts, SeparateModels, separate_models
 
 __all__ = [
     "STRIDE",
@@ -22,4 +23,9 @@ __all__ = [
     "PromptedCodec",
     "RateMix",
     "find_rate",
+    "GainUnitCodec",
+    "RateConditionedCodec",
+    "RateConditionedPrompts",
+    "SeparateModels",
+    "separate_models",
 ]
