@@ -11,6 +11,9 @@ from .classical import (
     save_results_json,
 )
 from .metrics import ms_ssim_rgb, psnr
+from .maps import attention_layer_names, attention_maps, bit_allocation
+from .rd import BPP_DEFINITION, evaluate_codec
+from .savings import data_table, dataset_saving, parameter_table, read_ledger, storage_saving
 
 __all__ = [
     "CLASSICAL_CODECS",
@@ -24,4 +27,14 @@ __all__ = [
     "ms_ssim_rgb",
     "psnr",
     "save_results_json",
+    "BPP_DEFINITION",
+    "attention_layer_names",
+    "attention_maps",
+    "bit_allocation",
+    "data_table",
+    "dataset_saving",
+    "evaluate_codec",
+    "parameter_table",
+    "read_ledger",
+    "storage_saving",
 ]
