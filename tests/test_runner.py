@@ -74,9 +74,10 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_after_kill_continues_exactly(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize("kind", ["base", "rate_conditioned"])
+def test_resume_after_kill_continues_exactly(tmp_path, data_dir, monkeypatch, kind):
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "kill"
-    Runner(_cfg(tmp_path, data_dir, out_dir=str(ref_dir)), progress=False).run()
+    Runner(_cfg(tmp_path, data_dir, out_dir=str(ref_dir), kind=kind), progress=False).run()
     ref_log = _log(ref_dir)
     ref_w = load_codec(ref_dir / "model.safetensors")[0].state_dict()
 
@@ -91,10 +92,10 @@ def test_resume_after_kill_continues_exactly(tmp_path, data_dir, monkeypatch):
 
     monkeypatch.setattr(CropSampler, "next", dying_next)
     with pytest.raises(_Killed):
-        Runner(_cfg(tmp_path, data_dir, out_dir=str(kill_dir)), progress=False).run()
+        Runner(_cfg(tmp_path, data_dir, out_dir=str(kill_dir), kind=kind), progress=False).run()
     monkeypatch.setattr(CropSampler, "next", real_next)
     assert (kill_dir / "state.pt").exists()
-    Runner(_cfg(tmp_path, data_dir, out_dir=str(kill_dir)), progress=False).run(resume=True)
+    Runner(_cfg(tmp_path, data_dir, out_dir=str(kill_dir), kind=kind), progress=False).run(resume=True)
     got = _log(kill_dir)
     # steps 4.. after resume repeat exactly the uninterrupted run's losses (step 4 was logged twice: before
     # the kill and again after resuming from step 3)
@@ -202,3 +203,20 @@ def test_torchrun_gloo_two_processes_stay_in_sync(tmp_path, data_dir):
     assert (out / "model.safetensors").exists()
     ledger = json.loads((out / "ledger.jsonl").read_text().splitlines()[0])
     assert ledger["world_size"] == 2 and ledger["crops_seen"] == 3 * 2 * 2
+
+
+@pytest.mark.parametrize("kind", ["rate_conditioned", "gain_units"])
+def test_variable_rate_baseline_runs(tmp_path, data_dir, kind):
+    base_dir = tmp_path / "base"
+    Runner(_cfg(tmp_path, data_dir, out_dir=str(base_dir), steps=2), progress=False).run()
+    cfg = _cfg(tmp_path, data_dir, kind=kind, init=str(base_dir / "model.safetensors"),
+               rates=[0.0035, 0.013, 0.0483], steps=3, out_dir=str(tmp_path / kind))
+    written = Runner(cfg, progress=False).run()
+    model, info = load_codec(written[0])
+    assert info["kind"] == kind and model.rates == [0.0035, 0.013, 0.0483]
+    x = torch.rand(1, 3, 40, 48)
+    c = model.compress(x, 0.007)
+    y = model.decompress(c["strings"], c["shape"], 0.007, size=(40, 48))["x_hat"]
+    assert (y - model(x, 0.007)["x_hat"].clamp(0, 1)).abs().max() <= 1e-5
+    ledger = json.loads((tmp_path / kind / "ledger.jsonl").read_text())
+    assert ledger["rate"] is None and ledger["crops_seen"] == 6

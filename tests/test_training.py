@@ -149,3 +149,14 @@ def test_ms_ssim_loss_variant():
     assert res["loss"].item() == pytest.approx(3.0 * res["ms_ssim_loss"].item() + res["bpp_loss"].item(), rel=1e-5)
     same = RateDistortionLoss(3.0, metric="ms-ssim")({**out, "x_hat": x}, x)
     assert same["ms_ssim_loss"].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_per_image_lambda_loss():
+    x = torch.zeros(2, 3, 4, 4)
+    out = {"x_hat": torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 0.2)]),
+           "likelihoods": {"y": torch.ones(2, 1, 1, 1)}}
+    lam = torch.tensor([0.01, 0.02])
+    res = RateDistortionLoss()(out, x, lmbda=lam)
+    assert res["loss"].item() == pytest.approx(255**2 * (0.01 * 0.01 + 0.02 * 0.04) / 2, rel=1e-5)
+    with pytest.raises(ValueError):
+        RateDistortionLoss()(out, x, lmbda=torch.tensor([0.01, 0.02, 0.03]))

@@ -5,7 +5,7 @@ Loading never executes pickled code (``safetensors``). A file holds either a bar
 strings, as safetensors requires)::
 
     lpm_format     "1"
-    kind           "tic" | "prompted"
+    kind           "tic" | "prompted" | "rate_conditioned" | "gain_units" (the same-backbone baselines)
     codec_config   JSON of CodecConfig
     base_rate      the λ the base was trained at
     rates          JSON list of λ (prompted only)
@@ -30,13 +30,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lpm.models import CodecConfig, PromptConfig, PromptedCodec, TICCodec
+from lpm.models import CodecConfig, GainUnitCodec, PromptConfig, PromptedCodec, RateConditionedCodec, TICCodec
 from lpm.provenance import environment
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_codec", "load_codec", "read_metadata", "file_sha256"]
 
 CHECKPOINT_FORMAT = 1
-Codec = Union[TICCodec, PromptedCodec]
+Codec = Union[TICCodec, PromptedCodec, RateConditionedCodec, GainUnitCodec]
+KINDS = ("tic", "prompted", "rate_conditioned", "gain_units")
 
 
 class CheckpointError(ValueError):
@@ -72,6 +73,18 @@ def save_codec(
             "base_rate": repr(model.base_rate),
             "prompt_config": json.dumps(model.prompt_config.to_dict()),
         }
+    elif isinstance(model, RateConditionedCodec):
+        base = model.base
+        md = {
+            "kind": "rate_conditioned",
+            "rates": json.dumps(model.rates),
+            "base_rate": repr(model.base_rate),
+            "prompt_config": json.dumps(model.prompt_config.to_dict()),
+            "lambda_range": json.dumps(list(model.lambda_range)),
+        }
+    elif isinstance(model, GainUnitCodec):
+        base = model.base
+        md = {"kind": "gain_units", "rates": json.dumps(model.rates), "base_rate": repr(model.base_rate)}
     elif isinstance(model, TICCodec):
         base = model
         rate = (meta or {}).get("base_rate")
@@ -101,6 +114,9 @@ def save_codec(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=md)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary shared file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -126,7 +142,7 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict[str, str]:
         raise CheckpointError(
             f"{path}: checkpoint format {md['lpm_format']} is not supported by this lpm (reads {CHECKPOINT_FORMAT})"
         )
-    if md.get("kind") not in ("tic", "prompted"):
+    if md.get("kind") not in KINDS:
         raise CheckpointError(f"{path}: unknown checkpoint kind {md.get('kind')!r}")
     return md
 
@@ -158,6 +174,15 @@ def load_codec(
                 base_rate=base_rate,
                 prompt_config=PromptConfig.from_dict(json.loads(md["prompt_config"])),
             )
+        elif md["kind"] == "rate_conditioned":
+            model = RateConditionedCodec(
+                base,
+                json.loads(md["rates"]),
+                PromptConfig.from_dict(json.loads(md["prompt_config"])),
+                tuple(json.loads(md["lambda_range"])),
+            )
+        elif md["kind"] == "gain_units":
+            model = GainUnitCodec(base, json.loads(md["rates"]), gain_init="ones")
         else:
             model = base
         meta = json.loads(md.get("meta", "{}"))

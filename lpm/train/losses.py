@@ -20,7 +20,9 @@ def bpp_from_likelihoods(likelihoods: dict[str, Tensor], num_pixels: int) -> Ten
 class RateDistortionLoss(nn.Module):
     """``loss = λ·255²·MSE + bpp`` (``metric="mse"``) or ``λ·(1 − MS-SSIM) + bpp`` (``metric="ms-ssim"``).
 
-    ``λ`` may be given per call (``forward(out, target, lmbda=...)``) so one module serves every rate.
+    ``λ`` may be given per call (``forward(out, target, lmbda=...)``) so one module serves every rate, and
+    may be a 1-D tensor of one λ per image (rate-conditioned training): then the distortion term is
+    ``mean_i λ_i·255²·MSE_i``.
     Returns a dict with ``loss``, ``bpp_loss``, ``mse_loss`` (and ``ms_ssim_loss``).
     """
 
@@ -35,12 +37,19 @@ class RateDistortionLoss(nn.Module):
         n, _, h, w = target.shape
         out = {"bpp_loss": bpp_from_likelihoods(output["likelihoods"], n * h * w)}
         x_hat = output["x_hat"].float()
-        out["mse_loss"] = torch.mean((x_hat - target.float()) ** 2)
+        per_image = isinstance(lmbda, Tensor) and lmbda.dim() == 1
+        if per_image and lmbda.shape[0] != n:
+            raise ValueError(f"got {lmbda.shape[0]} λ values for a batch of {n}")
+        mse_i = torch.mean((x_hat - target.float()) ** 2, dim=(1, 2, 3))
+        out["mse_loss"] = mse_i.mean()
         if self.metric == "mse":
-            out["loss"] = lmbda * 255**2 * out["mse_loss"] + out["bpp_loss"]
+            dist = torch.mean(lmbda.to(mse_i) * mse_i) if per_image else lmbda * out["mse_loss"]
+            out["loss"] = 255**2 * dist + out["bpp_loss"]
         else:
             from pytorch_msssim import ms_ssim
 
-            out["ms_ssim_loss"] = 1 - ms_ssim(x_hat.clamp(0, 1), target.float(), data_range=1.0)
-            out["loss"] = lmbda * out["ms_ssim_loss"] + out["bpp_loss"]
+            d_i = 1 - ms_ssim(x_hat.clamp(0, 1), target.float(), data_range=1.0, size_average=False)
+            out["ms_ssim_loss"] = d_i.mean()
+            dist = torch.mean(lmbda.to(d_i) * d_i) if per_image else lmbda * out["ms_ssim_loss"]
+            out["loss"] = dist + out["bpp_loss"]
         return out

@@ -7,6 +7,9 @@ A run is a list of *stages*; each stage trains one set of parameters at one rate
   prompted rate, nearest the base rate first, each initialised from its trained neighbour
   (:func:`lpm.train.loops.progressive_order`); only that module's parameters are optimised. Images: a
   seeded subset of ``data.fraction`` of the set (default 0.1: the paper's "90 % less data"), recorded.
+* ``kind: rate_conditioned`` / ``gain_units`` — the same-budget variable-rate baselines (Kao et al. 2023
+  λ-conditioned prompts; Cui et al. 2021 gain units), whole codec trained end to end from ``init`` (or from
+  scratch) with λ drawn per image: log-uniform over the ladder's range, or uniformly among trained rates.
 * ``kind: separate`` — the separate-models baseline: per rate, a copy of the base (``init``) fine-tuned with
   all parameters on all images for ``steps`` steps, or without ``init`` a model trained from scratch (one
   checkpoint per rate).
@@ -45,7 +48,7 @@ from torch import Tensor, nn
 
 from lpm import zoo
 from lpm.data import find_images, locate_dataset, manifest_checksum, manifest_path
-from lpm.models import CodecConfig, PromptConfig, PromptedCodec, TICCodec
+from lpm.models import CodecConfig, GainUnitCodec, PromptConfig, PromptedCodec, RateConditionedCodec, TICCodec
 from lpm.provenance import environment
 from lpm.train.checkpoint import load_codec, save_codec
 from lpm.train.loops import progressive_order
@@ -55,6 +58,7 @@ from lpm.train.sampler import CropSampler, subset
 __all__ = ["RunConfig", "DataConfig", "Runner", "load_config", "LEDGER_FIELDS", "STATE_FORMAT"]
 
 STATE_FORMAT = 1
+KINDS = ("base", "prompts", "separate", "rate_conditioned", "gain_units")
 #: One budget record per finished stage (``ledger.jsonl``), read by :mod:`lpm.eval.savings`.
 LEDGER_FIELDS = (
     "run", "kind", "model", "rate", "steps", "batch", "crop", "images_in_set", "images_seen",
@@ -102,8 +106,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
             self.data = DataConfig(**self.data)
-        if self.kind not in ("base", "prompts", "separate"):
-            raise ValueError(f"unknown run kind {self.kind!r} (base, prompts, separate)")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown run kind {self.kind!r} ({', '.join(KINDS)})")
         if self.kind == "prompts" and not self.init:
             raise ValueError("a prompts run needs `init:` (the base checkpoint)")
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
@@ -129,12 +133,27 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> RunConfig:
 @dataclass
 class _Stage:
     name: str
-    rate: float
+    rate: Optional[float]  # None: λ sampled per image
     model: nn.Module  # what is saved at the end
     forward: nn.Module  # x -> compressai output dict
     params: list[nn.Parameter]
     aux: Optional[TICCodec]
     paths: list[Path]
+
+
+class _SampledRateForward(nn.Module):
+    """Forward with a λ per image drawn from a saved generator; the λ travel with the output for the loss."""
+
+    def __init__(self, model: nn.Module, draw: Callable[[int, torch.Generator], Tensor], seed: int) -> None:
+        super().__init__()
+        self.model, self.draw = model, draw
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, x: Tensor) -> dict:
+        lam = self.draw(x.shape[0], self.generator).to(x.device)
+        out = self.model(x, lam)
+        out["lmbda"] = lam
+        return out
 
 
 class _RateForward(nn.Module):
@@ -212,8 +231,20 @@ class Runner:
                 _Stage(f"prompt-{r:g}", r, codec, _RateForward(codec, r), list(codec.module(r).parameters()), None, paths)
                 for r, _ in progressive_order(codec)
             ]
-        stages = []
         paths = subset(self.all_images, d.fraction or 1.0, cfg.seed)
+        if cfg.kind in ("rate_conditioned", "gain_units"):
+            if cfg.kind == "rate_conditioned":
+                pcfg = PromptConfig.from_dict({**zoo.CONFIGS.get(cfg.model, zoo.CONFIGS["tic"])["prompt"], **cfg.prompt})
+                model = RateConditionedCodec(copy.deepcopy(base), rates, pcfg).to(self.device)
+                draw = lambda n, g: model.sample_rates(n, generator=g)  # noqa: E731
+            else:
+                model = GainUnitCodec(copy.deepcopy(base), rates).to(self.device)
+                ladder = torch.tensor(rates)
+                draw = lambda n, g: ladder[torch.randint(0, len(rates), (n,), generator=g)]  # noqa: E731
+            main = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
+            fwd = _SampledRateForward(model, draw, cfg.seed + 7919 * self.rank)
+            return [_Stage(cfg.kind, None, model, fwd, main, model.base, paths)]
+        stages = []
         for r in rates:
             if math.isclose(r, cfg.base_rate, rel_tol=1e-9):
                 continue
@@ -258,7 +289,9 @@ class Runner:
             "dataset_manifest_sha256": self.manifest_sha,
             "ledger": self.ledger,
         }
-        if self.cfg.kind == "separate":
+        if self.cfg.kind in ("rate_conditioned", "gain_units"):
+            path = self.out / "model.safetensors"
+        elif self.cfg.kind == "separate":
             path = self.out / f"model-{stage.rate:g}.safetensors"
             meta["base_rate"] = stage.rate
         else:
@@ -293,6 +326,8 @@ class Runner:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.empty(0),
             "finished_models": json.dumps(self.finished),
+            "rate_generator": stage.forward.generator.get_state()
+            if isinstance(stage.forward, _SampledRateForward) else torch.empty(0, dtype=torch.uint8),
         }
 
     def _save_state(self, *args, **kw) -> None:
@@ -383,9 +418,11 @@ class Runner:
             if aux_opt is not None and state["aux_optimizer"]:
                 aux_opt.load_state_dict(state["aux_optimizer"])
             sampler.load_state_dict(state["sampler"])
+            if isinstance(stage.forward, _SampledRateForward) and state["rate_generator"].numel():
+                stage.forward.generator.set_state(state["rate_generator"])
             step = int(state["step"])
         fwd = self._wrap(stage)
-        criterion = RateDistortionLoss(stage.rate, cfg.metric)
+        criterion = RateDistortionLoss(stage.rate or cfg.base_rate, cfg.metric)
         use_bf16 = cfg.bf16 and self.device.type == "cuda"
         log_path = self.out / "log.csv"
         new_log = not log_path.exists()
@@ -415,7 +452,7 @@ class Runner:
                 x = sampler.next()
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     out = fwd(x)
-                losses = criterion(out, x)
+                losses = criterion(out, x, lmbda=out.get("lmbda"))
                 opt.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 if cfg.clip:
