@@ -5,7 +5,8 @@
     lpm info FILE.lpm
     lpm roundtrip --model CKPT [--data-dir DIR] [--rates λ ...]   # real bpp and PSNR of an image set
     lpm models                                                  # the name table
-    lpm train CONFIG.yaml [--resume] [--max-minutes M]          # base / prompts / separate runs
+    lpm train CONFIG.yaml [--resume] [--max-minutes M]          # base / prompts / separate / baselines
+    lpm eval --model CKPT [--classical jpeg webp ...]           # RD JSON + per-image CSV, BD-rate vs VTM
 
 Errors on bad input (unreadable images, truncated or foreign streams, another checkpoint's stream, wrong
 checkpoints) print one line ``lpm: error: ...`` and exit with status 2; nothing is written in that case.
@@ -132,6 +133,55 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import math as _m
+
+    from lpm.data import KNOWN_SETS, locate_dataset, manifest_path
+    from lpm.eval import bd_rate, evaluate_classical, evaluate_codec, load_anchors, save_results_json
+
+    folder = Path(args.images) if args.images else locate_dataset("kodak", args.data_dir)
+    is_kodak = not args.images
+    out_dir = Path(args.out_dir)
+    vtm = load_anchors("VTM")
+
+    def bd_line(name: str, res: dict) -> None:
+        try:
+            bd = bd_rate(vtm["bpp"], vtm["psnr_rgb"], res["results"]["bpp"], res["results"]["psnr-rgb"])
+            print(f"{name}: BD-rate vs VTM (Kodak anchors, cubic) {bd:+.2f} %")
+        except ValueError as e:
+            print(f"{name}: BD-rate vs VTM not computable ({e})")
+
+    if not args.classical_only:
+        model, _, info = _model(args)
+        rates = list(args.rates or model.rates)
+        if args.continuous:
+            lo, hi = _m.log(model.rate_range[0]), _m.log(model.rate_range[1])
+            rates += [_m.exp(lo + (hi - lo) * (i + 0.5) / args.continuous) for i in range(args.continuous)]
+        rates = sorted(set(rates))
+        name = args.name or Path(info["path"]).stem
+        res = evaluate_codec(
+            model, folder, rates, checkpoint_info=info, out_dir=out_dir, name=name,
+            dataset_name="kodak" if is_kodak else str(folder),
+            manifest=manifest_path("kodak") if is_kodak and "kodak" in KNOWN_SETS else None,
+            device=args.device, progress=not args.no_progress,
+        )
+        r = res["results"]
+        print(f"{name} ({info['meta'].get('budget', 'unknown budget')})")
+        print(f"{'rate λ':>9s} {'bpp':>8s} {'PSNR':>8s} {'MS-SSIM':>8s}")
+        for i in range(len(r["bpp"])):
+            ms = r["ms-ssim-rgb"][i]
+            print(f"{r['rate'][i]:9.5g} {r['bpp'][i]:8.4f} {r['psnr-rgb'][i]:8.3f} "
+                  f"{'n/a' if ms is None or ms != ms else f'{ms:.4f}':>8s}")
+        print(f"wrote {out_dir / (name + '.json')}")
+        bd_line(name, res)
+    for codec in args.classical or []:
+        res = evaluate_classical(codec, folder, progress=not args.no_progress)
+        path = save_results_json(res, out_dir / f"classical-{codec}.json")
+        print(f"wrote {path}")
+        bd_line(codec, res)
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from lpm.train.runner import Runner, load_config
 
@@ -189,6 +239,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="real-bitstream RD evaluation (JSON + per-image CSV), classical codecs, BD-rate")
+    p.add_argument("--data-dir", help="directory holding kodak/ (default: $LPM_DATA_DIR or the project's data/)")
+    p.add_argument("--images", help="a directory of images instead of Kodak")
+    p.add_argument("--rates", type=float, nargs="+", help="λ values (default: the model's trained rates)")
+    p.add_argument("--continuous", type=int, default=0, help="also K log-spaced rates across the range")
+    p.add_argument("--classical", nargs="+", metavar="CODEC", help="also measure classical codecs (jpeg webp avif jpegxl jpeg2000)")
+    p.add_argument("--classical-only", action="store_true", help="skip the learned codec")
+    p.add_argument("--out-dir", default="results/eval", help="where JSON/CSV go (resumes from the CSV)")
+    p.add_argument("--name", help="results name (default: the checkpoint's file name)")
+    p.add_argument("--no-progress", action="store_true")
+    model_args(p)
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("roundtrip", help="real-bitstream bpp and PSNR of an image set at each rate")
     p.add_argument("--data-dir", help="directory holding kodak/ (default: $LPM_DATA_DIR or the project's data/)")

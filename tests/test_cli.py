@@ -276,3 +276,19 @@ def _cached_stream(ckpt) -> bytes:
             encode_image(model, fileformat.model_id_from_sha256(info["sha256"]), x, im, 0.013)
         )
     return _CACHE[key]
+
+
+def test_cli_eval_writes_results_and_classical(tmp_path, ckpt, capsys):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _png(imgs / "a.png", _rgb(48, 64, 1))
+    _png(imgs / "b.png", _rgb(40, 33, 2)[..., 0])
+    rc, out, err = _run(capsys, "eval", "--model", ckpt, "--images", imgs, "--out-dir", tmp_path / "ev",
+                        "--name", "t", "--continuous", "1", "--classical", "jpeg", "--no-progress")
+    assert rc == 0, err
+    res = json.loads((tmp_path / "ev" / "t.json").read_text())
+    assert len(res["results"]["bpp"]) == 4 and res["meta"]["checkpoint_sha256"]
+    assert (tmp_path / "ev" / "t_per_image.csv").exists()
+    jp = json.loads((tmp_path / "ev" / "classical-jpeg.json").read_text())
+    assert jp["results"]["bpp"] == sorted(jp["results"]["bpp"])
+    assert "BD-rate vs VTM" in out
