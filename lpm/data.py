@@ -621,3 +621,70 @@ def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
             need_h, need_w = max(height - x.shape[1], 0), max(width - x.shape[2], 0)
             x = F.pad(x.unsqueeze(0), [0, need_w, 0, need_h], mode="replicate").squeeze(0)
     return x
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation images for notebooks and the batch job: Kodak if present, else bundled sample photographs.
+
+#: Photographs bundled inside the scikit-image wheel (no download), used when Kodak is not available.
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+@dataclass(frozen=True)
+class EvalImages:
+    """Images to evaluate on: ``paths``, a ``name`` for results, an optional ``manifest`` (sha256 list),
+    and a ``notice`` to print when they are not what figures usually show (Kodak)."""
+
+    paths: tuple[Path, ...]
+    name: str
+    manifest: Path | None
+    notice: str | None
+
+
+def sample_photos(cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Write scikit-image's bundled sample photographs as PNGs (once) and return their paths."""
+    import numpy as _np
+    import skimage.data
+
+    cache = Path(cache_dir) if cache_dir else PROJECT_ROOT / "results" / "cache" / "sample_photos"
+    cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in SAMPLE_PHOTOS:
+        path = cache / f"{name}.png"
+        if not path.exists():
+            img = _np.ascontiguousarray(getattr(skimage.data, name)()[..., :3])
+            _atomic_write_bytes(path, imagecodecs.png_encode(img))
+        out.append(path)
+    return out
+
+
+def resolve_eval_images(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> EvalImages:
+    """Kodak from ``data_dir`` (or ``$LPM_DATA_DIR``, or the project's ``data/``); if none of those has it,
+    scikit-image's bundled sample photographs, with a notice saying that these are not Kodak.
+
+    ``data_dir`` may also be a directory of images itself (then those are used, named after it).
+    """
+    if data_dir is not None and not (Path(data_dir) / "kodak").is_dir() and Path(data_dir).is_dir():
+        try:
+            paths = find_images(data_dir)
+            name = Path(data_dir).name
+            return EvalImages(tuple(paths[:limit] if limit else paths), name, None, None)
+        except (FileNotFoundError, ValueError):
+            pass
+    try:
+        root = locate_dataset("kodak", data_dir)
+        paths = find_images(root)
+        return EvalImages(tuple(paths[:limit] if limit else paths), "kodak", manifest_path("kodak"), None)
+    except FileNotFoundError:
+        paths = sample_photos(cache_dir)
+        notice = (
+            "NOTICE: Kodak was not found (pass DATA_DIR / --data-dir, or run `lpm data download kodak`); "
+            f"using {len(paths)} scikit-image sample photographs instead — numbers are NOT comparable to Kodak "
+            "results or to the published anchors."
+        )
+        return EvalImages(tuple(paths[:limit] if limit else paths), "skimage-sample-photos", None, notice)
