@@ -5,6 +5,8 @@
     lpm info FILE.lpm
     lpm roundtrip --model CKPT [--data-dir DIR] [--rates λ ...]   # real bpp and PSNR of an image set
     lpm models                                                  # the name table
+    lpm reproduce [--data-dir DIR] [--smoke]                    # every notebook via papermill (main job)
+    lpm data download kodak [--dest DIR]                        # images + sha256 check
     lpm train CONFIG.yaml [--resume] [--max-minutes M]          # base / prompts / separate / baselines
     lpm eval --model CKPT [--classical jpeg webp ...]           # RD JSON + per-image CSV, BD-rate vs VTM
 
@@ -182,6 +184,43 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from lpm.notebooks import NotebookFailed, find_notebooks, run_all
+
+    params = {"SMOKE": args.smoke, "RECOMPUTE": args.recompute}
+    if args.data_dir:
+        params["DATA_DIR"] = str(Path(args.data_dir).resolve())
+    if args.results_dir:
+        params["RESULTS_DIR"] = str(Path(args.results_dir).resolve())
+    if args.checkpoints:
+        params["CHECKPOINTS"] = [str(Path(c).resolve()) if Path(c).exists() else c for c in args.checkpoints]
+    from lpm.notebooks import NOTEBOOK_DIR
+
+    notebooks = find_notebooks(Path(args.notebooks_dir) if args.notebooks_dir else NOTEBOOK_DIR, only=args.only)
+    t0 = time.perf_counter()
+    try:
+        done = run_all(params, notebooks=notebooks, timeout=args.cell_timeout)
+    except NotebookFailed as e:
+        print(f"lpm: error: {e}", file=sys.stderr)
+        return 1
+    print(f"all {len(done)} notebooks ran in {time.perf_counter() - t0:.0f} s; figures, tables and records are in "
+          f"{params.get('RESULTS_DIR', 'results/')}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from lpm.data import MANIFEST_DIR
+
+    script = MANIFEST_DIR / "download.py"
+    if not script.exists():
+        raise FileNotFoundError(f"{script} is missing (it ships with the repository checkout)")
+    cmd = [sys.executable, str(script), args.set] + (["--dest", args.dest] if args.dest else [])
+    cmd += ["--from-dir", args.from_dir] if args.from_dir else []
+    return subprocess.call(cmd)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from lpm.train.runner import Runner, load_config
 
@@ -252,6 +291,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     model_args(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("reproduce", help="run every notebook with papermill into results/notebooks/ (the main job)")
+    p.add_argument("--data-dir", help="directory holding kodak/ (else data/, else bundled sample photographs)")
+    p.add_argument("--results-dir", help="where figures/tables/records go (default: results/)")
+    p.add_argument("--checkpoints", nargs="+", help="zoo names or files (default: each notebook's own)")
+    p.add_argument("--only", nargs="+", help="run only these notebooks (names without .ipynb)")
+    p.add_argument("--notebooks-dir", help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true", help="tiny data and sweeps (a quick check)")
+    p.add_argument("--recompute", action="store_true", help="re-evaluate instead of using cached results")
+    p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: none)")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("data", help="download an image set and check it against its sha256 manifest")
+    dsub = p.add_subparsers(dest="action", required=True)
+    d = dsub.add_parser("download", help="kodak (from r0k.us) or bsds500 (the Berkeley tarball)")
+    d.add_argument("set", choices=["kodak", "bsds500"])
+    d.add_argument("--dest", help="directory to put <set>/ in (default: the project's data/)")
+    d.add_argument("--from-dir", help="copy and check a local copy instead of downloading")
+    p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("roundtrip", help="real-bitstream bpp and PSNR of an image set at each rate")
     p.add_argument("--data-dir", help="directory holding kodak/ (default: $LPM_DATA_DIR or the project's data/)")

@@ -1,0 +1,96 @@
+"""The batch main job: execute every notebook with papermill into ``results/notebooks/``.
+
+``lpm reproduce`` calls :func:`run_all`: one progress line per notebook, the executed copies next to the
+figures, tables and records they write, and on failure a :class:`NotebookFailed` naming the notebook and the
+cell (the CLI turns it into a non-zero exit with that message).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from lpm.zoo import PROJECT_ROOT
+
+__all__ = ["NOTEBOOK_DIR", "NOTEBOOK_ORDER", "NotebookFailed", "find_notebooks", "run_all"]
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+#: Run order: the claims table reads what the others recorded, so it goes last.
+NOTEBOOK_ORDER = ("rd_curves", "attention_maps", "savings", "rate_slider", "claims")
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; ``notebook``, ``cell`` (0-based index) and ``error`` say where and what."""
+
+    def __init__(self, notebook: str, cell: Optional[int], error: str, output: Path) -> None:
+        where = f"cell {cell}" if cell is not None else "an unknown cell"
+        super().__init__(f"notebook {notebook} failed in {where}: {error} (executed copy: {output})")
+        self.notebook, self.cell, self.error, self.output = notebook, cell, error, output
+
+
+def find_notebooks(directory: Path = NOTEBOOK_DIR, only: Optional[Sequence[str]] = None) -> list[Path]:
+    """Notebooks of ``directory`` in :data:`NOTEBOOK_ORDER` (others after, alphabetically)."""
+    found = {p.stem: p for p in sorted(Path(directory).glob("*.ipynb"))}
+    if not found:
+        raise FileNotFoundError(f"no notebooks in {directory}")
+    if only:
+        missing = [n for n in only if Path(n).stem not in found]
+        if missing:
+            raise FileNotFoundError(f"no such notebook(s) in {directory}: {', '.join(missing)}")
+        found = {k: v for k, v in found.items() if k in {Path(n).stem for n in only}}
+    order = [n for n in NOTEBOOK_ORDER if n in found] + sorted(n for n in found if n not in NOTEBOOK_ORDER)
+    return [found[n] for n in order]
+
+
+def _source_cell(executed: Path, index: int) -> tuple[int, str]:
+    """Map a cell index of the executed copy back to the source notebook (papermill inserts an
+    ``injected-parameters`` cell) and return it with the cell's first line."""
+    try:
+        import nbformat
+
+        cells = nbformat.read(str(executed), as_version=4).cells
+        injected = sum(1 for c in cells[:index] if "injected-parameters" in c.metadata.get("tags", []))
+        first = cells[index].source.strip().splitlines()[0][:80] if cells[index].source.strip() else ""
+        return index - injected, first
+    except Exception:  # the executed copy may be incomplete; the raw index is still useful
+        return index, ""
+
+
+def run_all(
+    parameters: dict[str, Any],
+    *,
+    notebooks: Optional[Sequence[Path]] = None,
+    out_dir: Optional[Path] = None,
+    kernel_name: str = "python3",
+    timeout: Optional[int] = None,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Execute ``notebooks`` (default: all, in order) with ``parameters``; returns the executed copies."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    notebooks = list(notebooks) if notebooks is not None else find_notebooks()
+    results = Path(parameters.get("RESULTS_DIR") or PROJECT_ROOT / "results")
+    out_dir = Path(out_dir) if out_dir else results / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    for i, nb in enumerate(notebooks, 1):
+        out = out_dir / nb.name
+        t0 = time.perf_counter()
+        log(f"[{i}/{len(notebooks)}] {nb.name} ...")
+        try:
+            pm.execute_notebook(
+                str(nb), str(out), parameters=parameters, kernel_name=kernel_name, progress_bar=False,
+                cwd=str(nb.parent), execution_timeout=timeout,
+            )
+        except PapermillExecutionError as e:
+            cell, first_line = _source_cell(out, e.cell_index)
+            msg = f"{e.ename}: {' '.join(str(e.evalue).split())[:300]}" + (f" [cell starts: {first_line}]" if first_line else "")
+            raise NotebookFailed(nb.name, cell, msg, out) from None
+        except Exception as e:  # kernel died, bad notebook file, ...
+            raise NotebookFailed(nb.name, None, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", out) from None
+        log(f"[{i}/{len(notebooks)}] {nb.name} done in {time.perf_counter() - t0:.1f} s -> {out}")
+        done.append(out)
+    return done

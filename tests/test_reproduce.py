@@ -1,0 +1,52 @@
+"""The papermill batch (`lpm reproduce`): runs notebooks in order, names the failing notebook and cell."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from lpm.cli import main
+from lpm.notebooks import NOTEBOOK_DIR, NOTEBOOK_ORDER, find_notebooks
+
+
+def _notebook(path: Path, cells: list[str]) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("SMOKE = False\nRESULTS_DIR = None\nDATA_DIR = None\nRECOMPUTE = False")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_batch_runs_in_order_and_names_the_failing_cell(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    rec = "import json, pathlib\npathlib.Path(RESULTS_DIR, 'rec.json').write_text(json.dumps({'smoke': SMOKE}))"
+    _notebook(nbs / "good.ipynb", [rec])
+    _notebook(nbs / "zz_bad.ipynb", ["x = 1", "raise ValueError('broken on purpose')"])
+    res = tmp_path / "res"
+    rc = main(["reproduce", "--notebooks-dir", str(nbs), "--results-dir", str(res), "--smoke"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert "[1/2] good.ipynb" in out and "zz_bad.ipynb" in err and "cell 2" in err and "broken on purpose" in err
+    assert json.loads((res / "rec.json").read_text()) == {"smoke": True}  # parameters were injected
+    assert (res / "notebooks" / "good.ipynb").exists() and (res / "notebooks" / "zz_bad.ipynb").exists()
+    rc = main(["reproduce", "--notebooks-dir", str(nbs), "--results-dir", str(res), "--only", "good"])
+    assert rc == 0
+    assert main(["reproduce", "--notebooks-dir", str(nbs), "--only", "nope"]) == 2
+
+
+def test_project_notebooks_are_ordered_and_stripped():
+    found = [p.stem for p in find_notebooks(NOTEBOOK_DIR)]
+    assert found[-1] == "claims" if "claims" in found else True
+    assert [n for n in found if n in NOTEBOOK_ORDER] == [n for n in NOTEBOOK_ORDER if n in found]
+    for p in NOTEBOOK_DIR.glob("*.ipynb"):
+        nb = nbformat.read(str(p), as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert code and "parameters" in code[0].metadata.get("tags", []), f"{p.name}: first code cell not tagged"
+        for c in code:
+            assert not c.get("outputs") and c.get("execution_count") is None, f"{p.name} has outputs committed"
