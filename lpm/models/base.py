@@ -213,13 +213,18 @@ class TICCodec(CompressionModel):
     def forward(self, x: Tensor, prompts: Optional[PromptSource] = None) -> dict[str, Any]:
         """Training/evaluation pass. In training mode ``y`` gets uniform noise for the likelihoods and a
         straight-through rounding for the synthesis (and the decoder-side prompts); in eval mode both use
-        the rounded latents exactly as the bitstream path does."""
+        the rounded latents exactly as the bitstream path does. Under mixed-precision autocast the
+        entropy models run in float32 (likelihoods and their logs need it)."""
         h, w = x.shape[-2:]
         xp = self.pad(x)
         y, z = self._analysis(xp, prompts)
-        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        y, z = y.float(), z.float()
+        with torch.autocast(x.device.type, enabled=False):
+            z_hat, z_likelihoods = self.entropy_bottleneck(z)
         scales, means = self._params(z_hat, prompts)
-        _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+        scales, means = scales.float(), means.float()
+        with torch.autocast(x.device.type, enabled=False):
+            _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
         if self.training:
             y_hat = y + (torch.round(y - means) + means - y).detach()
         else:
