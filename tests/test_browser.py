@@ -1,0 +1,312 @@
+"""The rate slider in a real browser: JupyterLab (headless server) + Chromium driven by Selenium.
+
+Opens ``notebooks/rate_slider.ipynb`` (SMOKE parameters injected) in JupyterLab, runs all cells from the
+Run menu, reads the bpp the widget shows, moves the slider with the keyboard and checks that the shown bpp
+changes. Skipped when Chromium, chromedriver (Debian: ``chromium chromium-driver``) or Selenium is missing.
+Every wait is bounded; JupyterLab, its kernel and the browser are always shut down. A screenshot and, on
+failure, the page's HTML are left in the test's tmp directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "notebooks" / "rate_slider.ipynb"
+
+
+def _executable(name: str, default: str) -> str | None:
+    return default if Path(default).exists() else shutil.which(name)
+
+
+#: Reads the widget's result line atomically: [kind, bpp, rate] texts, or null before the widget exists.
+READ_STATS_JS = """
+const s = document.querySelector('.lpm-stats');
+if (!s) return null;
+const t = (c) => { const e = s.querySelector(c); return e ? e.textContent : null; };
+return [t('.lpm-kind'), t('.lpm-bpp'), t('.lpm-rate')];
+"""
+
+#: The whole test (server start, browser, notebook run, slider move) must finish within this many seconds.
+TOTAL_SECONDS = 170
+
+CHROMIUM = _executable("chromium", "/usr/bin/chromium")
+CHROMEDRIVER = _executable("chromedriver", "/usr/bin/chromedriver")
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium browser (Debian: apt-get install chromium)"),
+    pytest.mark.skipif(CHROMEDRIVER is None, reason="no chromedriver (Debian: apt-get install chromium-driver)"),
+]
+
+BROWSER_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1300",
+)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_test_image(path: Path, height: int = 160, width: int = 240) -> None:
+    """A photograph-like test image: smooth shading, edges, texture (a fixed seed)."""
+    import imagecodecs
+
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    r = 120 + 80 * np.sin(x / 23.0) * np.cos(y / 31.0)
+    g = 90 + 0.5 * x + 30 * (((x // 24) + (y // 24)) % 2)
+    b = 160 - 0.4 * y + 25 * np.sin((x + y) / 5.0)
+    img = np.stack([r, g, b], -1) + rng.normal(0, 6, (height, width, 1))
+    path.write_bytes(imagecodecs.png_encode(np.clip(img, 0, 255).astype(np.uint8)))
+
+
+def _prepare_notebook(dest: Path, parameters: dict) -> Path:
+    """Copy of the project notebook with ``parameters`` injected as papermill does (a tagged cell)."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    nb = load_notebook_node(str(NOTEBOOK))
+    nb = parameterize_notebook(nb, parameters)
+    out = dest / NOTEBOOK.name
+    nbformat.write(nb, str(out))
+    return out
+
+
+def _lab_env(tmp: Path) -> dict[str, str]:
+    """Environment isolating the server's config, runtime files, settings and workspaces in ``tmp``."""
+    env = dict(os.environ)
+    for var, sub in (
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("JUPYTERLAB_SETTINGS_DIR", "lab-settings"),
+        ("JUPYTERLAB_WORKSPACES_DIR", "lab-workspaces"),
+        ("IPYTHONDIR", "ipython"),
+    ):
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
+        env[var] = str(tmp / sub)
+    # no news / update checks (there is no network, and their pop-ups would only get in the way)
+    notif = tmp / "lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notif.parent.mkdir(parents=True, exist_ok=True)
+    notif.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    env["SE_OFFLINE"] = "true"  # Selenium must not try to download drivers or browsers
+    env["OMP_NUM_THREADS"] = "1"  # the kernel shares two cores with the server and the browser
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _wait_http(url: str, token: str, deadline: float, proc: subprocess.Popen) -> None:
+    req = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited early with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"jupyter lab did not answer at {url} in time")
+
+
+def _stop_lab(proc: subprocess.Popen, base: str, token: str, runtime_dir: Path) -> None:
+    """Shut the server down (which shuts its kernels down), then make sure: SIGTERM/SIGKILL its process
+    group, and kill by pid any kernel still running from our private runtime directory."""
+    try:
+        req = urllib.request.Request(f"{base}/api/shutdown", method="POST", headers={"Authorization": f"token {token}"})
+        urllib.request.urlopen(req, timeout=5).close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    # kernels run in their own sessions; ours are the processes whose command line names our runtime dir
+    marker = str(runtime_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def test_rate_slider_in_jupyterlab(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.common.exceptions import TimeoutException, WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    t0 = time.monotonic()
+    deadline = t0 + TOTAL_SECONDS  # every wait below is cut to what is left of this
+    notes: list[str] = []  # timings, written to browser_test.log in the test's tmp directory
+    data, results, root = tmp_path / "data", tmp_path / "results", tmp_path / "lab-root"
+    for d in (data, results, root):
+        d.mkdir()
+    _write_test_image(data / "test.png")
+    _prepare_notebook(root, {"SMOKE": True, "DATA_DIR": str(data), "RESULTS_DIR": str(results)})
+
+    token, port = secrets.token_hex(16), _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = _lab_env(tmp_path / "jupyter")
+    log = open(tmp_path / "jupyter.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyter", "lab", "--no-browser",
+            f"--IdentityProvider.token={token}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
+            *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+        ],
+        cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    driver = None
+    try:
+        _wait_http(f"{base}/api/status", token, min(deadline, time.monotonic() + 60), proc)
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in BROWSER_FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+        service = webdriver.ChromeService(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+        driver = webdriver.Chrome(options=options, service=service)
+        driver.set_page_load_timeout(60)
+        driver.set_script_timeout(30)
+        driver.get(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}")
+
+        def wait(seconds: float) -> WebDriverWait:
+            return WebDriverWait(driver, max(1.0, min(seconds, deadline - time.monotonic())), poll_frequency=0.25)
+
+        # notebook open and its kernel connected and idle (toolbar indicator and status bar agree)
+        wait(60).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook")))
+        wait(60).until(EC.presence_of_element_located(
+            (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")))
+        wait(60).until(EC.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, ".jp-StatusBar-TextItem[title^='Change kernel']"), "| Idle"))
+
+        def started(drv):
+            """Some code cell has run or is running (its prompt shows a number or '*')."""
+            prompts = [e.text for e in drv.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt")]
+            return any(p.strip() not in ("", "[ ]:") for p in prompts)
+
+        # Run → Run All Cells, through the menu bar as a user would. Right after the kernel reports idle,
+        # JupyterLab can still drop the request while it finishes connecting, so try up to three times.
+        for attempt in range(1, 4):
+            wait(20).until(EC.element_to_be_clickable(
+                (By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[normalize-space(text())='Run']]"))).click()
+            wait(20).until(EC.element_to_be_clickable((By.XPATH, (
+                "//li[contains(@class,'lm-Menu-item')]"
+                "[.//div[contains(@class,'lm-Menu-itemLabel') and normalize-space(text())='Run All Cells']]")))).click()
+            try:
+                wait(15).until(started)
+                notes.append(f"Run All Cells: attempt {attempt}, {time.monotonic() - t0:.1f} s after start")
+                break
+            except TimeoutException:
+                continue
+        else:
+            raise AssertionError("Run → Run All Cells did not start the notebook")
+
+        # the widget appears; the full-resolution result follows the preview
+        def shown(drv):
+            """(kind, bpp, λ) as the widget shows them, once the full-resolution result is up. Read in one
+            script turn: the preview and then the full result replace the line in quick succession, and
+            three separate reads could mix two of them."""
+            got = drv.execute_script(READ_STATS_JS)
+            if not got or None in got:
+                return False
+            kind, bpp, rate = (t.strip() for t in got)
+            return (kind, bpp, rate) if kind.startswith("FULL") and bpp else False
+
+        kind0, bpp0, rate0 = wait(90).until(shown)
+        notes.append(f"widget shows {kind0}: λ={rate0}, {bpp0} bpp, {time.monotonic() - t0:.1f} s after start")
+        # the last cell writes the record; wait for it so the kernel is free to handle the slider
+        record_file = results / "records" / "rate_slider.json"
+        until = min(deadline, time.monotonic() + 60)
+        while not record_file.exists() and time.monotonic() < until:
+            time.sleep(0.25)
+        assert record_file.exists(), "the notebook's record cell did not run"
+        record = json.loads(record_file.read_text())
+        assert record["smoke"] is True
+        budget = driver.find_element(By.CSS_SELECTOR, ".lpm-budget").text
+        assert "budget" in budget and "NOT the paper" in budget
+        assert driver.find_element(By.CSS_SELECTOR, ".lpm-decoded").get_attribute("src").startswith("blob:")
+
+        # move the slider: focus its handle and press Home (to the lowest rate) like a keyboard user
+        handle = driver.find_element(By.CSS_SELECTOR, ".lpm-rate-slider .noUi-handle")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", handle)
+        handle.send_keys(Keys.HOME)
+
+        def changed(drv):
+            now = shown(drv)
+            return now if now and now[2] != rate0 else False
+
+        kind1, bpp1, rate1 = wait(60).until(changed)
+        notes.append(f"after Home: λ={rate1}, {bpp1} bpp, {time.monotonic() - t0:.1f} s after start")
+        box = driver.find_element(By.CSS_SELECTOR, ".lpm-rate-slider-box")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", box)
+        time.sleep(0.5)  # let the scroll settle before the picture
+        driver.save_screenshot(str(tmp_path / "rate_slider.png"))
+        assert float(rate1) == pytest.approx(record["numbers"]["checkpoints"]["tiny-smoke"]["lowest"]["rate"], rel=1e-3)
+        assert bpp1 != bpp0, f"bpp shown did not change when the rate moved from {rate0} to {rate1}"
+        lowest = record["numbers"]["checkpoints"]["tiny-smoke"]["lowest"]["bpp"]
+        assert float(bpp1) == pytest.approx(lowest, abs=1e-4), "the browser shows another bpp than code_at"
+    except BaseException:
+        if driver is not None:
+            try:
+                driver.save_screenshot(str(tmp_path / "failure.png"))
+                (tmp_path / "failure.html").write_text(driver.page_source)
+            except WebDriverException:
+                pass
+        raise
+    finally:
+        if driver is not None:
+            try:
+                driver.quit()
+            except WebDriverException:
+                pass
+        _stop_lab(proc, base, token, tmp_path / "jupyter" / "runtime")
+        log.close()
+        notes.append(f"total (servers stopped) {time.monotonic() - t0:.1f} s")
+        (tmp_path / "browser_test.log").write_text("\n".join(notes) + "\n")
