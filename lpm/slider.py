@@ -151,11 +151,9 @@ class RateSlider:
         return "full" if (full or self.preview_is_full) else "preview"
 
     def _check_rate(self, rate: float) -> float:
+        """The codec's own rate check, then rounded to :data:`RATE_DIGITS` digits (kept in range)."""
         lo, hi = self.rate_range
-        rate = float(rate)
-        if not (math.isfinite(rate) and lo * (1 - 1e-6) <= rate <= hi * (1 + 1e-6)):
-            raise ValueError(f"rate {rate} is outside the checkpoint's trained range [{lo}, {hi}]")
-        return min(max(round_rate(rate), lo), hi)
+        return min(max(round_rate(self.model.scalar_rate(rate)), lo), hi)
 
     def _stream(self, rate: float, kind: str) -> bytes:
         x, info, _, _ = self._sources[kind]

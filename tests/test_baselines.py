@@ -321,7 +321,7 @@ def test_separate_models():
     assert counts["total"] == len(TINY_RATES) * base.num_parameters()
     x = image(8, 8)
     for bad in (0.006, 0.02, LO * 0.5):
-        with pytest.raises(ValueError, match="not one of the separately trained rates"):
+        with pytest.raises(ValueError, match="not one of the trained rates"):
             sm(x, bad)
         with pytest.raises(ValueError, match="continuous"):
             sm.compress(x, bad)

@@ -1,4 +1,13 @@
-"""Codecs: the TIC-family base codec and the prompted variable-rate codec."""
+"""Codecs: the TIC-family backbone, the variable-rate interface, and every variable-rate method.
+
+Where things go (a new variable-rate method is a subclass of :class:`VariableRateCodec` in its own module,
+registered in :data:`CODEC_KINDS` below)::
+
+    base.py           TICCodec (the backbone) and the PromptSource hook it offers
+    variable_rate.py  VariableRateCodec: ladder, check_rate, codec API, update/aux/load, accounting
+    prompted.py       PromptedCodec: the paper's Layer-adaptive Prompt Modules on a frozen backbone
+    baselines.py      same-backbone baselines: RateConditionedCodec, GainUnitCodec, SeparateModels
+"""
 
 from .base import STRIDE, CodecConfig, PromptSource, TICCodec, Transform
 from .prompted import (
@@ -9,7 +18,21 @@ from .prompted import (
     RateMix,
     find_rate,
 )
-from .baselines import GainUnitCodec, RateConditionedCodec, RateConditionedPrompts, SeparateModels, separate_models
+from .variable_rate import RATE_REL_TOL, Rate, VariableRateCodec, check_ladder
+from .baselines import (
+    GainSource,
+    GainUnitCodec,
+    RateConditionedCodec,
+    RateConditionedPrompts,
+    SeparateModels,
+    separate_models,
+)
+
+#: The table of codec kinds stored in checkpoints (``kind`` metadata) → class. ``"tic"`` is a bare backbone.
+CODEC_KINDS: dict[str, type] = {
+    "tic": TICCodec,
+    **{cls.kind: cls for cls in (PromptedCodec, RateConditionedCodec, GainUnitCodec)},
+}
 
 __all__ = [
     "STRIDE",
@@ -28,4 +51,10 @@ __all__ = [
     "RateConditionedPrompts",
     "SeparateModels",
     "separate_models",
+    "GainSource",
+    "VariableRateCodec",
+    "Rate",
+    "RATE_REL_TOL",
+    "check_ladder",
+    "CODEC_KINDS",
 ]

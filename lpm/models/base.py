@@ -51,7 +51,13 @@ class PromptSource(Protocol):
     def decoder(self, y_hat: Tensor) -> Optional[dict[str, list[Tensor]]]: ...
 
     def latent_log_gain(self) -> Optional[Tensor]:
-        """Optional per-channel log-gain ``(M,)`` on ``y`` (coded as ``y·e^g``, decoded as ``ŷ·e^-g``)."""
+        """Optional per-channel log-gain ``g``, ``(M,)`` or per image ``(B, M)``, on ``y`` before the
+        hyper-analysis and quantisation (coded as ``y·e^g``)."""
+        ...
+
+    def latent_log_inv_gain(self) -> Optional[Tensor]:
+        """Optional log-gain ``g'`` on ``ŷ`` before the synthesis (decoded as ``ŷ·e^g'``); a source without
+        this method gets ``g' = -g`` (symmetric gains)."""
         ...
 
 
@@ -113,6 +119,12 @@ class Transform(nn.Module):
             else:
                 x = layer(x)
         return x
+
+
+def _channel_scale(log_gain: Tensor, like: Tensor) -> Tensor:
+    """``e^g`` shaped to multiply ``like`` ``(B, M, H, W)``: ``g`` is ``(M,)`` (all images) or ``(B, M)``."""
+    g = log_gain.exp().to(like.dtype)
+    return g.view(1, -1, 1, 1) if g.dim() == 1 else g.view(*g.shape, 1, 1)
 
 
 def _stages(dim: int, depths: Sequence[int], heads: Sequence[int], window: int, cfg: CodecConfig) -> list[SwinStage]:
@@ -184,16 +196,25 @@ class TICCodec(CompressionModel):
         logit = src.prompt_logit if src is not None else None
         prompts = src.encoder(x) if src is not None else None
         y = self.g_a(x, prompts, logit)
-        gain = self._gain(src)
+        gain = self._gain(src, inverse=False)
         if gain is not None:
-            y = y * gain.exp().view(1, -1, 1, 1)
+            y = y * _channel_scale(gain, y)
         z = self.h_a(y, prompts, logit)
         return y, z
 
     @staticmethod
-    def _gain(src: Optional[PromptSource]) -> Optional[Tensor]:
-        fn = getattr(src, "latent_log_gain", None) if src is not None else None
-        return fn() if fn is not None else None
+    def _gain(src: Optional[PromptSource], inverse: bool) -> Optional[Tensor]:
+        """The source's log-gain on ``y`` (``inverse=False``) or on ``ŷ`` (``inverse=True``), or None."""
+        if src is None:
+            return None
+        fn = getattr(src, "latent_log_gain", None)
+        gain = fn() if fn is not None else None
+        if not inverse:
+            return gain
+        inv = getattr(src, "latent_log_inv_gain", None)
+        if inv is not None:
+            return inv()
+        return None if gain is None else -gain
 
     def _params(self, z_hat: Tensor, src: Optional[PromptSource]) -> tuple[Tensor, Tensor]:
         logit = src.prompt_logit if src is not None else None
@@ -203,9 +224,9 @@ class TICCodec(CompressionModel):
 
     def _synthesis(self, y_hat: Tensor, src: Optional[PromptSource]) -> Tensor:
         logit = src.prompt_logit if src is not None else None
-        gain = self._gain(src)
+        gain = self._gain(src, inverse=True)
         if gain is not None:
-            y_hat = y_hat * (-gain).exp().view(1, -1, 1, 1)
+            y_hat = y_hat * _channel_scale(gain, y_hat)
         prompts = src.decoder(y_hat) if src is not None else None
         return self.g_s(y_hat, prompts, logit)
 

@@ -20,6 +20,7 @@ keys (``s → 0`` is exactly the base). Both rules give the trained models exact
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 
 from lpm.layers import PromptNet
 from lpm.models.base import TICCodec
+from lpm.models.variable_rate import RATE_REL_TOL, Rate, VariableRateCodec
 
 __all__ = ["PromptConfig", "LayerAdaptivePromptModule", "PromptedCodec", "RateMix", "find_rate"]
 
@@ -118,7 +120,7 @@ class RateMix:
         return f"RateMix(weights={self.weights}, strength={self.strength:.4g})"
 
 
-class PromptedCodec(nn.Module):
+class PromptedCodec(VariableRateCodec):
     """Frozen base codec + prompt modules keyed by rate (λ). See the module docstring.
 
     Args:
@@ -127,9 +129,11 @@ class PromptedCodec(nn.Module):
         base_rate: the λ the base was trained at (needs no prompts).
         prompt_config: sizes of each prompt module.
 
-    Methods mirror compressai with an extra ``rate`` argument: ``forward(x, rate)``, ``compress(x, rate)``,
-    ``decompress(strings, shape, rate, size=None)``.
+    Methods mirror compressai with an extra ``rate`` argument (see :class:`VariableRateCodec`):
+    ``forward(x, rate)``, ``compress(x, rate)``, ``decompress(strings, shape, rate, size=None)``.
     """
+
+    kind = "prompted"
 
     def __init__(
         self,
@@ -138,50 +142,27 @@ class PromptedCodec(nn.Module):
         base_rate: float = 0.0483,
         prompt_config: Optional[PromptConfig] = None,
     ) -> None:
-        super().__init__()
-        rates = sorted(float(r) for r in rates)
-        if len(set(rates)) != len(rates) or any(r <= 0 for r in rates):
-            raise ValueError(f"rates must be distinct positive λ values, got {rates}")
-        if not any(math.isclose(base_rate, r, rel_tol=1e-9) for r in rates):
-            raise ValueError(f"base_rate {base_rate} is not in the rate ladder {rates}")
+        super().__init__(rates, base_rate)
         self.base = base
         self.base.requires_grad_(False)
-        self.rates = rates
-        self.base_rate = float(base_rate)
         self.prompt_config = prompt_config or PromptConfig()
         self.prompts = nn.ModuleDict(
-            {self.key(r): LayerAdaptivePromptModule(base, self.prompt_config) for r in rates if not self._is_base(r)}
+            {self.key(r): LayerAdaptivePromptModule(base, self.prompt_config) for r in self.rates if not self._is_base(r)}
         )
 
     # ------------------------------------------------------------------ rates
-    def key(self, rate: float) -> str:
-        """ModuleDict key of a trained rate (``r0`` is the smallest λ)."""
-        for i, r in enumerate(self.rates):
-            if math.isclose(rate, r, rel_tol=1e-9):
-                return f"r{i}"
-        raise KeyError(f"{rate} is not a trained rate; trained rates: {self.rates}")
-
     def _is_base(self, rate: float) -> bool:
-        return math.isclose(rate, self.base_rate, rel_tol=1e-9)
+        return math.isclose(rate, self.base_rate, rel_tol=RATE_REL_TOL)
 
     def module(self, rate: float) -> LayerAdaptivePromptModule:
         """The prompt module of a trained, non-base rate."""
         return self.prompts[self.key(rate)]
 
-    @property
-    def rate_range(self) -> tuple[float, float]:
-        return self.rates[0], self.rates[-1]
-
-    def prompt_source(self, rate: float) -> Optional[RateMix]:
+    def prompt_source(self, rate: Rate, batch: int = 1) -> Optional[RateMix]:
         """The prompts for any ``rate`` in the trained range (``None`` at the base rate)."""
-        rate = float(rate)
-        lo, hi = self.rate_range
-        if not (math.isfinite(rate) and lo * (1 - 1e-9) <= rate <= hi * (1 + 1e-9)):
-            raise ValueError(f"rate {rate} is outside the trained range [{lo}, {hi}]")
-        rate = min(max(rate, lo), hi)  # values within the tolerance just outside count as the end rates
-        for r in self.rates:
-            if math.isclose(rate, r, rel_tol=1e-9):
-                return None if self._is_base(r) else RateMix([self.module(r)], [1.0])
+        rate = self.scalar_rate(rate)
+        if self.trained_index(rate) is not None:
+            return None if self._is_base(rate) else RateMix([self.module(rate)], [1.0])
         i = next(i for i, r in enumerate(self.rates) if r > rate)
         a, b = self.rates[i - 1], self.rates[i]
         t = (math.log(rate) - math.log(a)) / (math.log(b) - math.log(a))  # 0 at a, 1 at b
@@ -191,43 +172,24 @@ class PromptedCodec(nn.Module):
             return RateMix([self.module(a)], [1.0], strength=1.0 - t)
         return RateMix([self.module(a), self.module(b)], [1.0 - t, t])
 
-    # ------------------------------------------------------------------ codec API
-    def forward(self, x: Tensor, rate: float) -> dict[str, Any]:
-        return self.base(x, self.prompt_source(rate))
-
-    def compress(self, x: Tensor, rate: float) -> dict[str, Any]:
-        return self.base.compress(x, self.prompt_source(rate))
-
-    def decompress(
-        self, strings: list[list[bytes]], shape: Sequence[int], rate: float, size: Optional[Sequence[int]] = None
-    ) -> dict[str, Tensor]:
-        return self.base.decompress(strings, shape, self.prompt_source(rate), size=size)
-
-    def update(self, scale_table: Optional[Tensor] = None, force: bool = False) -> bool:
-        """Build the entropy coder tables of the (shared) base."""
-        return self.base.update(scale_table=scale_table, force=force)
-
-    def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True):  # type: ignore[override]
-        """Like ``nn.Module.load_state_dict``, but first lets the base resize its entropy-model buffers
-        (compressai's CDF tables change size with the weights)."""
-        self.base.load_state_dict({k[len("base."):]: v for k, v in state_dict.items() if k.startswith("base.")}, strict=strict)
-        return nn.Module.load_state_dict(self, state_dict, strict=strict)
-
     # ------------------------------------------------------------------ accounting
     def prompt_parameters(self) -> list[nn.Parameter]:
         return list(self.prompts.parameters())
 
-    def parameter_counts(self) -> dict[str, int]:
-        """Parameters of the base, of each prompt module and in total."""
+    def parameter_groups(self) -> dict[str, int]:
+        """Parameters of the base and of each prompt module."""
         counts = {"base": self.base.num_parameters()}
         for k, m in self.prompts.items():
             counts[f"prompt_{k}"] = m.num_parameters()
-        counts["total"] = sum(counts.values())
         return counts
 
-    def storage_ratio(self) -> float:
-        """Parameters stored (base + all prompt modules) over those of one separate base model per rate."""
-        return self.parameter_counts()["total"] / (len(self.rates) * self.base.num_parameters())
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_fields(self) -> dict[str, str]:
+        return {**super().checkpoint_fields(), "prompt_config": json.dumps(self.prompt_config.to_dict())}
+
+    @classmethod
+    def from_checkpoint(cls, base: TICCodec, fields: dict[str, Any]) -> "PromptedCodec":
+        return cls(base, fields["rates"], fields["base_rate"], PromptConfig.from_dict(fields["prompt_config"]))
 
 
 def find_rate(
