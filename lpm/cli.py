@@ -1,9 +1,9 @@
 """The ``lpm`` command: ``main(argv) -> int``.
 
-    lpm compress IN.png OUT.lpm --model CKPT [--rate λ | --target-bpp B]
-    lpm decompress IN.lpm OUT.png --model CKPT
+    lpm compress IN.png OUT.lpm --model CKPT [--rate λ | --target-bpp B] [--force]
+    lpm decompress IN.lpm OUT.png --model CKPT [--force]
     lpm info FILE.lpm
-    lpm roundtrip --model CKPT [--data-dir DIR] [--rates λ ...]   # real bpp and PSNR of an image set
+    lpm roundtrip --model CKPT [--data-dir DIR] [--rates λ ...] [--json F [--force]]  # real bpp and PSNR
     lpm models                                                  # the name table
     lpm reproduce [--data-dir DIR] [--smoke]                    # every notebook via papermill (main job)
     lpm data download kodak [--dest DIR]                        # images + sha256 check
@@ -11,15 +11,29 @@
     lpm eval --model CKPT [--classical jpeg webp ...]           # RD JSON + per-image CSV, BD-rate vs VTM
 
 Errors on bad input (unreadable images, truncated or foreign streams, another checkpoint's stream, wrong
-checkpoints) print one line ``lpm: error: ...`` and exit with status 2; nothing is written in that case.
+checkpoints, an unreachable ``--target-bpp``, an animated or multi-page image, a directory, FIFO or device
+where a file is expected, a folder that cannot be written, a full disk, a name too long) print one line
+``lpm: error: ...`` naming the user's path and exit with status 2; nothing is written in that case, and no
+temporary file is left behind (also on Ctrl-C, exit 130, and SIGTERM, exit 143). Warnings print as one
+line ``lpm: warning: ...``.
+
+Outputs, as with gzip/zstd (:mod:`lpm.fsutil`): a file appears atomically (temporary file in the same
+folder, then rename). An output that is the same file as the input (also through a symbolic or hard link)
+is refused, always. An existing output is refused unless ``--force`` (compress, decompress, roundtrip
+``--json``); with ``--force`` a symbolic link is replaced itself (never written through), and a directory,
+FIFO, device or socket is refused anyway. ``lpm info``/``decompress`` read regular files only (a FIFO or
+device is refused at once, never read). ``lpm eval --out-dir`` is a results folder that runs resume into
+and rewrite.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -30,24 +44,36 @@ __all__ = ["main"]
 EXIT_ERROR = 2
 
 
-def _model(args: argparse.Namespace):
-    from lpm import fileformat, zoo
+def _set_threads(args: argparse.Namespace) -> None:
+    """Torch's intra-op threads for this command (``--threads``, else :func:`lpm.limits.default_threads`)."""
+    import torch
 
+    from lpm.limits import default_threads
+
+    n = args.threads if getattr(args, "threads", None) else default_threads()
+    torch.set_num_threads(max(1, int(n)))
+
+
+def _model(args: argparse.Namespace):
+    """The checkpoint named by ``--model`` (default: the first shipped one) as a :class:`LoadedCodec`."""
+    from lpm import zoo
+
+    _set_threads(args)
     if not args.model:
         names = sorted(zoo.CHECKPOINTS)
         if not names:
             raise ValueError("no --model given and no trained checkpoint is shipped yet; pass a checkpoint file")
         args.model = names[0]
-    model, info = zoo.load(args.model, device=args.device)
-    return model, fileformat.model_id_from_sha256(info["sha256"]), info
+    return zoo.load(args.model, device=args.device)
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     from lpm.codec import compress_file
 
-    model, model_id, _ = _model(args)
+    ckpt = _model(args)
     res = compress_file(
-        model, model_id, args.input, args.output, rate=args.rate, target_bpp=args.target_bpp, max_pixels=args.max_pixels
+        ckpt.model, ckpt.model_id, args.input, args.output, rate=args.rate, target_bpp=args.target_bpp,
+        max_pixels=args.max_pixels, force=args.force,
     )
     print(f"{args.output}: {res.height}x{res.width}, rate λ={res.rate:.5g}, {res.num_bytes} bytes, {res.bpp:.4f} bpp")
     return 0
@@ -56,8 +82,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _cmd_decompress(args: argparse.Namespace) -> int:
     from lpm.codec import decompress_file
 
-    model, model_id, _ = _model(args)
-    res = decompress_file(model, model_id, args.input, args.output, max_pixels=args.max_pixels)
+    ckpt = _model(args)
+    res = decompress_file(ckpt.model, ckpt.model_id, args.input, args.output, max_pixels=args.max_pixels, force=args.force)
     print(f"{args.output}: {res.height}x{res.width} decoded from {res.num_bytes} bytes ({res.bpp:.4f} bpp)")
     return 0
 
@@ -82,55 +108,45 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_roundtrip(args: argparse.Namespace) -> int:
-    import torch
+    """Real bpp/PSNR per rate through the evaluation code (:func:`lpm.eval.evaluate_codec`), one row per rate."""
+    from lpm.data import find_images, locate_dataset
+    from lpm.eval import evaluate_codec
 
-    from lpm import fileformat
-    from lpm.codec import decode_image, encode_image
-    from lpm.data import find_images, locate_dataset, read_image
-
-    model, model_id, info = _model(args)
+    ckpt = _model(args)
+    model = ckpt.model
     folder = Path(args.images) if args.images else locate_dataset("kodak", args.data_dir)
     paths = find_images(folder)[: args.limit or None]
-    rates = args.rates or model.rates
-    budget = info["meta"].get("budget", "unknown training budget")
-    print(f"checkpoint {info['path']} (sha256 {info['sha256'][:16]}…; {budget})")
-    print(f"images: {folder} ({len(paths)} files); rates λ: {', '.join(f'{r:g}' for r in rates)}")
-    print(f"{'rate λ':>9s} {'bpp':>8s} {'PSNR dB':>8s} {'enc s':>7s} {'dec s':>7s}")
-    rows = []
-    for rate in rates:
-        bpps, psnrs, t_enc, t_dec = [], [], 0.0, 0.0
-        for p in paths:
-            x, im = read_image(p, max_pixels=args.max_pixels)
-            t0 = time.perf_counter()
-            data = fileformat.encode(encode_image(model, model_id, x, im, rate))
-            t1 = time.perf_counter()
-            x_hat, _ = decode_image(model, model_id, fileformat.decode(data))
-            t2 = time.perf_counter()
-            t_enc, t_dec = t_enc + t1 - t0, t_dec + t2 - t1
-            ref = torch.round(x.clamp(0, 1) * 255)
-            mse = torch.mean((torch.round(x_hat * 255) - ref) ** 2).item()
-            bpps.append(8 * len(data) / (im.height * im.width))
-            psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
-        row = {
-            "rate": rate,
-            "bpp": sum(bpps) / len(bpps),
-            "psnr-rgb": sum(psnrs) / len(psnrs),
-            "encoding_time": t_enc / len(paths),
-            "decoding_time": t_dec / len(paths),
-        }
-        rows.append(row)
-        print(f"{rate:9.5g} {row['bpp']:8.4f} {row['psnr-rgb']:8.3f} {row['encoding_time']:7.2f} {row['decoding_time']:7.2f}")
-    if args.json:
-        from lpm.provenance import environment
+    if args.json:  # before the long run: never overwrite an image or, without --force, an existing file
+        from lpm.fsutil import check_output
 
-        out = {
-            "name": f"lpm ({Path(info['path']).name})",
-            "description": f"real-bitstream round trip; {budget}",
-            "results": {k: [r[k] for r in rows] for k in rows[0]},
-            "meta": {**environment(args.device), "checkpoint_sha256": info["sha256"], "images": str(folder)},
-        }
+        if Path(args.json).parent.is_dir():
+            check_output(args.json, force=args.force, inputs=paths)
+    rates = args.rates or model.rates
+    print(f"checkpoint {ckpt.path} (sha256 {ckpt.sha256[:16]}…; {ckpt.budget_label()})")
+    print(f"images: {folder} ({len(paths)} files); rates λ: {', '.join(f'{r:g}' for r in rates)}")
+    header = f"{'rate λ':>9s} {'bpp':>8s} {'PSNR dB':>8s} {'enc s':>7s} {'dec s':>7s}"
+    print(header, flush=True)
+    merged: Optional[dict] = None
+    for rate in rates:
+        res = evaluate_codec(model, paths, [rate], checkpoint_info=ckpt.info, device=args.device,
+                             progress=not args.no_progress, max_pixels=args.max_pixels)
+        r = res["results"]
+        print(f"{rate:9.5g} {r['bpp'][0]:8.4f} {r['psnr-rgb'][0]:8.3f} {r['encoding_time'][0]:7.2f} "
+              f"{r['decoding_time'][0]:7.2f}", flush=True)
+        if merged is None:
+            merged = res
+        else:
+            for k, v in r.items():
+                merged["results"][k] += v
+    if args.json and merged is not None:
+        from lpm.fsutil import atomic_write
+        from lpm.jsonio import strict_json
+
+        merged["name"] = f"lpm ({ckpt.path.name})"
+        merged["meta"]["images"] = str(folder)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        atomic_write(args.json, (json.dumps(strict_json(merged), indent=2, allow_nan=False) + "\n").encode(),
+                     overwrite=args.force)
         print(f"wrote {args.json}")
     return 0
 
@@ -154,21 +170,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"{name}: BD-rate vs VTM not computable ({e})")
 
     if not args.classical_only:
-        model, _, info = _model(args)
+        ckpt = _model(args)
+        model = ckpt.model
         rates = list(args.rates or model.rates)
         if args.continuous:
             lo, hi = _m.log(model.rate_range[0]), _m.log(model.rate_range[1])
             rates += [_m.exp(lo + (hi - lo) * (i + 0.5) / args.continuous) for i in range(args.continuous)]
         rates = sorted(set(rates))
-        name = args.name or Path(info["path"]).stem
+        name = args.name or ckpt.path.stem
         res = evaluate_codec(
-            model, folder, rates, checkpoint_info=info, out_dir=out_dir, name=name,
+            model, folder, rates, checkpoint_info=ckpt.info, out_dir=out_dir, name=name,
             dataset_name="kodak" if is_kodak else str(folder),
             manifest=manifest_path("kodak") if is_kodak and "kodak" in KNOWN_SETS else None,
             device=args.device, progress=not args.no_progress,
         )
         r = res["results"]
-        print(f"{name} ({info['meta'].get('budget', 'unknown budget')})")
+        print(f"{name} ({ckpt.budget_label()})")
         print(f"{'rate λ':>9s} {'bpp':>8s} {'PSNR':>8s} {'MS-SSIM':>8s}")
         for i in range(len(r["bpp"])):
             ms = r["ms-ssim-rgb"][i]
@@ -236,7 +253,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from lpm import __version__
-    from lpm.codec import DEFAULT_MAX_PIXELS
+    from lpm.limits import default_max_pixels
+
+    max_pixels = default_max_pixels()
 
     ap = argparse.ArgumentParser(prog="lpm", description="Variable-rate learned image compression with prompt modules.")
     ap.add_argument("--version", action="version", version=f"lpm {__version__}")
@@ -245,20 +264,43 @@ def _parser() -> argparse.ArgumentParser:
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="zoo checkpoint name or a checkpoint file (.safetensors)")
         p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-        p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+        p.add_argument("--max-pixels", type=int, default=max_pixels,
+                       help=f"refuse larger images (default here: {max_pixels}, from the memory available now "
+                            "and ~300 bytes per pixel measured)")
+        p.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch (default: free CPUs, i.e. CPUs minus the current load; "
+                            "or $LPM_THREADS / $OMP_NUM_THREADS)")
 
-    p = sub.add_parser("compress", help="image -> .lpm file")
+    force_help = (
+        "replace an existing output (a symbolic link is replaced, not followed; never the input itself, "
+        "a directory, FIFO or device)"
+    )
+    p = sub.add_parser(
+        "compress", help="image -> .lpm file",
+        description="Code one image (PNG, JPEG, TIFF, ...; not animated or multi-page) into a .lpm file. "
+        "The output never replaces the input, nor an existing file without --force; it appears atomically.",
+    )
     p.add_argument("input")
     p.add_argument("output")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--rate", type=float, help="λ in the model's range (default: the base rate)")
-    g.add_argument("--target-bpp", type=float, help="largest rate whose file fits this many bits per pixel")
+    g.add_argument(
+        "--target-bpp", type=float,
+        help="largest rate whose file fits this many bits per pixel (an error, exit 2, if even the lowest "
+        "rate does not fit; the message gives the smallest achievable bpp)",
+    )
+    p.add_argument("-f", "--force", action="store_true", help=force_help)
     model_args(p)
     p.set_defaults(func=_cmd_compress)
 
-    p = sub.add_parser("decompress", help=".lpm file -> PNG")
+    p = sub.add_parser(
+        "decompress", help=".lpm file -> PNG",
+        description="Decode a .lpm file (a regular file) to a PNG. The output never replaces the input, nor "
+        "an existing file without --force; it appears atomically.",
+    )
     p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("output", help="the PNG to write (*.png)")
+    p.add_argument("-f", "--force", action="store_true", help=force_help)
     model_args(p)
     p.set_defaults(func=_cmd_decompress)
 
@@ -316,30 +358,61 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="a directory of images instead of Kodak")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images")
     p.add_argument("--rates", type=float, nargs="+", help="λ values (default: the model's trained rates)")
-    p.add_argument("--json", help="write compressai-style results JSON here")
+    p.add_argument("--json", help="write compressai-style results JSON here (an existing file only with --force)")
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing --json file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     model_args(p)
     p.set_defaults(func=_cmd_roundtrip)
     return ap
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that cleanup runs (temporary files are removed)."""
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise _Terminated()
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001
+    """Warnings as one line ``lpm: warning: ...``, without the source file and line of lpm's code."""
+    return "lpm: warning: " + " ".join(str(message).split()) + "\n"
+
+
+def _os_error_message(e: OSError) -> str:
+    """``<path>: <reason>`` for errors of the file system (the path the user gave), else the message."""
+    if e.filename is not None and e.strerror:
+        name = e.filename if isinstance(e.filename, (str, bytes, os.PathLike)) else str(e.filename)
+        return f"{os.fsdecode(name)}: {e.strerror}"
+    return str(e)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    from lpm.codec import ModelMismatchError
-    from lpm.data import ImageReadError
-    from lpm.fileformat import BitstreamError
-    from lpm.train.checkpoint import CheckpointError
+    # every lpm error (BitstreamError, ImageReadError, ModelMismatchError, CheckpointError, OutputRefused,
+    # TrainingStateError, ...) is a ValueError or an OSError: no torch import is needed to catch them here
 
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    old_format, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             return int(args.func(args) or 0)
-    except (BitstreamError, ImageReadError, ModelMismatchError, CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
+    except OSError as e:  # directory, permission, full disk, name too long, ...: one line naming the path
+        print(f"lpm: error: {' '.join(_os_error_message(e).split())}", file=sys.stderr)
+        return EXIT_ERROR
+    except (KeyError, ValueError) as e:
         msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
         print(f"lpm: error: {msg}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("lpm: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(e, _Terminated) else 130
+    finally:
+        warnings.formatwarning = old_format
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, old_sigterm if old_sigterm is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # pragma: no cover

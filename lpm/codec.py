@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lpm import fileformat
+from lpm.limits import default_max_pixels
 from lpm.data import ImageInfo, read_image, write_image
 from lpm.models import PromptedCodec, find_rate
 
@@ -30,11 +31,10 @@ __all__ = [
     "CodingResult",
 ]
 
-#: Largest image coded in one piece by default (4096×2048 = 8.4 MP). Measured CPU peak memory of the
-#: paper-size codec: about 1.7 kB per pixel to encode and 2.0 kB to decode (1536×1024 image), so this needs
-#: about 17 GB; larger images are refused with a clear message (raise the limit with ``max_pixels`` /
-#: ``--max-pixels`` on a bigger machine).
-DEFAULT_MAX_PIXELS = 4096 * 2048
+#: Largest image coded in one piece by default: derived from the memory available when lpm starts and the
+#: measured ~300 bytes per pixel of the paper-size codec (see :mod:`lpm.limits`); larger images are refused
+#: with a clear message (raise the limit with ``max_pixels`` / ``--max-pixels`` on a bigger machine).
+DEFAULT_MAX_PIXELS = default_max_pixels()
 
 
 class ModelMismatchError(ValueError):
@@ -58,7 +58,7 @@ def _check_size(h: int, w: int, max_pixels: Optional[int]) -> None:
     if max_pixels is not None and h * w > max_pixels:
         raise ValueError(
             f"image of {h}x{w} = {h * w} pixels exceeds the limit of {max_pixels} pixels "
-            f"(raise it with --max-pixels if this machine has the memory; about 2 kB per pixel)"
+            f"(raise it with --max-pixels if this machine has the memory; about 300 bytes per pixel)"
         )
 
 
@@ -109,30 +109,42 @@ def compress_file(
     rate: Optional[float] = None,
     target_bpp: Optional[float] = None,
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+    force: bool = False,
 ) -> CodingResult:
     """Read an image, code it at ``rate`` (default: the base rate) or at the largest rate whose *file*
-    (header included) fits ``target_bpp``, and write the ``.lpm`` file atomically."""
+    (header included) fits ``target_bpp``, and write the ``.lpm`` file atomically.
+
+    The output is checked first (:func:`lpm.fsutil.check_output`): never the input itself, and an
+    existing file only with ``force`` (a symbolic link is then replaced, not written through; a
+    directory, FIFO or device never). A ``target_bpp`` that even the smallest rate exceeds is a
+    ``ValueError`` naming the smallest achievable bpp; nothing is written then.
+    """
+    from lpm.fsutil import check_output
+
     if rate is not None and target_bpp is not None:
         raise ValueError("give either a rate or a target bpp, not both")
+    if target_bpp is not None and not (math.isfinite(target_bpp) and target_bpp > 0):
+        raise ValueError(f"target bpp must be a positive number, got {target_bpp}")
+    check_output(dst, force=force, inputs=(src,))
     x, info = read_image(src, max_pixels=max_pixels)
     _check_size(info.height, info.width, max_pixels)
     npix = info.height * info.width
     if target_bpp is not None:
-        if not (math.isfinite(target_bpp) and target_bpp > 0):
-            raise ValueError(f"target bpp must be a positive number, got {target_bpp}")
         cache: dict[float, fileformat.CompressedImage] = {}
 
         def measure(r: float) -> float:
             cache[r] = encode_image(model, model_id, x, info, r)
             return 8.0 * len(fileformat.encode(cache[r])) / npix
 
-        rate, _ = find_rate(measure, target_bpp, model.rate_range)
+        rate, bpp = find_rate(measure, target_bpp, model.rate_range)
+        if bpp > target_bpp:
+            raise ValueError(_unreachable_target(src, target_bpp, rate, bpp))
         c = cache[rate]
     else:
         rate = model.base_rate if rate is None else float(rate)
         c = encode_image(model, model_id, x, info, rate)
-    fileformat.write(dst, c)
-    return CodingResult(str(dst), info.height, info.width, rate, os.path.getsize(dst))
+    num_bytes = fileformat.write(dst, c, overwrite=force)
+    return CodingResult(str(dst), info.height, info.width, rate, num_bytes)
 
 
 def decompress_file(
@@ -142,9 +154,26 @@ def decompress_file(
     dst: Union[str, os.PathLike],
     *,
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+    force: bool = False,
 ) -> CodingResult:
-    """Decode an ``.lpm`` file to a PNG (same channels and bit depth as the original)."""
+    """Decode an ``.lpm`` file to a PNG (same channels and bit depth as the original).
+
+    The output is checked before anything is decoded, as in :func:`compress_file` (never the input,
+    an existing file only with ``force``, a ``.png`` name).
+    """
+    from lpm.fsutil import check_output
+
+    if os.path.splitext(os.fspath(dst))[1].lower() != ".png":
+        raise ValueError(f"decompress writes PNG files only; name the output *.png, got {os.fspath(dst)}")
+    check_output(dst, force=force, inputs=(src,))
     c = fileformat.read(src, max_pixels=max_pixels)
     x_hat, info = decode_image(model, model_id, c)
-    write_image(dst, x_hat, info)
+    write_image(dst, x_hat, info, overwrite=force)
     return CodingResult(str(dst), info.height, info.width, c.header.rate, os.path.getsize(src))
+
+
+def _unreachable_target(src: Union[str, os.PathLike], target_bpp: float, rate: float, bpp: float) -> str:
+    return (
+        f"{os.fspath(src)}: no file fits {target_bpp:g} bpp; the smallest achievable is {bpp:.4f} bpp "
+        f"(lowest rate λ={rate:.5g}); nothing written"
+    )

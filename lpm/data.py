@@ -15,7 +15,9 @@ Policies, in one place:
 - PNG and TIFF are decoded with imagecodecs, which reads 16-bit RGB that PIL cannot (PIL cuts it
   to 8 bits); every other format goes through PIL; EXIF orientation is not applied (pixels as
   stored, as in the usual evaluation code);
-- written files are always PNG, written atomically.
+- one image per file: an animated GIF/WebP/PNG or a multi-page TIFF is refused (:class:`ImageReadError`)
+  rather than silently coded from its first frame (a JPEG's MPO preview pages are ignored);
+- written files are always PNG, written atomically (:func:`lpm.fsutil.atomic_write`).
 
 Data sets (:data:`KNOWN_SETS`) are never part of the repository: ``data/`` holds their sha256
 manifests and ``data/download.py``; :func:`locate_dataset` finds a local copy and
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import struct
 import warnings
 from collections.abc import Sequence
@@ -119,7 +120,9 @@ def read_image(
     codec codes colour only; a :class:`UserWarning` naming the file says so. 16-bit images are
     converted at full precision (``value / 65535``). PNG and TIFF files (recognised by their
     signature, not their name) are decoded with imagecodecs, anything else with PIL (JPEG, BMP,
-    WebP, GIF, PNM, ...); palettes are expanded to RGB.
+    WebP, GIF, PNM, ...); palettes are expanded to RGB. Files holding several images (animated GIF,
+    WebP or PNG, multi-page TIFF) are refused: the codec codes one image, and coding the first frame
+    silently would lose the others.
 
     Args:
         path: the image file.
@@ -128,12 +131,15 @@ def read_image(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ImageReadError: the file is not a readable image, or has zero width or height.
+        ImageReadError: the path is a directory or not a regular file, the file is not a readable
+            image, has zero width or height, or holds several frames or pages.
         ImageTooLargeError: the image has more than ``max_pixels`` pixels.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a directory, not an image file")
     if not path.is_file():
         raise ImageReadError(f"{path}: not a regular file")
     if max_pixels is not None and max_pixels < 1:
@@ -155,10 +161,39 @@ def _decode_png(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray:
         raise ImageReadError(f"{path}: not a readable PNG (missing IHDR header)")
     width, height = struct.unpack(">II", data[16:24])
     _check_size(path, height, width, max_pixels)
+    _check_single_png(path, data)
     try:
         return imagecodecs.png_decode(data)
     except Exception as exc:  # imagecodecs raises PngError (RuntimeError) or ValueError
         raise ImageReadError(f"{path}: cannot decode PNG ({_one_line(exc)})") from exc
+
+
+def _check_single_png(path: Path, data: bytes) -> None:
+    """Refuse an animated PNG: an ``acTL`` chunk (before the image data) declaring several frames."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind in (b"IDAT", b"IEND"):
+            return
+        if kind == b"acTL" and length >= 8 and pos + 12 <= len(data):
+            frames = struct.unpack(">I", data[pos + 8 : pos + 12])[0]
+            if frames > 1:
+                raise ImageReadError(_several_frames(path, frames, "animated PNG"))
+        pos += 12 + length
+
+
+def _several_frames(path: Path, n: int, what: str) -> str:
+    return (
+        f"{path}: {what} with {n} frames/pages; lpm codes single images "
+        "(extract one frame first, e.g. as PNG)"
+    )
+
+
+def _check_single_frame(path: Path, im: Image.Image) -> None:
+    n = getattr(im, "n_frames", 1)
+    if n > 1 and im.format != "MPO":  # MPO: a JPEG whose extra pages are previews/depth; keep the photo
+        what = {"GIF": "animated GIF", "WEBP": "animated WebP", "PNG": "animated PNG", "TIFF": "multi-page TIFF"}
+        raise ImageReadError(_several_frames(path, n, what.get(im.format or "", f"{im.format} file")))
 
 
 def _decode_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
@@ -182,10 +217,16 @@ def _decode_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` from the header as PIL reads it (no pixels decoded), or None."""
+    """``(width, height)`` from the header as PIL reads it (no pixels decoded), or None.
+
+    Refuses (:class:`ImageReadError`) a file PIL sees as several frames or pages.
+    """
     try:
         with Image.open(path) as im:
+            _check_single_frame(path, im)
             return im.size
+    except ImageReadError:
+        raise
     except Exception:  # PIL cannot parse it (or calls it a bomb): the size is checked after decoding
         return None
 
@@ -195,6 +236,7 @@ def _decode_with_pil(path: Path, max_pixels: int | None) -> np.ndarray:
         with Image.open(path) as im:
             width, height = im.size  # from the header; pixels are not decoded yet
             _check_size(path, height, width, max_pixels)
+            _check_single_frame(path, im)
             return _pil_to_array(path, im)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{path}: {_one_line(exc)}") from exc
@@ -305,7 +347,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def write_image(
-    path: str | os.PathLike[str], x: torch.Tensor, info: ImageInfo | None = None
+    path: str | os.PathLike[str], x: torch.Tensor, info: ImageInfo | None = None, *, overwrite: bool = True
 ) -> None:
     """Write ``x`` (``(3, H, W)`` or ``(1, H, W)`` float in ``[0, 1]``) as a PNG file.
 
@@ -313,11 +355,15 @@ def write_image(
     file's kind: ``channels == 1`` writes a grey image, taking the ITU-R BT.601 luma
     ``0.299 R + 0.587 G + 0.114 B`` of a colour tensor (for a grey image replicated by
     :func:`read_image` this is the original value); ``bit_depth == 16`` writes 16-bit samples.
-    Without ``info``: 8 bits, and as many channels as ``x`` has. The file appears atomically (a
-    temporary file in the same directory, then :func:`os.replace`).
+    Without ``info``: 8 bits, and as many channels as ``x`` has. The file appears atomically
+    (:func:`lpm.fsutil.atomic_write`: a temporary file in the same directory, then :func:`os.replace`;
+    nothing is left behind on failure). ``overwrite=False`` refuses an existing file
+    (``FileExistsError``); a directory, FIFO or device is never replaced, a symbolic link is replaced
+    itself (not written through).
 
     Raises:
         ValueError: wrong shape, non-finite values, or a file name not ending in ``.png``.
+        OSError: the file cannot be written (the error names ``path``).
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -337,25 +383,13 @@ def write_image(
     array = _quantise(x, bit_depth)
     if channels == 1:
         array = array[:, :, 0]
-    _atomic_write_bytes(path, imagecodecs.png_encode(array))
+    _atomic_write_bytes(path, imagecodecs.png_encode(array), overwrite=overwrite)
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    directory = path.parent
-    if not directory.is_dir():
-        raise FileNotFoundError(f"output directory does not exist: {directory}")
-    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    # os.open with 0o666 lets the process umask decide the final permissions, as for open()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _atomic_write_bytes(path: Path, payload: bytes, *, overwrite: bool = True) -> None:
+    from lpm.fsutil import atomic_write
+
+    atomic_write(path, payload, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,8 +473,10 @@ def locate_dataset(
 ) -> Path:
     """Directory holding a local copy of the known data set ``name``.
 
-    Looked for in ``data_dir/name`` if ``data_dir`` is given, else in ``$LPM_DATA_DIR/name`` if
-    that variable is set, else in ``<project root>/data/name``. With ``verify=True`` every file is
+    Looked for in ``data_dir/name`` if ``data_dir`` is given (a relative ``data_dir`` is taken as the
+    caller gives it, i.e. against the current directory: command-line arguments), else in
+    ``$LPM_DATA_DIR/name`` if that variable is set (relative: against the project root, see
+    :func:`named_data_dir`), else in ``<project root>/data/name``. With ``verify=True`` every file is
     checked against the set's manifest.
 
     Raises:
@@ -451,7 +487,7 @@ def locate_dataset(
     if data_dir is not None:
         root, source = Path(data_dir), "data_dir argument"
     elif os.environ.get(DATA_DIR_ENV):
-        root, source = Path(os.environ[DATA_DIR_ENV]), f"${DATA_DIR_ENV}"
+        root, source = named_data_dir(None)
     else:
         root, source = DATA_DIR, "project default"
     directory = root / name
@@ -658,33 +694,89 @@ def sample_photos(cache_dir: str | os.PathLike[str] | None = None) -> list[Path]
     return out
 
 
+#: Name (and ``results/cache/<name>/`` folder) of the fallback images when no data directory is named.
+SAMPLE_PHOTOS_NAME = "sample-photos"
+
+
+class DataDirError(FileNotFoundError):
+    """A data directory was named (``DATA_DIR`` / ``data_dir`` / ``$LPM_DATA_DIR``) but holds no images to
+    evaluate: it does not exist, or has neither ``kodak/`` nor image files. Never a silent fallback."""
+
+
+def named_data_dir(data_dir: str | os.PathLike[str] | None = None) -> tuple[Path | None, str]:
+    """The data directory a caller named, as an absolute path, and a phrase saying which name it came from.
+
+    ``data_dir`` if given (not ``None`` or ``""``), else ``$LPM_DATA_DIR`` if set, else ``(None,
+    "nothing named")``. A relative path is resolved against the **project root** (the folder holding
+    ``lpm/``, ``notebooks/``, ``results/``), never against the current directory: a notebook kernel runs in
+    ``notebooks/`` and papermill wherever it is started, so ``"../shared/data"`` means the same folder
+    from both. ``~`` is expanded.
+    """
+    if data_dir is not None and str(data_dir) != "":
+        raw, source = str(data_dir), "DATA_DIR"
+    elif os.environ.get(DATA_DIR_ENV):
+        raw, source = os.environ[DATA_DIR_ENV], f"${DATA_DIR_ENV}"
+    else:
+        return None, "nothing named"
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return path.resolve(), f"{source} {raw!r}"
+    return (PROJECT_ROOT / path).resolve(), (f"{source} {raw!r} (relative: resolved against the project root "
+                                             f"{PROJECT_ROOT}, not the current directory)")
+
+
+def _named_images(named: Path, source: str) -> tuple[list[Path], str]:
+    """Images of a named data directory: ``named/kodak/`` if it exists, else the images directly in
+    ``named`` (named after the folder); anything else is a :class:`DataDirError` with one clear message."""
+    fix = (f"Name the folder holding kodak/ (e.g. ../shared/data; `python data/download.py kodak --dest DIR` "
+           f"fetches it), or leave DATA_DIR and ${DATA_DIR_ENV} unset for data/kodak, else sample photos "
+           f"(outputs then go to results/cache/{SAMPLE_PHOTOS_NAME}/).")
+    if not named.is_dir():
+        raise DataDirError(f"data directory not found: {named} does not exist, from {source}. {fix}")
+    folder = named / "kodak" if (named / "kodak").is_dir() else named
+    try:
+        return find_images(folder), "kodak" if folder.name == "kodak" else folder.name
+    except ValueError:
+        what = f"{folder} holds no image files" if folder != named else f"{named} has no kodak/ folder and no images"
+        raise DataDirError(f"no evaluation images: {what}, from {source}. {fix}") from None
+
+
 def resolve_eval_images(
     data_dir: str | os.PathLike[str] | None = None,
     *,
     limit: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> EvalImages:
-    """Kodak from ``data_dir`` (or ``$LPM_DATA_DIR``, or the project's ``data/``); if none of those has it,
-    scikit-image's bundled sample photographs, with a notice saying that these are not Kodak.
+    """The images to evaluate on (notebooks, ``lpm reproduce``).
 
-    ``data_dir`` may also be a directory of images itself (then those are used, named after it).
+    Rules:
+
+    1. A **named** directory — ``data_dir``, else ``$LPM_DATA_DIR`` (:func:`named_data_dir`; relative paths
+       against the project root) — must deliver: its ``kodak/`` folder if it has one, else the images directly
+       in it (named after the folder, e.g. a ``kodak`` folder itself). A named directory that does not exist
+       or holds neither raises :class:`DataDirError`; there is no fallback.
+    2. Nothing named: the project's ``data/kodak`` if present.
+    3. Nothing named and no ``data/kodak``: scikit-image's bundled sample photographs (written once as PNGs
+       to ``cache_dir``, default ``results/cache/sample-photos/images``), named ``"sample-photos"``, with a
+       ``notice`` saying that these are not Kodak. (:func:`lpm.figures.results_dir` then sends every output
+       to ``results/cache/sample-photos/``, never over the Kodak results.)
+
+    ``limit`` keeps the first images only (smoke runs).
     """
-    if data_dir is not None and not (Path(data_dir) / "kodak").is_dir() and Path(data_dir).is_dir():
-        try:
-            paths = find_images(data_dir)
-            name = Path(data_dir).name
-            return EvalImages(tuple(paths[:limit] if limit else paths), name, None, None)
-        except (FileNotFoundError, ValueError):
-            pass
-    try:
-        root = locate_dataset("kodak", data_dir)
-        paths = find_images(root)
-        return EvalImages(tuple(paths[:limit] if limit else paths), "kodak", manifest_path("kodak"), None)
-    except FileNotFoundError:
-        paths = sample_photos(cache_dir)
+    named, source = named_data_dir(data_dir)
+    notice = None
+    if named is not None:
+        paths, name = _named_images(named, source)
+    elif (DATA_DIR / "kodak").is_dir():
+        paths, name = find_images(DATA_DIR / "kodak"), "kodak"
+    else:
+        paths = sample_photos(cache_dir or PROJECT_ROOT / "results" / "cache" / SAMPLE_PHOTOS_NAME / "images")
+        name = SAMPLE_PHOTOS_NAME
         notice = (
-            "NOTICE: Kodak was not found (pass DATA_DIR / --data-dir, or run `lpm data download kodak`); "
-            f"using {len(paths)} scikit-image sample photographs instead — numbers are NOT comparable to Kodak "
-            "results or to the published anchors."
+            f"NOTICE: no data directory named (DATA_DIR, {DATA_DIR_ENV}) and no {DATA_DIR / 'kodak'}; using "
+            f"{len(paths)} scikit-image sample photographs instead — numbers are NOT comparable to Kodak results "
+            "or to the published anchors, and outputs go to results/cache/sample-photos/ unless RESULTS_DIR is "
+            "given. Set DATA_DIR to the directory holding kodak/ (e.g. ../shared/data) for the real figures."
         )
-        return EvalImages(tuple(paths[:limit] if limit else paths), "skimage-sample-photos", None, notice)
+    manifest = manifest_path("kodak") if name == "kodak" else None
+    return EvalImages(tuple(paths[:limit] if limit else paths), name, manifest, notice)

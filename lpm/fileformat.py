@@ -45,11 +45,11 @@ length within the bytes that remain, no trailing bytes); finally the caller's ``
 
 from __future__ import annotations
 
+import errno
 import math
 import numbers
 import operator
 import os
-import secrets
 import stat
 import struct
 import zlib
@@ -318,55 +318,66 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> CompressedImage:
     return CompressedImage(header, strings)
 
 
-def write(path: str | os.PathLike, c: CompressedImage) -> None:
-    """Write ``c`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
+def write(path: str | os.PathLike, c: CompressedImage, *, overwrite: bool = True) -> int:
+    """Write ``c`` to ``path`` atomically (:func:`lpm.fsutil.atomic_write`); returns the bytes written.
 
-    Readers see either the old file or the complete new one; on failure no temporary is left.
-    The new file gets the usual permissions (``0o666`` minus the umask).
+    Readers see either the old file or the complete new one; on any failure (also an interrupt) no
+    temporary is left, and an ``OSError`` names ``path``. The new file gets the usual permissions
+    (``0o666`` minus the umask). ``overwrite=False`` refuses (``FileExistsError``) an existing file;
+    a directory, FIFO or device is never replaced, a symbolic link is replaced itself.
     """
+    from lpm.fsutil import atomic_write
+
     data = encode(c)  # validate before touching the disk
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, data, overwrite=overwrite)
+    return len(data)
 
 
 def read(path: str | os.PathLike, *, max_pixels: int | None = None) -> CompressedImage:
     """Read and :func:`decode` a ``.lpm`` file.
 
-    Files over ``MAX_FILE_BYTES`` are refused before being read; a missing file raises
+    Only regular files are read: a directory raises ``IsADirectoryError``, a FIFO, device or socket
+    a :class:`BitstreamError` at once (opened non-blocking, so a FIFO without writer never hangs and
+    ``/dev/zero`` is not read). The prefix (magic, version) is checked before the rest is read, and
+    files over ``MAX_FILE_BYTES`` are refused before being read; a missing file raises
     ``FileNotFoundError``. Decoding errors carry the path: ``BitstreamError("<path>: ...")``.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        if stat.S_ISREG(st.st_mode) and st.st_size > MAX_FILE_BYTES:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not stat.S_ISREG(st.st_mode):
+            raise BitstreamError(
+                f"{path}: not a regular file ({_file_kind(st.st_mode)}); .lpm files are read from regular files only"
+            )
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        if st.st_size > MAX_FILE_BYTES:
             raise BitstreamError(f"{path}: file of {st.st_size} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
-        data = f.read(MAX_FILE_BYTES + 1)  # bounded even for files that grow or are not regular
+        head = f.read(_PREFIX.size)
+        if head[: len(MAGIC)] != MAGIC or len(head) < _PREFIX.size:
+            data = head  # not ours, or too short: decode() says which, without reading the rest
+        else:
+            data = head + f.read(MAX_FILE_BYTES + 1 - len(head))  # bounded even for files that grow
     if len(data) > MAX_FILE_BYTES:
         raise BitstreamError(f"{path}: file exceeds the {MAX_FILE_BYTES}-byte limit")
     try:
         return decode(data, max_pixels=max_pixels)
     except BitstreamError as e:
         raise BitstreamError(f"{path}: {e}") from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def bits_per_pixel(data: bytes, height: int, width: int) -> float:

@@ -8,7 +8,6 @@ cell (the CLI turns it into a non-zero exit with that message).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,12 +44,14 @@ def find_notebooks(directory: Path = NOTEBOOK_DIR, only: Optional[Sequence[str]]
 
 
 def _source_cell(executed: Path, index: int) -> tuple[int, str]:
-    """Map a cell index of the executed copy back to the source notebook (papermill inserts an
-    ``injected-parameters`` cell) and return it with the cell's first line."""
+    """Map the failing cell's index (papermill counts the cells it executed, before it adds its
+    ``papermill-error-cell-tag`` markers to the saved copy) back to the source notebook (papermill also inserts
+    an ``injected-parameters`` cell) and return it with the cell's first line."""
     try:
         import nbformat
 
-        cells = nbformat.read(str(executed), as_version=4).cells
+        cells = [c for c in nbformat.read(str(executed), as_version=4).cells
+                 if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
         injected = sum(1 for c in cells[:index] if "injected-parameters" in c.metadata.get("tags", []))
         first = cells[index].source.strip().splitlines()[0][:80] if cells[index].source.strip() else ""
         return index - injected, first
@@ -87,7 +88,7 @@ def run_all(
             )
         except PapermillExecutionError as e:
             cell, first_line = _source_cell(out, e.cell_index)
-            msg = f"{e.ename}: {' '.join(str(e.evalue).split())[:300]}" + (f" [cell starts: {first_line}]" if first_line else "")
+            msg = f"{e.ename}: {' '.join(str(e.evalue).split())[:600]}" + (f" [cell starts: {first_line}]" if first_line else "")
             raise NotebookFailed(nb.name, cell, msg, out) from None
         except Exception as e:  # kernel died, bad notebook file, ...
             raise NotebookFailed(nb.name, None, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", out) from None

@@ -12,8 +12,15 @@ Data flow of one slider move (all on the kernel's thread, so a CPU-only kernel s
            └─ if "full resolution" is on: code_at(λ, full=True) ─► shown, labelled
 
 Results are cached per (λ rounded to 4 significant digits, preview/full): going back to a rate costs
-nothing. The target-bpp box searches, with :func:`lpm.models.find_rate` (bisection in log λ), the largest
-rate whose full-resolution *file* fits the target.
+nothing, and the widget then says "cached" instead of a coding time. The target-bpp box searches, with
+:func:`lpm.models.find_rate` (bisection in log λ), the largest rate whose full-resolution *file* fits the target.
+
+While a rate is being coded, the numbers, the image and the zoom still on screen are those of the previous
+rate: they carry the CSS class ``lpm-stale`` (greyed out) until the new result replaces them. A small RD plot
+(an inline SVG, :func:`rd_svg`) shows bpp against PSNR of every rate coded so far in the session (of the
+kind shown: preview or full resolution), trained rates marked, the current one highlighted. The layout wraps
+(flex-wrap, images capped at 100 % of the width), so the decoded | original zoom needs no horizontal scroll
+in a narrow notebook.
 
 :meth:`RateSlider.code_at` is plain Python (no widgets), used by the widget and by the tests; the
 ipywidgets UI is built lazily by :meth:`RateSlider.widget` and also by ``display(slider)``.
@@ -38,12 +45,25 @@ from lpm.data import ImageInfo, to_uint8
 from lpm.eval.metrics import psnr as psnr_8bit
 from lpm.models import PromptedCodec, find_rate
 
-__all__ = ["RateSlider", "center_crop", "round_rate", "RATE_DIGITS"]
+__all__ = ["RateSlider", "center_crop", "rd_svg", "round_rate", "RATE_DIGITS"]
 
 #: Significant digits a rate is rounded to before coding (the cache key; the coded rate is the rounded one).
 RATE_DIGITS = 4
 #: Side in pixels of the zoomed crop as displayed (nearest-neighbour enlargement by an integer factor).
 ZOOM_DISPLAY = 288
+#: CSS class of the widgets whose content belongs to the previous rate while a new one is being coded.
+STALE = "lpm-stale"
+
+#: Style sheet of the widget (in a hidden HTML child): stale marking, wrapping rows, shrinkable images.
+_CSS = f"""<style>
+.lpm-rate-slider-box .{STALE} {{ opacity: 0.35; filter: grayscale(1); }}
+.lpm-rate-slider-box .lpm-row {{ flex-wrap: wrap; max-width: 100%; }}
+.lpm-rate-slider-box .lpm-zoom-pair {{ flex-wrap: nowrap; max-width: 100%; }}
+.lpm-rate-slider-box img.lpm-zoom, .lpm-rate-slider-box img.lpm-zoom-ref {{
+  image-rendering: pixelated; min-width: 0; max-width: calc(50% - 4px); height: auto; flex: 0 1 auto; }}
+.lpm-rate-slider-box img.lpm-decoded {{ max-width: 100%; height: auto; }}
+.lpm-rate-slider-box .lpm-rd svg {{ max-width: 100%; height: auto; }}
+</style>"""
 
 
 def round_rate(rate: float, digits: int = RATE_DIGITS) -> float:
@@ -68,6 +88,83 @@ def _enlarge(a: np.ndarray, side: int = ZOOM_DISPLAY) -> np.ndarray:
     """Nearest-neighbour enlargement of an ``(h, w, 3)`` crop by the largest integer factor fitting ``side``."""
     f = max(1, side // max(a.shape[0], a.shape[1]))
     return np.repeat(np.repeat(a, f, axis=0), f, axis=1)
+
+
+def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    """About ``n`` round tick values (steps of 1, 2, 2.5 or 5 × 10^k) within ``[lo, hi]``."""
+    raw = (hi - lo) / max(n, 1)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * mag >= raw * (1 - 1e-9))
+    t, out = math.ceil(lo / step - 1e-9) * step, []
+    while t <= hi + 1e-9 * step:
+        out.append(round(t, 12))
+        t += step
+    return out
+
+
+def _span(values: list[float], pad: float, min_half: float) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    half = max(0.5 * (hi - lo) * (1 + 2 * pad), min_half)
+    mid = 0.5 * (lo + hi)
+    return mid - half, mid + half
+
+
+def rd_svg(points: list[dict[str, Any]], current: Optional[float] = None, *, caption: str = "",
+           width: int = 300, height: int = 220) -> str:
+    """A small RD plot as inline SVG: ``points`` (dicts with ``rate``, ``bpp``, ``psnr`` and ``trained``)
+    joined in rate order, trained rates drawn as diamonds, the point whose rate is ``current`` in red.
+
+    Each point is an element of class ``lpm-rd-point`` (plus ``lpm-rd-trained`` / ``lpm-rd-current``) with
+    ``data-rate``, ``data-bpp`` and ``data-psnr`` attributes and a hover title."""
+    ml, mr, mt, mb = 42, 10, 20, 30
+    pw, ph = width - ml - mr, height - mt - mb
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+           f"viewBox='0 0 {width} {height}' font-family='sans-serif' font-size='10'>",
+           f"<text x='{ml}' y='12' font-size='10' fill='#333'>{html.escape(caption)}</text>",
+           f"<rect x='{ml}' y='{mt}' width='{pw}' height='{ph}' fill='none' stroke='#999'/>"]
+    if not points:
+        out.append(f"<text x='{ml + 8}' y='{mt + ph / 2:.1f}' fill='#777'>nothing coded yet</text></svg>")
+        return "".join(out)
+    pts = sorted(points, key=lambda p: p["rate"])
+    x0, x1 = _span([p["bpp"] for p in pts], 0.08, 0.02)
+    y0, y1 = _span([p["psnr"] for p in pts], 0.08, 0.5)
+
+    def X(v: float) -> float:
+        return ml + (v - x0) / (x1 - x0) * pw
+
+    def Y(v: float) -> float:
+        return mt + (1 - (v - y0) / (y1 - y0)) * ph
+
+    for t in _ticks(x0, x1):
+        out.append(f"<line x1='{X(t):.1f}' y1='{mt + ph}' x2='{X(t):.1f}' y2='{mt + ph + 3}' stroke='#999'/>"
+                   f"<text x='{X(t):.1f}' y='{mt + ph + 13}' text-anchor='middle' fill='#555'>{t:.3g}</text>")
+    for t in _ticks(y0, y1):
+        out.append(f"<line x1='{ml - 3}' y1='{Y(t):.1f}' x2='{ml}' y2='{Y(t):.1f}' stroke='#999'/>"
+                   f"<text x='{ml - 5}' y='{Y(t) + 3:.1f}' text-anchor='end' fill='#555'>{t:.3g}</text>")
+    out.append(f"<text x='{ml + pw / 2:.1f}' y='{height - 3}' text-anchor='middle' fill='#333'>bpp (file)</text>"
+               f"<text x='10' y='{mt + ph / 2:.1f}' text-anchor='middle' fill='#333' "
+               f"transform='rotate(-90 10 {mt + ph / 2:.1f})'>PSNR (dB)</text>")
+    if len(pts) > 1:
+        line = " ".join(f"{X(p['bpp']):.1f},{Y(p['psnr']):.1f}" for p in pts)
+        out.append(f"<polyline points='{line}' fill='none' stroke='#9ab' stroke-width='1'/>")
+    cur = None if current is None else round_rate(current)
+    for p in sorted(pts, key=lambda p: p["rate"] == cur):  # the current point last, on top
+        x, y = X(p["bpp"]), Y(p["psnr"])
+        is_cur = p["rate"] == cur
+        cls = "lpm-rd-point" + (" lpm-rd-trained" if p["trained"] else "") + (" lpm-rd-current" if is_cur else "")
+        fill, r = ("#d62728", 5.5) if is_cur else (("#1f4e79", 4.5) if p["trained"] else ("#6a8caf", 3.0))
+        attrs = (f"class='{cls}' data-rate='{p['rate']:.4g}' data-bpp='{p['bpp']:.4f}' data-psnr='{p['psnr']:.2f}' "
+                 f"fill='{fill}' stroke='{'#000' if is_cur else 'none'}'")
+        tip = (f"<title>λ={p['rate']:.4g}{' (trained)' if p['trained'] else ''}: {p['bpp']:.4f} bpp, "
+               f"{p['psnr']:.2f} dB</title>")
+        if p["trained"]:
+            shape = (f"<polygon {attrs} points='{x:.1f},{y - r:.1f} {x + r:.1f},{y:.1f} {x:.1f},{y + r:.1f} "
+                     f"{x - r:.1f},{y:.1f}'>{tip}</polygon>")
+        else:
+            shape = f"<circle {attrs} cx='{x:.1f}' cy='{y:.1f}' r='{r}'>{tip}</circle>"
+        out.append(shape)
+    out.append("</svg>")
+    return "".join(out)
 
 
 class RateSlider:
@@ -199,6 +296,48 @@ class RateSlider:
         self._sizes[key] = len(data)
         return result
 
+    def is_cached(self, rate: float, full: bool = False) -> bool:
+        """Whether :meth:`code_at` would answer ``(rate, full)`` from the cache (no coding)."""
+        return (self._check_rate(rate), self._kind(full)) in self._cache
+
+    def session_points(self, full: bool = True) -> list[dict[str, Any]]:
+        """The rates coded so far (full resolution or preview), in rate order: ``dict(rate, bpp, psnr,
+        bytes, trained)``; ``trained`` marks the checkpoint's trained rates."""
+        kind = self._kind(full)
+        trained = {round_rate(r) for r in self.trained_rates}
+        return [{"rate": r, "bpp": res["bpp"], "psnr": res["psnr"], "bytes": res["bytes"], "trained": r in trained}
+                for (r, k), res in sorted(self._cache.items()) if k == kind]
+
+    def zoom_crops(self, res: Optional[dict[str, Any]] = None) -> tuple[Optional[np.ndarray], np.ndarray]:
+        """``(decoded, original)`` zoom crops, ``(s, s, 3)`` uint8, not enlarged, of a :meth:`code_at` result
+        (``res=None``: ``(None, original)`` of the full-resolution image)."""
+        full = True if res is None else bool(res["full"])
+        _, _, ref, (zy, zx, zs) = self._sources["full" if full else "preview"]
+        original = ref[zy : zy + zs, zx : zx + zs].copy()
+        if res is None:
+            return None, original
+        dec = np.asarray(imagecodecs.png_decode(res["png_bytes"]))[..., :3]
+        return dec[zy : zy + zs, zx : zx + zs].copy(), original
+
+    def strip(self, rates: Optional[list[float]] = None) -> dict[str, Any]:
+        """The full-resolution image coded at each of ``rates`` (default: the trained rates) with
+        :meth:`code_at` — the slider's own real files — for a static picture of what the slider shows
+        (:func:`lpm.figures.rate_strip.plot_rate_strip`).
+
+        Returns ``dict(panels, original, zoom, height, width)``: ``panels`` one dict per rate with ``rate``,
+        ``bytes``, ``bpp``, ``psnr`` (of the whole coded image), ``trained`` and ``crop`` (the decoded zoom
+        crop); ``original`` the same crop of the source; ``zoom`` ``(y, x, size)``."""
+        trained = {round_rate(r) for r in self.trained_rates}
+        panels = []
+        for rate in (self.trained_rates if rates is None else rates):
+            res = self.code_at(rate, full=True)
+            crop, original = self.zoom_crops(res)
+            panels.append({"rate": res["rate"], "bytes": res["bytes"], "bpp": res["bpp"], "psnr": res["psnr"],
+                           "trained": res["rate"] in trained, "crop": crop})
+        _, info, _, _ = self._sources["full"]
+        return {"panels": panels, "original": self.zoom_crops()[1], "zoom": self.zoom,
+                "height": info.height, "width": info.width}
+
     def file_bytes(self, rate: float, full: bool = True) -> int:
         """Length of the ``.lpm`` file at ``rate`` (rounded), encoding only (no decode) unless already cached."""
         rate = self._check_rate(rate)
@@ -252,7 +391,7 @@ class RateSlider:
             readout_format=".4g",
             description="λ (rate)",
             style={"description_width": "initial"},
-            layout=w.Layout(width="520px"),
+            layout=w.Layout(width="520px", max_width="100%"),
         )
         slider.add_class("lpm-rate-slider")
         full = w.Checkbox(
@@ -279,11 +418,17 @@ class RateSlider:
         status = w.HTML()
         status.add_class("lpm-status")
         display_w = min(W, 640)
-        image = w.Image(format="png", width=str(display_w), layout=w.Layout(height="auto", object_fit="contain"))
+        image = w.Image(format="png", width=str(display_w),
+                        layout=w.Layout(height="auto", max_width="100%", object_fit="contain", margin="0 8px 8px 0"))
         image.add_class("lpm-decoded")
-        zoom = w.Image(format="png")
+        zoom = w.Image(format="png", layout=w.Layout(margin="0 4px 0 0"))
         zoom.add_class("lpm-zoom")
-        zoom_ref = w.Image(format="png")
+        zoom_ref = w.Image(format="png", layout=w.Layout(margin="0"))
+        zoom_ref.add_class("lpm-zoom-ref")
+        rd = w.HTML(layout=w.Layout(margin="0 0 8px 0", max_width="100%"))
+        rd.add_class("lpm-rd")
+        style = w.HTML(_CSS, layout=w.Layout(display="none"))
+        style.add_class("lpm-style")
         zy, zx, zs = self.zoom
         budget = html.escape(self.budget) if self.budget else "not recorded in the checkpoint"
         name = f"{html.escape(self.name)} " if self.name else ""
@@ -294,23 +439,35 @@ class RateSlider:
             f"{self.preview_size} px on its long side, coded as its own file.</small>"
         )
         footer.add_class("lpm-budget")
+        pair = w.HBox([zoom, zoom_ref], layout=w.Layout(max_width="100%"))
+        pair.add_class("lpm-zoom-pair")
         zoom_box = w.VBox([
             w.HTML(f"<small>zoom: {zs}×{zs} px at (y={zy}, x={zx}), decoded | original</small>"),
-            w.HBox([zoom, zoom_ref]),
-        ])
+            pair,
+        ], layout=w.Layout(max_width="100%", margin="0 8px 8px 0"))
+        zoom_box.add_class("lpm-zoom-box")
+
+        def row(children, **kw):
+            box = w.HBox(children, layout=w.Layout(flex_flow="row wrap", max_width="100%", **kw))
+            box.add_class("lpm-row")
+            return box
+
+        views = row([image, zoom_box, rd], align_items="flex-start")
+        views.add_class("lpm-views")
         self._ui = dict(slider=slider, full=full, target=target, find=find, shown=shown, status=status,
-                        image=image, zoom=zoom, zoom_ref=zoom_ref)
+                        image=image, zoom=zoom, zoom_ref=zoom_ref, rd=rd, views=views)
         slider.observe(lambda ch: self._quiet or self._safely(self.show, ch["new"]), names="value")
         full.observe(lambda ch: self._quiet or self._safely(self.show), names="value")
         find.on_click(lambda _b: self._safely(self._on_find))
         self._box = w.VBox([
-            w.HBox([slider, full]),
-            w.HBox([target, find, w.HTML("<small>&nbsp;trained λ:</small>"), *jumps]),
+            style,
+            row([slider, full]),
+            row([target, find, w.HTML("<small>&nbsp;trained λ:</small>"), *jumps]),
             shown,
             status,
-            w.HBox([image, zoom_box], layout=w.Layout(align_items="flex-start")),
+            views,
             footer,
-        ])
+        ], layout=w.Layout(max_width="100%"))
         self._box.add_class("lpm-rate-slider-box")
 
     def _safely(self, fn, *args) -> None:
@@ -321,7 +478,13 @@ class RateSlider:
             if self._ui is not None:
                 self._ui["status"].value = f"<span style='color:#b00'>error: {html.escape(str(e))}</span>"
 
-    def _render(self, res: dict[str, Any]) -> None:
+    def _set_stale(self, stale: bool) -> None:
+        """Mark (or unmark) what is on screen as the previous rate's: numbers, image, zoom, RD plot."""
+        for key in ("shown", "image", "zoom", "rd"):
+            (self._ui[key].add_class if stale else self._ui[key].remove_class)(STALE)
+
+    def _render(self, res: dict[str, Any], cached: bool = False) -> None:
+        """Show ``res``; ``cached``: it came from the cache (no coding time is shown then)."""
         ui = self._ui
         if ui is None:
             return
@@ -335,27 +498,48 @@ class RateSlider:
             f"file <span class='lpm-bytes'>{res['bytes']}</span> bytes · "
             f"<span class='lpm-bpp'>{res['bpp']:.4f}</span> bpp · "
             f"PSNR <span class='lpm-psnr'>{res['psnr']:.2f}</span> dB "
-            f"<small>(coded in {res['seconds']:.2f} s)</small></div>"
+            + ("<small class='lpm-time'>(cached: no coding)</small></div>" if cached else
+               f"<small class='lpm-time'>(coded in {res['seconds']:.2f} s)</small></div>")
         )
         ui["image"].value = res["png_bytes"]
         ui["zoom"].value = res["zoom_png"]
         ui["zoom_ref"].value = _png(_enlarge(ref[zy : zy + zs, zx : zx + zs]))
+        kind = "full resolution" if res["full"] else "preview"
+        ui["rd"].value = rd_svg(self.session_points(res["full"]), res["rate"],
+                                caption=f"coded this session ({kind}); ◆ trained, red: shown")
+        self._set_stale(False)
 
-    def show(self, rate: Optional[float] = None) -> dict[str, Any]:
+    def _code_and_render(self, rate: float, full: bool, known: Optional[set], status: str,
+                         stale: bool = True) -> dict[str, Any]:
+        """:meth:`code_at` then :meth:`_render`. Unless cached, ``status`` is shown while coding and, if
+        ``stale``, what is on screen is marked stale. ``known``: the cache keys to count as cached (default:
+        the cache as it is now)."""
+        key = (self._check_rate(rate), self._kind(full))
+        cached = key in (self._cache if known is None else known)
+        if not cached:
+            self._ui["status"].value = status
+            if stale:
+                self._set_stale(True)
+        res = self.code_at(rate, full=full)
+        self._render(res, cached=cached)
+        return res
+
+    def show(self, rate: Optional[float] = None, *, known: Optional[set] = None) -> dict[str, Any]:
         """Code and display ``rate`` (default: the slider's): the preview first, then, if the toggle is on,
-        the full-resolution image. Returns the result shown last."""
+        the full-resolution image. Returns the result shown last. While coding, the previous result stays
+        on screen marked stale. ``known``: cache keys to present as cached (default: the current cache)."""
         if self._box is None:
             self._build()
         ui = self._ui
         rate = ui["slider"].value if rate is None else rate
         want_full = bool(ui["full"].value)
-        ui["status"].value = "coding preview…" if not self.preview_is_full else "coding…"
-        res = self.code_at(rate, full=False)
-        self._render(res)
+        r = self._check_rate(rate)
+        kind = "" if self.preview_is_full else " (preview)"
+        res = self._code_and_render(rate, False, known, f"coding λ={r:.4g}{kind}… greyed: the previous rate")
         if want_full and not res["full"]:
-            ui["status"].value = "preview shown; coding the full-resolution image…"
-            res = self.code_at(rate, full=True)
-            self._render(res)
+            # the preview on screen is of this rate (and labelled PREVIEW): not stale while the full image codes
+            res = self._code_and_render(rate, True, known, "preview shown; coding the full-resolution image…",
+                                        stale=False)
         ui["status"].value = ""
         return res
 
@@ -363,6 +547,8 @@ class RateSlider:
         ui = self._ui
         target = float(ui["target"].value)
         ui["status"].value = f"searching the largest λ whose full-resolution file fits {target:g} bpp…"
+        known = set(self._cache)
+        self._set_stale(True)
         res = self.find_rate_for_bpp(target, full=True)
         self._quiet = True
         try:
@@ -370,7 +556,7 @@ class RateSlider:
             ui["slider"].value = res["rate"]
         finally:
             self._quiet = False
-        self.show(res["rate"])  # cached: the search coded the full image at this rate
+        self.show(res["rate"], known=known)  # the search coded the full image: "coded", not "cached"
         if res["bpp"] > target:
             ui["status"].value = (f"even the lowest rate λ={res['rate']:.4g} gives {res['bpp']:.4f} bpp, "
                                   f"more than the target {target:g}")

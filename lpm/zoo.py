@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from lpm.checkpoints import LoadedCodec, load_codec
 from lpm.models import DEFAULT_RATES, CodecConfig, PromptConfig, PromptedCodec, TICCodec
 
 __all__ = ["CONFIGS", "CHECKPOINTS", "CheckpointEntry", "build", "checkpoint_path", "load", "CHECKPOINT_DIR"]
@@ -83,13 +84,13 @@ def checkpoint_path(name: str) -> Path:
     return CHECKPOINT_DIR / CHECKPOINTS[name].file
 
 
-def load(name_or_path: str, device: str = "cpu") -> tuple[PromptedCodec, dict[str, Any]]:
-    """Load a named (sha256-checked) or path-given checkpoint as a :class:`PromptedCodec`.
+def load(name_or_path: str, device: str = "cpu") -> LoadedCodec:
+    """Load a named (sha256-checked) or path-given checkpoint; ``.model`` is a variable-rate codec.
 
-    A bare base checkpoint is wrapped as a single-rate prompted codec, so callers see one interface.
+    A bare base checkpoint is wrapped as a single-rate :class:`PromptedCodec`, so callers see one interface.
+    Returns a :class:`lpm.checkpoints.LoadedCodec` (``.model``, ``.model_id``, ``.config``, ``.budget``; it
+    also unpacks as ``model, info = zoo.load(...)``).
     """
-    from lpm.train.checkpoint import load_codec
-
     expected: Optional[str] = None
     path = Path(name_or_path)
     if name_or_path in CHECKPOINTS:
@@ -97,7 +98,8 @@ def load(name_or_path: str, device: str = "cpu") -> tuple[PromptedCodec, dict[st
     elif not path.exists():
         known = ", ".join(sorted(CHECKPOINTS)) or "none shipped yet"
         raise FileNotFoundError(f"no checkpoint file or zoo name {name_or_path!r} (zoo names: {known})")
-    model, info = load_codec(path, expected_sha256=expected, device=device)
-    if isinstance(model, TICCodec):
-        model = PromptedCodec(model, rates=[info["base_rate"]], base_rate=info["base_rate"]).eval()
-    return model, info
+    loaded = load_codec(path, expected_sha256=expected, device=device)
+    if isinstance(loaded.model, TICCodec):
+        rate = loaded.base_rate
+        loaded = loaded.replace_model(PromptedCodec(loaded.model, rates=[rate], base_rate=rate).eval())
+    return loaded

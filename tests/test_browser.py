@@ -2,9 +2,13 @@
 
 Opens ``notebooks/rate_slider.ipynb`` (SMOKE parameters injected) in JupyterLab, runs all cells from the
 Run menu, reads the bpp the widget shows, moves the slider with the keyboard and checks that the shown bpp
-changes. Skipped when Chromium, chromedriver (Debian: ``chromium chromium-driver``) or Selenium is missing.
-Every wait is bounded; JupyterLab, its kernel and the browser are always shut down. A screenshot and, on
-failure, the page's HTML are left in the test's tmp directory.
+changes, that the previous numbers were greyed out while the new rate was coded (and are not any more), that
+a rate coded before says "cached", and that the RD plot highlights the new rate. Then, at window widths
+1024 and 1366 px with the file browser open, that the widget (decoded | original zoom included) fits its
+output area without horizontal overflow. Skipped when Chromium, chromedriver (Debian: ``chromium
+chromium-driver``) or Selenium is missing. Every wait is bounded; JupyterLab, its kernel and the browser are
+always shut down. Screenshots (``rate_slider.png``, ``rate_slider_1024.png``, ``rate_slider_1366.png``) and,
+on failure, the page's HTML are left in the test's tmp directory.
 """
 
 from __future__ import annotations
@@ -41,8 +45,45 @@ const t = (c) => { const e = s.querySelector(c); return e ? e.textContent : null
 return [t('.lpm-kind'), t('.lpm-bpp'), t('.lpm-rate')];
 """
 
-#: The whole test (server start, browser, notebook run, slider move) must finish within this many seconds.
-TOTAL_SECONDS = 170
+#: Watches the stats line and the decoded image from now on; records whether either ever got the stale class.
+WATCH_STALE_JS = """
+window.__lpmStaleSeen = false;
+const targets = [document.querySelector('.lpm-stats'), document.querySelector('.lpm-decoded')];
+const obs = new MutationObserver(() => {
+  if (targets.some((e) => e && e.classList.contains('lpm-stale'))) window.__lpmStaleSeen = true;
+});
+targets.forEach((e) => e && obs.observe(e, {attributes: true, attributeFilter: ['class']}));
+window.__lpmStaleObserver = obs;
+"""
+
+#: Horizontal overflow of the widget at the current window width: the widget's output area and the parts of
+#: the widget (rows, zoom pair) must not be wider than they are shown, nor stick out of the output area.
+OVERFLOW_JS = """
+const box = document.querySelector('.lpm-rate-slider-box');
+const area = box.closest('.jp-OutputArea-output') || box.parentElement;
+const limit = area.getBoundingClientRect().right + 0.5;
+const over = [];
+for (const el of [area, box, ...box.querySelectorAll('.lpm-row, .lpm-zoom-box, .lpm-zoom-pair')]) {
+  if (el.scrollWidth > el.clientWidth + 1) {
+    over.push(`${el.className}: scrollWidth ${el.scrollWidth} > ${el.clientWidth}`);
+  }
+}
+for (const el of box.querySelectorAll('img.lpm-zoom, img.lpm-zoom-ref, img.lpm-decoded, .lpm-rd svg')) {
+  const r = el.getBoundingClientRect();
+  if (r.right > limit) over.push(`${el.getAttribute('class')}: right ${r.right} > ${limit}`);
+  if (r.width < 40) over.push(`${el.getAttribute('class')}: only ${r.width} px wide`);
+}
+const zoom = box.querySelector('img.lpm-zoom').getBoundingClientRect();
+const ref = box.querySelector('img.lpm-zoom-ref').getBoundingClientRect();
+const sideBySide = zoom.top < ref.bottom && ref.top < zoom.bottom && zoom.right <= ref.left + 1;
+return {over: over, area: area.clientWidth, zoomSideBySide: sideBySide,
+        zoomRects: [zoom.left, zoom.top, zoom.width, ref.left, ref.top, ref.width].map(Math.round),
+        fileBrowser: !!document.querySelector('#filebrowser:not(.lm-mod-hidden)'), width: window.innerWidth};
+"""
+
+#: The whole test (server start, browser, notebook run, slider move, two widths) must finish within this
+#: many seconds.
+TOTAL_SECONDS = 200
 
 CHROMIUM = _executable("chromium", "/usr/bin/chromium")
 CHROMEDRIVER = _executable("chromedriver", "/usr/bin/chromedriver")
@@ -173,7 +214,7 @@ def _stop_lab(proc: subprocess.Popen, base: str, token: str, runtime_dir: Path) 
 
 def test_rate_slider_in_jupyterlab(tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    from selenium.common.exceptions import TimeoutException, WebDriverException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
@@ -223,6 +264,15 @@ def test_rate_slider_in_jupyterlab(tmp_path):
         wait(60).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook")))
         wait(60).until(EC.presence_of_element_located(
             (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")))
+        # a headless window may never get focus, and JupyterLab then has no current widget (the status bar
+        # stays empty, Run All has no notebook to act on): click into the notebook as a user would
+        for _ in range(5):  # the windowed notebook may re-render its cells under the pointer: retry
+            try:
+                wait(10).until(EC.element_to_be_clickable(
+                    (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook .jp-Cell .jp-InputPrompt"))).click()
+                break
+            except StaleElementReferenceException:
+                time.sleep(0.5)
         wait(60).until(EC.text_to_be_present_in_element(
             (By.CSS_SELECTOR, ".jp-StatusBar-TextItem[title^='Change kernel']"), "| Idle"))
 
@@ -273,7 +323,16 @@ def test_rate_slider_in_jupyterlab(tmp_path):
         assert "budget" in budget and "NOT the paper" in budget
         assert driver.find_element(By.CSS_SELECTOR, ".lpm-decoded").get_attribute("src").startswith("blob:")
 
+        # nothing is marked stale once a result is up, and the stale style is in the page (greys out)
+        assert not driver.find_elements(By.CSS_SELECTOR, ".lpm-rate-slider-box .lpm-stale")
+        opacity = driver.execute_script(
+            "const e = document.querySelector('.lpm-stats'); const a = getComputedStyle(e).opacity;"
+            "e.classList.add('lpm-stale'); const b = getComputedStyle(e).opacity; e.classList.remove('lpm-stale');"
+            "return [a, b];")
+        assert float(opacity[0]) == 1.0 and float(opacity[1]) < 0.5, f"stale style not applied: {opacity}"
+
         # move the slider: focus its handle and press Home (to the lowest rate) like a keyboard user
+        driver.execute_script(WATCH_STALE_JS)
         handle = driver.find_element(By.CSS_SELECTOR, ".lpm-rate-slider .noUi-handle")
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", handle)
         handle.send_keys(Keys.HOME)
@@ -292,6 +351,33 @@ def test_rate_slider_in_jupyterlab(tmp_path):
         assert bpp1 != bpp0, f"bpp shown did not change when the rate moved from {rate0} to {rate1}"
         lowest = record["numbers"]["checkpoints"]["tiny-smoke"]["lowest"]["bpp"]
         assert float(bpp1) == pytest.approx(lowest, abs=1e-4), "the browser shows another bpp than code_at"
+        # the old numbers were greyed out while the preview was coded, and are not any more
+        assert driver.execute_script("return window.__lpmStaleSeen;"), "the previous result was never marked stale"
+        wait(10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, ".lpm-rate-slider-box .lpm-stale"))
+        # the notebook's strip cell coded the full image at every trained rate: the full result is a cache hit
+        assert "cached" in driver.find_element(By.CSS_SELECTOR, ".lpm-stats .lpm-time").text
+        # the RD plot (inline SVG) shows the session's points, the new rate highlighted
+        current = driver.find_elements(By.CSS_SELECTOR, ".lpm-rd svg .lpm-rd-current")
+        assert len(current) == 1 and float(current[0].get_attribute("data-rate")) == pytest.approx(float(rate1))
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".lpm-rd svg .lpm-rd-point")) >= 2
+        assert driver.execute_script("return document.querySelector('.lpm-rd svg').getBoundingClientRect().width") > 100
+
+        # narrow windows, file browser open: the widget wraps instead of scrolling sideways
+        if not driver.execute_script("return !!document.querySelector('#filebrowser:not(.lm-mod-hidden)');"):
+            driver.find_element(By.CSS_SELECTOR, "li.lm-TabBar-tab[data-id='filebrowser']").click()
+        for width in (1024, 1366):
+            driver.set_window_size(width, 900)
+            wait(10).until(lambda d: d.execute_script("return window.innerWidth;") == width)
+            time.sleep(0.7)  # JupyterLab re-lays out its panels on resize
+            driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", box)
+            time.sleep(0.3)
+            driver.save_screenshot(str(tmp_path / f"rate_slider_{width}.png"))
+            fit = driver.execute_script(OVERFLOW_JS)
+            notes.append(f"width {width}: output area {fit['area']} px, file browser open {fit['fileBrowser']}, "
+                         f"overflow {fit['over']}, zoom | original (left, top, width) {fit['zoomRects']}")
+            assert fit["fileBrowser"], "the file browser should be open for the width check"
+            assert not fit["over"], f"horizontal overflow at {width} px: {fit['over']}"
+            assert fit["zoomSideBySide"], f"decoded and original zoom are not side by side at {width} px"
     except BaseException:
         if driver is not None:
             try:

@@ -148,9 +148,18 @@ def test_plot_rd_png_pdf(tmp_path):
                    rates=[0.002, 0.004, 0.008, 0.016], trained=[True, False, True, True])
     jpeg = F.Curve("JPEG (measured)", [0.3, 0.6, 1.2], [27.0, 30.0, 33.0], [0.85, 0.92, 0.96], "classical")
     anchors = F.anchor_curves(comparable=False)
+    assert {F.anchor_group(a.label) for a in anchors} == set(F.ANCHOR_GROUPS)
     for metric in ("psnr", "ms-ssim"):
         fig = F.plot_rd([ours, jpeg], anchors, metric, title="t", footnote="ours = x; budget: y " * 20,
                         anchor_note="not comparable")
+        main, zoom, legend = fig.axes  # everything, the zoom on ours, the grouped legend
+        labels = [t.get_text() for t in zoom.texts]
+        assert labels == ["λ=0.002", "0.004", "λ=0.008", "λ=0.016"]  # every point of ours, in λ order
+        assert zoom.get_xlim()[0] < 0.2 and zoom.get_xlim()[1] < 0.7
+        leg = legend.get_legend()
+        heads = [t.get_text() for t in leg.get_texts() if t.get_fontweight() == "bold"]
+        assert heads[0].startswith("measured here") and all(h.startswith("published, ") for h in heads[1:])
+        assert len(heads) == 4 and "NOT comparable" in leg.get_title().get_text()
         paths = F.save_figure(fig, f"rd_{metric}", tmp_path)
         _png_ok(paths["png"])
         assert paths["pdf"].stat().st_size > 5_000
@@ -228,6 +237,23 @@ def _ledger():
     ]
 
 
+def test_training_data_rebuilt_from_meta():
+    budget = "smoke checkpoint: base 100 steps x 4 crops of 64px on 50 BSDS500 images (2.0 min); prompts 10 steps/rate"
+    info = {"rates": "[0.001, 0.01, 0.1]", "base_rate": 0.1,
+            "meta": {"budget": budget, "prompt_images": ["a", "b", "c", "d", "e"], "base_steps": 100,
+                     "prompt_steps_per_rate": 10, "batch": 4, "cpu_minutes": 3.0}}
+    ledger = F.ledger_from_meta(info)
+    assert [r["kind"] for r in ledger] == ["base", "prompts", "prompts"]
+    assert ledger[0]["images_seen"] == 50 and ledger[0]["crops_seen"] == 400 and ledger[0]["cpu_minutes"] == 2.0
+    assert ledger[1]["images_seen"] == 5 and ledger[1]["crops_seen"] == 40 and ledger[1]["cpu_minutes"] == 0.5
+    df, saving, note = F.training_data(info, num_rates=3)
+    assert saving["saving_percent"] == pytest.approx(90.0) and saving["source"] == "checkpoint meta (no ledger)"
+    assert saving["budget_label"] == "smoke budget" and note.startswith("smoke budget") and "assumed" in note
+    assert "total prompts" in set(df["model"])
+    # a budget string that does not say the base's image count: nothing is invented
+    assert F.ledger_from_meta({**info, "meta": {**info["meta"], "budget": "b"}}) is None
+
+
 def test_training_data_with_and_without_ledger(tiny_codec, tmp_path):
     df, saving, note = F.training_data({"meta": {"budget": "b", "prompt_images": ["a"] * 3}})
     assert saving is None and "no budget ledger" in note and "3 prompt-training images" in df["unledgered_meta"][0]
@@ -264,7 +290,9 @@ def test_claims_table_verdicts(tmp_path):
     assert t.loc["80 % less parameter storage (paper-size architecture, N=128/M=192, 6 rates)", "verdict"] == "supported"
     storage = t.loc["80 % less parameter storage than separate models (this checkpoint)"]
     assert storage["value"] == pytest.approx(storage_saving(good.model)["saving_percent"])
-    assert t.loc["90 % less training data than separate models", "verdict"].startswith("not measurable yet")
+    data = t.loc["90 % less training data than separate models"]  # rebuilt from the smoke checkpoint's meta
+    assert data["verdict"].startswith("supported: as an image count only, at the smoke budget")
+    assert data["value"] == pytest.approx(90.0) and "no ledger" in data["measurement"]
     assert t.loc["same RD as separately optimised models", "verdict"].startswith("not measurable yet")
     assert (t["budget"].str.len() > 0).all()
 

@@ -1,10 +1,12 @@
 """The rate slider (lpm.slider) without a browser: real-file numbers, cache, preview, target-bpp search, the
-headless widget, and the rate_slider notebook under papermill (SMOKE parameters) with its record."""
+headless widget (stale marking while coding, "cached" on a cache hit, the session's RD plot), the static
+strip figure, and the rate_slider notebook under papermill (SMOKE parameters) with its record and figure."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import imagecodecs
@@ -16,7 +18,7 @@ import lpm.slider as slider_mod
 from lpm import fileformat, zoo
 from lpm.codec import encode_image
 from lpm.data import ImageInfo
-from lpm.slider import RateSlider, center_crop, round_rate
+from lpm.slider import STALE, RateSlider, center_crop, rd_svg, round_rate
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "rate_slider.ipynb"
@@ -200,8 +202,111 @@ def test_widget_builds_headless_and_follows_the_slider(smoke, image):
     assert sl.value == pytest.approx(found["rate"], rel=1e-9) and ui["full"].value is True
     assert "FULL RESOLUTION" in ui["shown"].value and f"{found['bpp']:.4f}" in ui["shown"].value
     assert "≤ target" in ui["status"].value
+    assert "coded in" in ui["shown"].value  # coded by the search just now: not presented as a cache hit
     bundle = s._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def _rd_points(svg: str) -> list[tuple[str, float]]:
+    """(class, rate) of each point of the RD plot's SVG."""
+    return [(m.group(1), float(m.group(2)))
+            for m in re.finditer(r"class='(lpm-rd-point[^']*)' data-rate='([^']+)'", svg)]
+
+
+def test_widget_marks_stale_says_cached_and_plots_the_session(smoke, image, monkeypatch):
+    """While a new rate is coded, the numbers/image/zoom/RD plot on screen carry the stale class (and the
+    status names the rate being coded); the class is gone once the (preview) result is shown. Going back to a rate
+    says "cached", not a coding time. The RD plot gains one point per new rate, trained rates marked, the
+    current one highlighted."""
+    model, model_id, _ = smoke
+    s = RateSlider(model, model_id, *image, preview_size=PREVIEW, rate=model.rates[1])
+    s.widget()
+    ui = s._ui
+    stale_keys = ("shown", "image", "zoom", "rd")
+    assert not any(STALE in ui[k]._dom_classes for k in stale_keys)
+    assert "coded in" in ui["shown"].value and "cached" not in ui["shown"].value
+    points = _rd_points(ui["rd"].value)
+    assert [r for _, r in points] == [model.rates[1]] and "lpm-rd-trained" in points[0][0]
+    assert "lpm-rd-current" in points[0][0]
+
+    seen = []  # (stale flags, status) at each real encode
+    real = slider_mod.encode_image
+
+    def watching(*args, **kwargs):
+        seen.append(([STALE in ui[k]._dom_classes for k in stale_keys], ui["status"].value))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(slider_mod, "encode_image", watching)
+    old_shown = ui["shown"].value
+    mid = round_rate(math.sqrt(model.rates[2] * model.rates[3]))  # not a trained rate
+    ui["slider"].value = mid
+    assert len(seen) == 2  # preview, then full resolution
+    assert seen[0][0] == [True] * 4 and f"λ={mid:.4g}" in seen[0][1]
+    assert seen[1][0] == [False] * 4  # the preview on screen is of the new rate while the full image codes
+    assert "coding the full-resolution image" in seen[1][1]
+    assert not any(STALE in ui[k]._dom_classes for k in stale_keys)
+    assert ui["shown"].value != old_shown and f">{mid:.4g}<" in ui["shown"].value
+    assert "coded in" in ui["shown"].value and ui["status"].value == ""
+    points = _rd_points(ui["rd"].value)
+    assert [r for _, r in points] == sorted([model.rates[1], mid])
+    current = [r for c, r in points if "lpm-rd-current" in c]
+    assert current == [mid] and all("lpm-rd-trained" not in c for c, r in points if r == mid)
+
+    # a trained rate: one more point, marked as trained
+    ui["slider"].value = model.rates[0]
+    points = _rd_points(ui["rd"].value)
+    assert len(points) == 3 and len(seen) == 4
+    assert [r for c, r in points if "lpm-rd-current" in c] == [model.rates[0]]
+    assert {r for c, r in points if "lpm-rd-trained" in c} == {model.rates[0], model.rates[1]}
+
+    # back to a rate already coded: no coding, never marked stale, "cached" instead of a coding time
+    changes = []
+    ui["shown"].observe(lambda ch: changes.append(ch["new"]), names="_dom_classes")
+    ui["slider"].value = mid
+    assert len(seen) == 4 and not changes
+    assert "cached" in ui["shown"].value and "coded in" not in ui["shown"].value
+    assert f">{mid:.4g}<" in ui["shown"].value
+    assert len(_rd_points(ui["rd"].value)) == 3
+    assert [r for c, r in _rd_points(ui["rd"].value) if "lpm-rd-current" in c] == [mid]
+
+    # the plot follows the kind shown: with the toggle off, the preview's points (just the one coded)
+    ui["full"].value = False
+    assert "PREVIEW" in ui["shown"].value and "cached" in ui["shown"].value
+    assert "(preview)" in ui["rd"].value and len(_rd_points(ui["rd"].value)) == 3
+
+    # layout: the rows wrap, the images can shrink, and the style sheet is in the widget
+    assert ui["views"].layout.flex_flow == "row wrap" and ui["image"].layout.max_width == "100%"
+    assert ".lpm-stale" in s.widget().children[0].value and "pixelated" in s.widget().children[0].value
+
+
+def test_rd_svg_handles_one_and_no_points():
+    assert "nothing coded yet" in rd_svg([])
+    one = rd_svg([{"rate": 0.01, "bpp": 0.3, "psnr": 28.0, "trained": False}], 0.01)
+    assert _rd_points(one) == [("lpm-rd-point lpm-rd-current", 0.01)] and "nan" not in one
+
+
+def test_strip_uses_the_slider_files_and_plots(smoke, rs):
+    from lpm.figures.rate_strip import plot_rate_strip
+
+    model, _, info = smoke
+    strip = rs.strip()
+    assert [p["rate"] for p in strip["panels"]] == model.rates and all(p["trained"] for p in strip["panels"])
+    zy, zx, zs = rs.zoom
+    for p in strip["panels"]:
+        res = rs.code_at(p["rate"], full=True)  # the same (cached) real file as the slider's
+        assert (p["bytes"], p["bpp"], p["psnr"]) == (res["bytes"], res["bpp"], res["psnr"])
+        dec = imagecodecs.png_decode(res["png_bytes"])
+        assert np.array_equal(p["crop"], dec[zy : zy + zs, zx : zx + zs])
+    assert strip["original"].shape == (zs, zs, 3) and (strip["height"], strip["width"]) == (H, W)
+    fig = plot_rate_strip(strip, checkpoint="tiny-smoke", budget=info["meta"]["budget"], image="x.png",
+                          base_rate=model.base_rate)
+    axes = fig.get_axes()
+    assert len(axes) == len(model.rates) + 1
+    first = strip["panels"][0]
+    assert axes[0].get_title() == f"λ = {first['rate']:.4g}\n{first['bpp']:.3f} bpp · {first['psnr']:.2f} dB"
+    assert "(base)" in axes[len(model.rates) - 1].get_title() and axes[-1].get_title().startswith("original")
+    texts = " ".join(t.get_text() for t in fig.texts) + fig.get_suptitle()
+    assert "NOT the paper" in texts and "SMOKE" in texts and "smoke checkpoint, not the paper" in texts
 
 
 def test_notebook_runs_and_records(tmp_path):
@@ -233,6 +338,12 @@ def test_notebook_runs_and_records(tmp_path):
         assert ck[end]["bpp"] == pytest.approx(8.0 * ck[end]["bytes"] / (128 * 192))
         assert 12.0 < ck[end]["psnr"] < 60.0
     assert ck["lowest"]["bytes"] < ck["highest"]["bytes"]
+    # the static strip: one panel per trained rate, the figure written where the record says
+    assert [p["rate"] for p in ck["strip"]] == [0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483]
+    assert ck["strip"][0] == ck["lowest"] and ck["strip"][-1] == ck["highest"]
+    assert ck["strip_figure"] == "figures/rate_slider_strip.png"
+    png = imagecodecs.png_decode((results / ck["strip_figure"]).read_bytes())
+    assert png.shape[1] > 3 * png.shape[0] > 300  # a wide strip of panels
     # the record's numbers are those code_at gives for the same crop
     model, info = zoo.load("tiny-smoke")
     a = kodak_like(160, 240, seed=1)

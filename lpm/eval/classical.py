@@ -40,10 +40,8 @@ through PIL) are in :mod:`lpm.eval.anchors`; expect small differences from ours.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +53,7 @@ import numpy as np
 
 from lpm.data import find_images, read_image, to_uint8
 from lpm.eval.metrics import MS_SSIM_MIN_SIDE, PSNR_CAP_DB, ms_ssim_rgb, psnr
+from lpm.jsonio import write_json
 
 __all__ = [
     "CLASSICAL_CODECS",
@@ -396,29 +395,6 @@ def _meta(spec: _Spec, paths: list[Path], images: list[np.ndarray], qs: list[flo
     }
 
 
-def _strict(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, np.generic):
-        return _strict(obj.item())
-    return obj
-
-
 def save_results_json(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write a results dictionary as strict JSON (``NaN``/``inf`` -> ``null``), atomically; return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_strict(results), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, results)

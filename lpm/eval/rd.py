@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import math
 import os
 import re
@@ -55,6 +54,7 @@ from lpm import fileformat
 from lpm.codec import decode_image, encode_image
 from lpm.data import find_images, manifest_checksum, read_image, to_uint8
 from lpm.eval.metrics import MS_SSIM_MIN_SIDE, ms_ssim_rgb, psnr
+from lpm.jsonio import strict_json, write_json
 from lpm.models import PromptedCodec
 from lpm.provenance import environment
 
@@ -160,33 +160,17 @@ def _nan_to_none(v: float) -> Optional[float]:
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
 
-def _strict_json(obj: Any) -> Any:
-    """Non-finite floats → ``None``, tuples → lists (what strict JSON can hold)."""
-    if isinstance(obj, dict):
-        return {str(k): _strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict_json(v) for v in obj]
-    if isinstance(obj, float):
-        return _nan_to_none(obj)
-    return obj
-
-
 def _mean(values: Sequence[float]) -> float:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------- main
 def _measure(
-    model: PromptedCodec, model_id: str, path: Path, rate: float, device: torch.device
+    model: PromptedCodec, model_id: str, path: Path, rate: float, device: torch.device,
+    max_pixels: Optional[int] = None,
 ) -> tuple[dict[str, Any], bytes]:
-    x, info = read_image(path)
+    x, info = read_image(path, max_pixels=max_pixels)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
@@ -232,6 +216,7 @@ def evaluate_codec(
     device: Union[str, torch.device] = "cpu",
     progress: bool = True,
     keep_streams: bool = False,
+    max_pixels: Optional[int] = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` at every rate on every image from real ``.lpm`` bytes (see the module docstring).
 
@@ -250,6 +235,7 @@ def evaluate_codec(
         device: where the codec runs.
         progress: show a tqdm bar.
         keep_streams: also write each ``.lpm`` file to ``out_dir/<name>_streams/``.
+        max_pixels: refuse (``ValueError``) images larger than this, before coding them.
 
     Returns:
         the results dict (also written to ``out_dir/<name>.json``).
@@ -312,7 +298,7 @@ def evaluate_codec(
                     continue
                 if key in rows:  # the same image listed twice
                     continue
-                row, data = _measure(model, model_id, path, rate, device)
+                row, data = _measure(model, model_id, path, rate, device, max_pixels)
                 row["checkpoint_sha256"] = sha
                 row["stream"] = ""
                 if stream_dir is not None:
@@ -374,7 +360,7 @@ def evaluate_codec(
         f"training budget: {meta['checkpoint_budget']}"
     )
     result = {"name": name, "description": description, "results": results, "meta": meta}
-    result = _strict_json(result)
+    result = strict_json(result)
     if out is not None:
-        _atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+        write_json(out / f"{name}.json", result)
     return result

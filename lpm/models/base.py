@@ -21,6 +21,7 @@ Any ``H×W`` is accepted: the image is padded (edge replication) to a multiple o
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Protocol, Sequence
 
@@ -31,9 +32,10 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
+from lpm import entropy
 from lpm.layers import PromptTarget, SwinStage
 
-__all__ = ["CodecConfig", "TICCodec", "PromptSource", "Transform", "STRIDE"]
+__all__ = ["CodecConfig", "CONFIG_LIMITS", "TICCodec", "PromptSource", "Transform", "STRIDE"]
 
 #: The image is padded to a multiple of this (4 stride-2 steps to ``y``, 2 more to ``z``).
 STRIDE = 64
@@ -61,9 +63,42 @@ class PromptSource(Protocol):
         ...
 
 
+#: Bounds every :class:`CodecConfig` is checked against (inclusive), so that a config read from a file
+#: cannot ask for a giant or broken model: channels ``N``, ``M``; Swin blocks per stage; attention heads
+#: (they must also divide ``N``); window sides (their ``window**4`` index tables are built per block);
+#: convolution kernels (odd); the prompt-map stride (it must divide the window and, in stages of two or more
+#: blocks, the shift ``window // 2``).
+CONFIG_LIMITS: dict[str, tuple[int, int]] = {
+    "channels": (1, 1024),
+    "depth": (0, 64),
+    "heads": (1, 64),
+    "window": (1, 32),
+    "kernel": (1, 15),
+    "prompt_stride": (1, 32),
+}
+#: ``mlp_ratio`` lies in ``(0, MAX_MLP_RATIO]``; ``drop_path`` in ``[0, 1)``.
+MAX_MLP_RATIO = 16.0
+
+
+def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` if it is an integer (not a bool) in ``[lo, hi]``, else ``ValueError`` naming ``name``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r:.40}")
+    return int(value)
+
+
+def _real(name: str, value: Any) -> float:
+    """``value`` as a finite float if it is a real number (not a bool), else ``ValueError`` naming ``name``."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r:.40}")
+    return float(value)
+
+
 @dataclass
 class CodecConfig:
-    """Every size setting of :class:`TICCodec` (defaults: TIC/Kao et al. size, N=128, M=192)."""
+    """Every size setting of :class:`TICCodec` (defaults: TIC/Kao et al. size, N=128, M=192).
+
+    Checked on construction against :data:`CONFIG_LIMITS` (``ValueError``)."""
 
     N: int = 128
     M: int = 192
@@ -85,12 +120,51 @@ class CodecConfig:
         d = asdict(self)
         return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()}
 
+    def __post_init__(self) -> None:
+        lim = CONFIG_LIMITS
+        for name in ("N", "M"):
+            _int_in(f"codec config {name}", getattr(self, name), *lim["channels"])
+        stages = []  # (name, depth, heads, window) of the eight Swin stages
+        for part in ("enc", "dec"):
+            depths, heads = getattr(self, f"{part}_depths"), getattr(self, f"{part}_heads")
+            for name, seq in ((f"{part}_depths", depths), (f"{part}_heads", heads)):
+                if not isinstance(seq, (list, tuple)) or len(seq) != 3:
+                    raise ValueError(f"codec config {name} must be a list of 3 integers (stages at strides 2, 4, 8), "
+                                     f"got {seq!r:.60}")
+            stages += [(f"{part}[{i}]", d, h, self.window) for i, (d, h) in enumerate(zip(depths, heads))]
+        stages += [("hyper", self.hyper_depth, self.hyper_heads, self.hyper_window)] * 2
+        _int_in("codec config prompt_stride", self.prompt_stride, *lim["prompt_stride"])
+        for name in ("window", "hyper_window"):
+            w = _int_in(f"codec config {name}", getattr(self, name), *lim["window"])
+            if w % self.prompt_stride:
+                raise ValueError(f"codec config {name}={w} is not a multiple of prompt_stride={self.prompt_stride}")
+        for name, depth, heads, window in stages:
+            _int_in(f"codec config depth of stage {name}", depth, *lim["depth"])
+            _int_in(f"codec config heads of stage {name}", heads, *lim["heads"])
+            if self.N % heads:
+                raise ValueError(f"codec config: {heads} heads of stage {name} do not divide N={self.N}")
+            if depth >= 2 and (window // 2) % self.prompt_stride:
+                raise ValueError(f"codec config: the shift {window // 2} of stage {name} (window {window}) is not a "
+                                 f"multiple of prompt_stride={self.prompt_stride}")
+        for name in ("kernel", "hyper_kernel"):
+            if _int_in(f"codec config {name}", getattr(self, name), *lim["kernel"]) % 2 == 0:
+                raise ValueError(f"codec config {name} must be odd, got {getattr(self, name)}")
+        ratio = _real("codec config mlp_ratio", self.mlp_ratio)
+        if not 0 < ratio <= MAX_MLP_RATIO or int(self.N * ratio) < 1:
+            raise ValueError(f"codec config mlp_ratio must be in (0, {MAX_MLP_RATIO:g}] with N*mlp_ratio >= 1, "
+                             f"got {ratio}")
+        if not 0 <= _real("codec config drop_path", self.drop_path) < 1:
+            raise ValueError(f"codec config drop_path must be in [0, 1), got {self.drop_path}")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
+        """A config from :meth:`to_dict` output (e.g. parsed JSON); ``ValueError`` for anything else."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a codec config must be a mapping, got {type(d).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown codec config keys: {sorted(unknown)}")
+            raise ValueError(f"unknown codec config keys: {sorted(map(str, unknown))[:10]}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -273,14 +347,24 @@ class TICCodec(CompressionModel):
         prompts: Optional[PromptSource] = None,
         size: Optional[Sequence[int]] = None,
     ) -> dict[str, Tensor]:
-        """Decode ``strings`` (as returned by :meth:`compress`); ``size=(H, W)`` crops the padding."""
+        """Decode ``strings`` (as returned by :meth:`compress`); ``size=(H, W)`` crops the padding.
+
+        Entropy decoding goes through :mod:`lpm.entropy`, never straight to compressai's unchecked rANS
+        decoder: strings too short for the latent ``shape`` claims are refused before anything is
+        allocated, the decoder cannot read past a string, and a string that is not exactly what the encoder
+        writes is refused (all one-line :class:`lpm.fileformat.BitstreamError`). Whatever the bytes, the
+        output is deterministic (non-finite synthesis values, from absurd but well-formed latents, become 0).
+        """
         if not isinstance(strings, (list, tuple)) or len(strings) != 2:
             raise ValueError("expected strings = [y_strings, z_strings]")
-        z_hat = self.entropy_bottleneck.decompress(strings[1], tuple(shape))
+        y_strings, z_strings = strings
+        shape = tuple(shape)
+        gc = self.gaussian_conditional
+        entropy.check_strings(self.entropy_bottleneck, gc, y_strings, z_strings, shape, self.config.M)
+        z_hat = entropy.decode_bottleneck(self.entropy_bottleneck, z_strings, shape)
         scales, means = self._params(z_hat, prompts)
-        indexes = self.gaussian_conditional.build_indexes(scales)
-        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means)
-        x_hat = self._synthesis(y_hat, prompts).clamp_(0, 1)
+        y_hat = entropy.decode_gaussian(gc, y_strings, gc.build_indexes(scales), means)
+        x_hat = self._synthesis(y_hat, prompts).nan_to_num_(0.0).clamp_(0, 1)
         if size is not None:
             x_hat = x_hat[..., : size[0], : size[1]]
         return {"x_hat": x_hat}

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from lpm.layers import PromptNet
-from lpm.models.base import TICCodec
+from lpm.models.base import CONFIG_LIMITS, TICCodec, _int_in, _real
 from lpm.models.variable_rate import RATE_REL_TOL, Rate, VariableRateCodec
 
 __all__ = ["PromptConfig", "LayerAdaptivePromptModule", "PromptedCodec", "RateMix", "find_rate"]
@@ -51,14 +51,29 @@ class PromptConfig:
     #: CVPR 2021 gain units), a direct quantisation-step lever for when prompts alone cannot reach a rate.
     latent_gain: bool = False
 
+    def __post_init__(self) -> None:
+        """Bounds: channels in ``CONFIG_LIMITS["channels"]``, hidden widths 0 (none) or within them, a finite
+        ``head_init_scale`` and a boolean ``latent_gain`` (``ValueError`` otherwise)."""
+        lo, hi = CONFIG_LIMITS["channels"]
+        for name in ("enc_channels", "dec_channels"):
+            _int_in(f"prompt config {name}", getattr(self, name), lo, hi)
+        for name in ("enc_head_hidden", "dec_head_hidden"):
+            _int_in(f"prompt config {name}", getattr(self, name), 0, hi)
+        _real("prompt config head_init_scale", self.head_init_scale)
+        if not isinstance(self.latent_gain, bool):
+            raise ValueError(f"prompt config latent_gain must be true or false, got {self.latent_gain!r:.40}")
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PromptConfig":
+        """A config from :meth:`to_dict` output (e.g. parsed JSON); ``ValueError`` for anything else."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a prompt config must be a mapping, got {type(d).__name__}")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown prompt config keys: {sorted(unknown)}")
+            raise ValueError(f"unknown prompt config keys: {sorted(map(str, unknown))[:10]}")
         return cls(**d)
 
 

@@ -1,0 +1,225 @@
+"""Entropy decoding that crafted strings cannot crash, leak memory into, or inflate (issue 10).
+
+compressai's rANS decoder (C++ ``RansDecoder.decode_with_indexes``: ``rans_interface.cpp`` on ryg's
+``rans64.h``, compressai 1.2.8) reads its string as little-endian 32-bit words and never checks where it
+is. A string too short for its symbols makes it read past the end of its buffer: a crash, or bytes of other
+objects in the picture (a different image on every run). :meth:`lpm.models.TICCodec.decompress` therefore
+decodes only through :func:`check_strings`, :func:`decode_bottleneck` and :func:`decode_gaussian`, which
+check, in order:
+
+1. **Framing** (:func:`check_framing`). compressai's encoder writes whole words and starts the string
+   with its final 64-bit state, which always lies in ``[2**31, 2**63)``. Anything else is refused. The
+   lower end is also the decoder invariant ``x >= 2**31`` that the read bound of step 3 rests on.
+2. **Length** (:func:`table_min_bits`, :func:`min_string_bytes`), before anything is allocated for the
+   decode. A string is never shorter than what the coder needs for its symbols, even if each is its
+   table's most probable value (frequency ``f`` of ``2**16``; an escape adds at least a 4-bit bypass
+   code). Coding a symbol multiplies the encoder state by at least ``1 + (2**16/f - 1)(1 - 2**-15)``
+   (``x' = floor(x/f)·2**16 + x mod f + start`` with ``x >= 2**15·f``), emitting a word divides it by at
+   most ``2**32 / (1 - 2**-15)``, and the state starts at ``2**31`` and ends below ``2**63``. So with
+   ``G`` the sum of the log2 of those factors, a string has at least ``8 + 4·floor((G - 32) / (32 +
+   2**-14))`` bytes, whatever the image. z is checked from the header alone (its tables are fixed), y
+   first with its cheapest table, then with its own tables (the scales from ẑ) just before its decode.
+3. **Reads** (:func:`read_bound`). The decoder gets the string followed by zeros, long enough that it
+   provably stays inside: ``2 + 21·n + 16·W`` words for ``n`` symbols and a ``W``-word string.
+   Initialisation reads 2 words, each symbol's renormalisation at most one. Only an escape (a table's
+   last entry, followed by bypass codes) reads more: 4 bits per call, so at most one word per 8 calls
+   while ``x >= 2**31``. The calls number at most ``16·k + 15`` where ``k`` counts its leading
+   15-valued nibbles: at most 9 from the state before its first refill, then 8 per all-ones data word,
+   at most 7 from the data word that ends the run, none from zero padding. Summed over symbols, each data
+   word counted once: the bound. (Tested against a read-counting model of the decoder.) The padded copy
+   costs 84 bytes per symbol, twice (pybind copies it again), only while y is decoded, before the
+   synthesis transform's much larger peak.
+4. **Canonical stream** (:func:`decode_indexed`). The decoded symbols must lie within ``±MAX_SYMBOL``
+   (float32 holds no larger integer exactly, and compressai's encoder shifts by 32 bits or more --
+   undefined behaviour -- from ``2**27`` on) and encode again, with the same tables, to exactly the
+   given string. Encoder output always passes (decoding then encoding it is the identity); junk that
+   happens to decode, or a stream decoded at another rate than it was coded at, is refused instead of
+   becoming a picture.
+
+Every refusal is a one-line :class:`lpm.fileformat.BitstreamError` (a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from compressai import ans
+from compressai.entropy_models import EntropyBottleneck, EntropyModel, GaussianConditional
+from torch import Tensor
+
+from lpm.fileformat import BitstreamError
+
+__all__ = [
+    "MAX_SYMBOL",
+    "MIN_SYMBOLS",
+    "check_framing",
+    "table_min_bits",
+    "min_string_bytes",
+    "read_bound",
+    "check_strings",
+    "decode_indexed",
+    "decode_bottleneck",
+    "decode_gaussian",
+]
+
+PRECISION = 16  # compressai's rANS precision (``entropy_coder_precision``); the bounds assume it
+RANS_L = 1 << 31  # rans64's normalisation interval is [RANS_L, 2**63)
+STATE_END = 1 << 63
+#: Largest decoded symbol magnitude accepted (see step 4 of the module docstring).
+MAX_SYMBOL = 1 << 24
+#: Fewest symbols per string. compressai's encoder sizes its output at one word per symbol, which the
+#: 2-word final state overflows (heap corruption) for one or two symbols; a margin, as real latents are large.
+MIN_SYMBOLS = 5
+#: Read bound in 32-bit words: ``READ_INIT + READ_PER_SYMBOL·n + READ_PER_WORD·W`` (step 3).
+READ_INIT, READ_PER_SYMBOL, READ_PER_WORD = 2, 21, 16
+_LOSS = 1.0 - 2.0**-15  # rounding loss factor of one encoder step (step 2)
+
+
+def _check_coder(model: EntropyModel) -> None:
+    name = getattr(model.entropy_coder, "name", None)
+    if name != "ans" or model.entropy_coder_precision != PRECISION:
+        raise ValueError(f"safe decoding supports compressai's 'ans' coder at {PRECISION} bits, not {name!r}")
+    if model._quantized_cdf.numel() == 0:
+        raise ValueError("entropy model tables are not built; call update() first")
+
+
+def check_framing(string: object, name: str) -> bytes:
+    """Step 1: ``string`` is bytes, whole words, at least the 8-byte state, and the state is in range."""
+    if not isinstance(string, (bytes, bytearray, memoryview)):
+        raise ValueError(f"{name} string must be bytes, got {type(string).__name__}")
+    s = bytes(string)
+    if len(s) < 8 or len(s) % 4:
+        raise BitstreamError(
+            f"malformed {name} string: {len(s)} bytes (the rANS coder writes whole words, at least 8 bytes)"
+        )
+    state = int.from_bytes(s[:8], "little")
+    if not RANS_L <= state < STATE_END:
+        raise BitstreamError(f"malformed {name} string: initial coder state 0x{state:016x} outside [2^31, 2^63)")
+    return s
+
+
+def table_min_bits(model: EntropyModel) -> Tensor:
+    """Step 2: per table (float64), a lower bound on the bits one symbol coded with it adds to the string:
+    its most probable value's, or the escape entry's plus the 4 bits of its shortest bypass code."""
+    _check_coder(model)
+    cdf = model._quantized_cdf.to("cpu", torch.int64)
+    lengths = model._cdf_length.to("cpu", torch.int64).reshape(-1, 1)
+    freqs = cdf[:, 1:] - cdf[:, :-1]
+    col = torch.arange(freqs.shape[1]).view(1, -1)
+    regular = freqs.masked_fill(col >= lengths - 2, 0).amax(1)  # values inside the table
+    escape = freqs.gather(1, (lengths - 2).clamp(min=0))[:, 0]  # the escape entry, plus >= 4 bypass bits
+
+    def cost(f: Tensor) -> Tensor:
+        f = f.clamp(1, 1 << PRECISION).double()
+        return torch.log2(1 + ((1 << PRECISION) / f - 1) * _LOSS)
+
+    return torch.minimum(cost(regular).masked_fill(regular < 1, float("inf")), cost(escape) + 4)
+
+
+def min_string_bytes(bits: float) -> int:
+    """Step 2: the fewest bytes a string can have whose symbols add at least ``bits`` bits."""
+    words = math.floor(max(0.0, bits * (1 - 1e-9) - 32) / (32 + 2.0**-14))
+    return 8 + 4 * words
+
+
+def read_bound(num_symbols: int, num_bytes: int) -> int:
+    """Step 3: bytes the decoder may read for ``num_symbols`` symbols from a ``num_bytes``-byte string."""
+    return 4 * (READ_INIT + READ_PER_SYMBOL * num_symbols + READ_PER_WORD * (num_bytes // 4))
+
+
+def _check_length(s: bytes, bits: float, name: str, num_symbols: int) -> None:
+    need = min_string_bytes(bits)
+    if len(s) < need:
+        raise BitstreamError(
+            f"implausibly short {name} string: {len(s)} bytes for {num_symbols} latent values "
+            f"(the coder's tables need at least {need})"
+        )
+
+
+def _batch(strings: object, name: str) -> list[bytes]:
+    if not isinstance(strings, (list, tuple)) or not strings:
+        raise ValueError(f"expected a non-empty list of {name} strings, got {type(strings).__name__}")
+    return [check_framing(s, name) for s in strings]
+
+
+def check_strings(
+    bottleneck: EntropyBottleneck,
+    conditional: GaussianConditional,
+    y_strings: Sequence[bytes],
+    z_strings: Sequence[bytes],
+    z_shape: Sequence[int],
+    y_channels: int,
+    y_per_z: int = 4,
+) -> None:
+    """Steps 1-2 from the latent shape alone: framing of every string, z's length against its fixed
+    tables, y's against its cheapest table (y is ``y_channels x (y_per_z·zh) x (y_per_z·zw)``)."""
+    ys, zs = _batch(y_strings, "y"), _batch(z_strings, "z")
+    if len(ys) != len(zs):
+        raise ValueError(f"{len(ys)} y strings but {len(zs)} z strings")
+    zh, zw = (int(v) for v in z_shape)
+    if zh < 1 or zw < 1:
+        raise ValueError(f"latent shape must be positive, got {zh}x{zw}")
+    z_bits = float(table_min_bits(bottleneck).sum()) * zh * zw
+    n_y = y_channels * y_per_z * zh * y_per_z * zw
+    y_bits = float(table_min_bits(conditional).min()) * n_y
+    for y, z in zip(ys, zs):
+        _check_length(z, z_bits, "z", bottleneck._quantized_cdf.shape[0] * zh * zw)
+        _check_length(y, y_bits, "y", n_y)
+
+
+def decode_indexed(model: EntropyModel, string: bytes, indexes: Tensor, name: str) -> Tensor:
+    """Steps 1, 3 and 4 for one string: its symbols (int32, shaped like ``indexes``), or a refusal."""
+    _check_coder(model)
+    s = check_framing(string, name)
+    n = indexes.numel()
+    if n < MIN_SYMBOLS:
+        raise ValueError(f"{name} latent of {n} values is too small to code (compressai needs at least {MIN_SYMBOLS})")
+    idx = indexes.reshape(-1).int().tolist()
+    cdf = model._quantized_cdf.tolist()
+    lengths = model._cdf_length.reshape(-1).int().tolist()
+    offsets = model._offset.reshape(-1).int().tolist()
+    padded = s + bytes(read_bound(n, len(s)) - len(s))
+    values = ans.RansDecoder().decode_with_indexes(padded, idx, cdf, lengths, offsets)
+    del padded
+    symbols = torch.tensor(values, dtype=torch.int32)
+    if int(symbols.to(torch.int64).abs().max()) > MAX_SYMBOL:
+        raise BitstreamError(f"corrupted {name} string: decodes to a value beyond ±{MAX_SYMBOL}")
+    if ans.RansEncoder().encode_with_indexes(values, idx, cdf, lengths, offsets) != s:
+        raise BitstreamError(f"corrupted {name} string: not what the encoder writes for the values it decodes to")
+    return symbols.reshape(indexes.shape).to(model._quantized_cdf.device)
+
+
+def decode_bottleneck(bottleneck: EntropyBottleneck, strings: Sequence[bytes], size: Sequence[int]) -> Tensor:
+    """Safe ``EntropyBottleneck.decompress(strings, size)``: ẑ of shape ``(B, C, *size)``."""
+    zs = _batch(strings, "z")
+    size = tuple(int(v) for v in size)
+    n_ch = bottleneck._quantized_cdf.shape[0]
+    bits = float(table_min_bits(bottleneck).sum()) * math.prod(size)
+    indexes = torch.arange(n_ch, dtype=torch.int32).view(n_ch, *([1] * len(size))).expand(n_ch, *size)
+    medians = bottleneck._get_medians().detach().reshape(n_ch, *([1] * len(size)))
+    out = []
+    for z in zs:
+        _check_length(z, bits, "z", indexes.numel())
+        out.append(decode_indexed(bottleneck, z, indexes, "z"))
+    z_hat = torch.stack(out).type_as(medians)
+    z_hat += medians  # in place, as compressai does: the same memory layout, so bit-identical downstream
+    return z_hat
+
+
+def decode_gaussian(
+    conditional: GaussianConditional, strings: Sequence[bytes], indexes: Tensor, means: Tensor
+) -> Tensor:
+    """Safe ``GaussianConditional.decompress(strings, indexes, means=means)``: ŷ shaped like ``indexes``."""
+    ys = _batch(strings, "y")
+    if len(ys) != indexes.shape[0] or means.shape != indexes.shape:
+        raise ValueError(f"{len(ys)} y strings for indexes {tuple(indexes.shape)}, means {tuple(means.shape)}")
+    bits = table_min_bits(conditional)
+    out = []
+    for y, idx in zip(ys, indexes):
+        _check_length(y, float(bits[idx.reshape(-1).long().cpu()].sum()), "y", idx.numel())
+        out.append(decode_indexed(conditional, y, idx, "y"))
+    y_hat = torch.stack(out).type_as(means)
+    y_hat += means
+    return y_hat

@@ -1,0 +1,442 @@
+"""Notebook context and outputs: what every notebook starts from and where what it makes is written.
+
+:func:`setup` loads the checkpoints (:class:`Checkpoint`; the first is ours), resolves the eval images
+(:func:`lpm.data.resolve_eval_images`) and picks the output folder (:func:`results_dir`); the
+:class:`Context` it returns carries them and writes the footnote every figure gets (checkpoint, training
+budget, images). :func:`save_figure`, :func:`save_table` (with :func:`markdown_table`), :func:`record` /
+:func:`read_record` and :func:`show` write or display what a notebook made.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+PathLike = Union[str, os.PathLike]
+
+#: Kodak has 24 images; the published anchors are means over all of them.
+KODAK_COUNT = 24
+
+
+# =========================================================================================== output helpers
+def _full_kodak(images: Any) -> bool:
+    return images.name == "kodak" and len(images.paths) == KODAK_COUNT
+
+
+def results_dir(RESULTS_DIR: Optional[PathLike] = None, smoke: bool = False, images: Any = None) -> Path:
+    """The output folder (created if missing). The committed results in ``<project>/results`` hold Kodak
+    numbers only, so anything else goes to ``results/cache/`` (git-ignored) unless ``RESULTS_DIR`` says where:
+
+    * ``RESULTS_DIR`` if given; a relative path is resolved against the project root (not the current
+      directory, which is ``notebooks/`` in a notebook kernel);
+    * else ``results/cache/smoke`` for a smoke run;
+    * else ``results/cache/<images>/`` when ``images`` (:class:`lpm.data.EvalImages`) are not the 24 Kodak
+      images — e.g. ``results/cache/sample-photos/`` for the fallback photographs, ``results/cache/<folder>/``
+      for a folder of your own images;
+    * else ``results/``.
+    """
+    from lpm.zoo import PROJECT_ROOT
+
+    if RESULTS_DIR is not None and str(RESULTS_DIR) != "":
+        out = Path(RESULTS_DIR).expanduser()
+        out = out if out.is_absolute() else PROJECT_ROOT / out
+    elif smoke:
+        out = PROJECT_ROOT / "results" / "cache" / "smoke"
+    elif images is not None and not _full_kodak(images):
+        name = images.name if images.name != "kodak" else f"kodak-{len(images.paths)}-images"
+        out = PROJECT_ROOT / "results" / "cache" / _safe(name)
+    else:
+        out = PROJECT_ROOT / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    return out.resolve()
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "x"
+
+
+def _shrink_png(path: Path, max_bytes: int) -> None:
+    """Re-encode a PNG as 256-colour palette PNG (visually the same for plots) if it is above ``max_bytes``."""
+    if path.stat().st_size <= max_bytes:
+        return
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    pal = rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pal.save(tmp, format="PNG", optimize=True)
+    if tmp.stat().st_size < path.stat().st_size:
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
+
+
+def save_figure(fig: Figure, name: str, results_dir: Optional[PathLike] = None, *, dpi: int = 110,
+                formats: Sequence[str] = ("png", "pdf"), max_png_bytes: int = 290_000) -> dict[str, Path]:
+    """Write ``fig`` to ``results_dir/figures/<name>.<fmt>`` for every format; returns ``{fmt: path}``.
+
+    A PNG above ``max_png_bytes`` (image-heavy figures: attention and bit maps) is re-encoded with a
+    256-colour palette, then re-rendered at lower resolution while still too large."""
+    out = Path(results_dir) if results_dir is not None else globals()["results_dir"]()
+    folder = out / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for fmt in formats:
+        path = folder / f"{_safe(name)}.{fmt}"
+        kw = dict(format=fmt, bbox_inches="tight", pad_inches=0.08)
+        if fmt == "png":
+            kw["metadata"] = {"Software": None}
+        d = dpi
+        fig.savefig(path, dpi=d, **kw)
+        if fmt == "png" and max_png_bytes:
+            _shrink_png(path, max_png_bytes)
+            while path.stat().st_size > max_png_bytes and d > 60:
+                d = int(d * 0.85)
+                fig.savefig(path, dpi=d, **kw)
+                _shrink_png(path, max_png_bytes)
+        paths[fmt] = path
+    return paths
+
+
+def _fmt_cell(value: Any, floatfmt: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return format(v, floatfmt) if math.isfinite(v) else ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt_cell(v, floatfmt) for v in value)
+    return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: Union[str, Mapping[str, str]] = ".4g") -> str:
+    """A GitHub-flavoured Markdown table of ``df`` (no index), written without ``tabulate``.
+
+    ``floatfmt``: a format spec for floats, or ``{column: spec}`` (others ``.4g``). ``None``/NaN cells are
+    empty; ``|`` in text is escaped; numeric columns are right-aligned.
+    """
+    cols = [str(c) for c in df.columns]
+    fmts = {c: (floatfmt.get(c, ".4g") if isinstance(floatfmt, Mapping) else floatfmt) for c in cols}
+    numeric = {c: pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
+               for c, col in zip(cols, df.columns)}
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |",
+             "|" + "|".join("---:" if numeric[c] else "---" for c in cols) + "|"]
+    for row in df.itertuples(index=False, name=None):
+        lines.append("| " + " | ".join(_fmt_cell(v, fmts[c]) for c, v in zip(cols, row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_table(df: pd.DataFrame, name: str, results_dir: Optional[PathLike] = None, *,
+               floatfmt: Union[str, Mapping[str, str]] = ".4g", caption: Optional[str] = None) -> dict[str, Path]:
+    """Write ``df`` to ``results_dir/tables/<name>.csv`` (full precision) and ``.md`` (formatted, with an
+    optional caption line under the table); returns ``{"csv": path, "md": path}``."""
+    out = Path(results_dir) if results_dir is not None else globals()["results_dir"]()
+    folder = out / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = folder / f"{_safe(name)}.csv", folder / f"{_safe(name)}.md"
+    df.to_csv(csv_path, index=False)
+    text = markdown_table(df, floatfmt)
+    if caption:
+        text += "\n" + caption.strip() + "\n"
+    md_path.write_text(text, encoding="utf-8")
+    return {"csv": csv_path, "md": md_path}
+
+
+def show(obj: Any) -> None:
+    """Display a figure (as PNG) or a table inline when running under IPython/Jupyter; otherwise nothing."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    if isinstance(obj, Figure):
+        buf = io.BytesIO()
+        obj.savefig(buf, format="png", dpi=90, bbox_inches="tight", pad_inches=0.08)
+        display(Image(data=buf.getvalue(), format="png"))
+    else:
+        display(obj)
+
+
+def clean_numbers(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars/arrays → Python, non-finite floats → ``None``, paths → str."""
+    if isinstance(obj, Mapping):
+        return {str(k): clean_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [clean_numbers(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return clean_numbers(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, pd.DataFrame):
+        return clean_numbers(obj.to_dict(orient="records"))
+    return str(obj)
+
+
+def record(notebook_name: str, numbers: Mapping[str, Any], results_dir: Optional[PathLike] = None, *,
+           context: Optional["Context"] = None, checkpoint_info: Optional[Mapping[str, Any]] = None,
+           images: Any = None, smoke: Optional[bool] = None) -> Path:
+    """Write ``results_dir/records/<notebook_name>.json``: the key ``numbers`` (finite floats only, NaN →
+    ``None``) with their provenance — checkpoint (name, sha256, budget), images (name, count, notice), the
+    smoke flag, lpm version and git commit. ``context`` (from :func:`setup`) supplies all of these;
+    ``checkpoint_info``/``images``/``smoke`` override or stand in for it."""
+    from lpm import __version__
+    from lpm.provenance import git_commit
+
+    out = Path(results_dir) if results_dir is not None else (context.results_dir if context else globals()["results_dir"]())
+    info = checkpoint_info if checkpoint_info is not None else (context.info if context else None)
+    imgs = images if images is not None else (context.images if context else None)
+    if smoke is None:
+        smoke = bool(context.smoke) if context else False
+    out = _keep_kodak_results(out, imgs, bool(smoke))
+    ckpt = None
+    if info is not None:
+        ckpt = {
+            "name": context.label if context else Path(str(info.get("path", ""))).stem or None,
+            "sha256": info.get("sha256"),
+            "budget": (info.get("meta") or {}).get("budget") or "unknown (no training budget recorded)",
+            "path": str(info.get("path")) if info.get("path") else None,
+        }
+    img = None
+    if imgs is not None:
+        if isinstance(imgs, str):
+            img = {"name": imgs}
+        else:
+            img = {"name": imgs.name, "count": len(imgs.paths), "notice": imgs.notice}
+    payload = {
+        "notebook": notebook_name,
+        "smoke": bool(smoke),
+        "checkpoint": ckpt,
+        "images": img,
+        "numbers": clean_numbers(dict(numbers)),
+        "lpm_version": __version__,
+        "git_commit": git_commit(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    folder = out / "records"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{_safe(notebook_name)}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _keep_kodak_results(out: Path, images: Any, smoke: bool) -> Path:
+    """``out``, unless it is the committed ``results/`` folder and ``images`` are not the 24 Kodak images:
+    then :func:`results_dir`'s folder for them under ``results/cache/`` (with a warning), so that a record of
+    other images never replaces a Kodak record."""
+    from lpm.zoo import PROJECT_ROOT
+
+    if images is None or isinstance(images, str) or _full_kodak(images) or \
+            Path(out).resolve() != (PROJECT_ROOT / "results").resolve():
+        return Path(out)
+    moved = globals()["results_dir"](None, smoke, images)
+    warnings.warn(f"records of '{images.name}' ({len(images.paths)} images) are not written over the Kodak "
+                  f"results in {out}; writing to {moved}", stacklevel=3)
+    return moved
+
+
+def read_record(notebook_name: str, results_dir: PathLike) -> Optional[dict[str, Any]]:
+    """The record a notebook wrote in ``results_dir`` (``None`` if there is none)."""
+    path = Path(results_dir) / "records" / f"{_safe(notebook_name)}.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# =========================================================================================== set-up
+@dataclass
+class Checkpoint:
+    """One entry of ``CHECKPOINTS``: a zoo name, a checkpoint file, or a folder of per-rate files (the
+    separate-models baseline writes ``model-<λ>.safetensors``). ``models`` holds ``(model, info)`` pairs."""
+
+    spec: str
+    label: str
+    models: list[tuple[Any, dict[str, Any]]]
+    separate: bool = False
+
+    @property
+    def model(self) -> Any:
+        return self.models[0][0]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.models[0][1]
+
+    @property
+    def kind(self) -> str:
+        if self.separate:
+            return "separate"
+        return str(self.info.get("kind", "unknown"))
+
+    @property
+    def budget(self) -> str:
+        budgets = list(dict.fromkeys((i.get("meta") or {}).get("budget") or "unknown (no budget recorded)"
+                                     for _, i in self.models))
+        return "; ".join(budgets)
+
+    @property
+    def sha256(self) -> str:
+        return ",".join(str(i.get("sha256", ""))[:12] for _, i in self.models)
+
+
+def _label(spec: str, path: Optional[Path]) -> str:
+    from lpm.zoo import CHECKPOINTS as ZOO
+
+    if spec in ZOO or path is None:
+        return spec
+    if path.is_dir():
+        return path.name
+    return path.parent.name if path.stem == "model" else path.stem
+
+
+def load_checkpoint(spec: PathLike, device: str = "cpu") -> Checkpoint:
+    """Load a zoo name, a checkpoint file (any kind :func:`lpm.train.checkpoint.load_codec` reads) or a
+    folder of checkpoint files (one per rate: a separate-models curve)."""
+    from lpm import zoo
+
+    spec = str(spec)
+    if spec in zoo.CHECKPOINTS:
+        model, info = zoo.load(spec, device=device)
+        return Checkpoint(spec, spec, [(model, info)], False)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no *.safetensors checkpoint files in this folder")
+        models = [tuple(zoo.load(str(f), device=device)) for f in files]  # (model, info) pairs
+        models.sort(key=lambda mi: float(mi[1].get("base_rate", 0.0)))
+        separate = len(models) > 1 or (models[0][1].get("meta") or {}).get("kind") == "separate"
+        return Checkpoint(spec, _label(spec, path), models, separate)
+    model, info = zoo.load(spec, device=device)
+    separate = (info.get("meta") or {}).get("kind") == "separate"
+    return Checkpoint(spec, _label(spec, path), [(model, info)], separate)
+
+
+@dataclass
+class Context:
+    """What every notebook starts from: ours (the first checkpoint), the others, the images, the output
+    folder and the smoke flag."""
+
+    checkpoints: list[Checkpoint]
+    images: Any  # lpm.data.EvalImages
+    results_dir: Path
+    smoke: bool
+    device: str = "cpu"
+
+    @property
+    def ours(self) -> Checkpoint:
+        return self.checkpoints[0]
+
+    @property
+    def model(self) -> Any:
+        return self.ours.model
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.ours.info
+
+    @property
+    def label(self) -> str:
+        return self.ours.label
+
+    @property
+    def budget(self) -> str:
+        return self.ours.budget
+
+    @property
+    def others(self) -> list[Checkpoint]:
+        return self.checkpoints[1:]
+
+    @property
+    def separate(self) -> Optional[Checkpoint]:
+        """The first separate-models checkpoint among the others (the "same RD" reference), if any."""
+        return next((c for c in self.others if c.separate), None)
+
+    @property
+    def full_kodak(self) -> bool:
+        return _full_kodak(self.images)
+
+    @property
+    def comparability(self) -> str:
+        """Whether published (Kodak) anchors can be compared with numbers on these images, and why not."""
+        n = len(self.images.paths)
+        if self.full_kodak:
+            return "comparable: all 24 Kodak images, as the published anchors"
+        if self.images.name == "kodak":
+            return f"NOT comparable: {n} of the 24 Kodak images (the anchors are means over all 24)"
+        return f"NOT comparable: eval images are '{self.images.name}' ({n} images), the anchors are Kodak-only"
+
+    @property
+    def images_line(self) -> str:
+        return f"images: {self.images.name} ({len(self.images.paths)} images)" + (" [SMOKE run]" if self.smoke else "")
+
+    def footnote(self, extra: str = "") -> str:
+        """Which checkpoint and which training budget produced a figure (and on which images)."""
+        lines = [f"ours = {self.label} (sha256 {str(self.info.get('sha256', ''))[:12]}): training budget: {self.budget}"]
+        for c in self.others:
+            lines.append(f"{c.label} ({c.kind}): training budget: {c.budget}")
+        lines.append(self.images_line + (f"; {extra}" if extra else ""))
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        lines = [f"ours: {self.label} ({type(self.model).__name__}, rates {list(getattr(self.model, 'rates', []))})",
+                 f"  budget: {self.budget}"]
+        for c in self.others:
+            lines.append(f"other: {c.label} ({c.kind}, {len(c.models)} file(s)); budget: {c.budget}")
+        lines.append(self.images_line)
+        lines.append(f"results: {self.results_dir}")
+        if self.images.notice:
+            lines.append(self.images.notice)
+        return "\n".join(lines)
+
+
+def setup(CHECKPOINTS: Sequence[PathLike], DATA_DIR: Optional[PathLike] = None, RESULTS_DIR: Optional[PathLike] = None,
+          SMOKE: bool = False, *, device: str = "cpu") -> Context:
+    """Resolve the eval images (:func:`lpm.data.resolve_eval_images`; 2 images with ``SMOKE``), load the
+    checkpoints (the first is ours) and pick the output folder (:func:`results_dir`).
+
+    ``DATA_DIR``: the directory holding ``kodak/`` (or a folder of images); relative paths are resolved
+    against the project root. A named directory that is missing or holds no images raises
+    :class:`lpm.data.DataDirError`; only when nothing is named (no ``DATA_DIR``, no ``$LPM_DATA_DIR``, no
+    ``data/kodak``) are scikit-image's sample photographs used, and then everything is written under
+    ``results/cache/sample-photos/`` unless ``RESULTS_DIR`` is given."""
+    from lpm.data import resolve_eval_images
+
+    if isinstance(CHECKPOINTS, (str, os.PathLike)):
+        CHECKPOINTS = [CHECKPOINTS]
+    if not CHECKPOINTS:
+        raise ValueError("CHECKPOINTS is empty: name at least one checkpoint (the first is ours)")
+    images = resolve_eval_images(DATA_DIR, limit=2 if SMOKE else None)  # first: a wrong DATA_DIR fails fast
+    ckpts = [load_checkpoint(c, device=device) for c in CHECKPOINTS]
+    if ckpts[0].separate or len(ckpts[0].models) != 1:
+        raise ValueError(f"the first checkpoint ({ckpts[0].spec}) must be one variable-rate model (ours)")
+    return Context(ckpts, images, results_dir(RESULTS_DIR, bool(SMOKE), images), bool(SMOKE), device)

@@ -1,0 +1,233 @@
+"""Safe output files: one atomic-write helper and one output-path check.
+
+:func:`atomic_write` puts bytes at a path so that readers see either the old file or the complete
+new one, never a part::
+
+    bytes --os.open(O_EXCL, 0o666 & ~umask)--> .<name prefix>.<random>.tmp   (same folder)
+          --write, fsync--> os.replace / os.link onto the path --> fsync of the folder
+          any exception (KeyboardInterrupt, SIGTERM turned into one by the CLI, ENOSPC, ...): the
+          temporary is removed and the error names the caller's path, never the temporary
+
+The temporary's name is short (at most 32 characters of the name, then a random suffix), so any name
+the file system accepts for the output works. With ``overwrite=False`` an existing file is never
+replaced, not even one created while the data were being computed (a hard link is the atomic
+"create if absent"). Something that is not a regular file or a symbolic link (a directory, FIFO,
+device or socket) is never replaced; a symbolic link is replaced itself, never written through.
+
+:func:`check_output` is the cheap check a command makes *before* doing any work, with the policy of
+``gzip``/``zstd``: an output that is the same file as an input (also through a symbolic or hard link)
+is always refused; an existing output is refused unless ``force``; with ``force``, a symbolic link
+is replaced (not followed), and directories, FIFOs, devices and sockets are still refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterable
+
+__all__ = ["OutputRefused", "atomic_save", "atomic_write", "atomic_write_text", "check_output"]
+
+# Characters of the output's name kept in the temporary's name: ".{prefix}.{12 hex}.tmp" then has at
+# most 1 + 32 * 4 + 1 + 12 + 4 = 146 bytes (4 bytes per character in UTF-8), well under NAME_MAX = 255.
+_TMP_PREFIX_CHARS = 32
+_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+
+class OutputRefused(ValueError):
+    """:func:`check_output` refused an output path; the message is one line and names the path."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _replaceable(mode: int) -> bool:
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """The same error (same subclass via errno) naming ``path`` instead of whatever file it named."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), path)
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> None:
+    """Refuse (:class:`OutputRefused`) an output path that would lose data or cannot be written.
+
+    In order: a directory (or a path ending in ``/``) is refused; a folder that does not exist is
+    refused; an output that is the same file as one of ``inputs`` (``os.stat`` device and inode, so
+    also through symbolic and hard links) is refused even with ``force``; an existing output is refused
+    unless ``force``; with ``force`` a symbolic link (even a dangling one) may be replaced -- the link
+    itself, never its target -- but a FIFO, device or socket is refused. Other errors of the file
+    system (name too long, permission denied on the folder, ...) propagate as ``OSError`` naming
+    ``path``. A check only: :func:`atomic_write` (with ``overwrite=force``) keeps the promise if the
+    path changes while the output is being computed.
+    """
+    p = os.fspath(path)
+    if not p or p.endswith(os.sep) or (os.altsep and p.endswith(os.altsep)):
+        raise OutputRefused(f"{p or repr(p)}: not a file name (the output must name a file)")
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise _named(exc, p) from None
+    if st is None:
+        folder = os.path.dirname(p) or os.curdir
+        if not os.path.isdir(folder):
+            raise OutputRefused(f"{p}: the folder {folder} does not exist")
+        _check_writable_folder(p)
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputRefused(f"{p}: is a directory (the output must name a file)")
+    try:
+        target = os.stat(p)
+    except OSError:  # a dangling symbolic link
+        target = None
+    if target is not None:
+        for src in inputs:
+            try:
+                s = os.stat(src)
+            except OSError:
+                continue  # reading the input reports it
+            if (s.st_dev, s.st_ino) == (target.st_dev, target.st_ino):
+                raise OutputRefused(
+                    f"{p}: is the same file as the input {os.fspath(src)}; refusing to overwrite the input"
+                )
+    if not force:
+        raise OutputRefused(f"{p}: already exists; use --force to replace it")
+    if not _replaceable(st.st_mode):
+        raise OutputRefused(f"{p}: is a {_kind(st.st_mode)}, not a regular file; not replaced even with --force")
+    _check_writable_folder(p)
+
+
+def _check_writable_folder(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot create files in the folder {folder}", path)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (see the module docstring); permissions ``0o666 & ~umask``.
+
+    ``overwrite=False`` refuses (``FileExistsError``) a path that exists when the file is put in
+    place. A directory, FIFO, device or socket at ``path`` is never replaced (``IsADirectoryError`` /
+    ``OSError``). Every ``OSError`` names ``path``; the temporary is removed on any exception.
+    """
+
+    def fill(fd: int, tmp: str) -> None:  # noqa: ARG001
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    _atomic(path, fill, overwrite)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> None:
+    """:func:`atomic_write` of ``text`` encoded as UTF-8."""
+    atomic_write(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def atomic_save(
+    path: str | os.PathLike[str], save: Callable[[str], None], *, overwrite: bool = True
+) -> None:
+    """Like :func:`atomic_write` for libraries that write to a file name themselves: ``save(tmp)`` writes
+    the temporary (e.g. ``lambda f: torch.save(obj, f)`` or safetensors' ``save_file(tensors, f)``)."""
+
+    def fill(fd: int, tmp: str) -> None:  # noqa: ARG001
+        save(tmp)
+        _fsync_path(tmp)  # the library may have replaced the file rather than written through our fd
+
+    _atomic(path, fill, overwrite)
+
+
+def _atomic(path: str | os.PathLike[str], fill: Callable[[int, str], None], overwrite: bool) -> None:
+    p = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(p))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"output folder {folder} does not exist", p)
+    tmp = None
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+        while tmp is None:
+            candidate = os.path.join(folder, f".{name[:_TMP_PREFIX_CHARS]}.{secrets.token_hex(6)}.tmp")
+            try:
+                fd = os.open(candidate, flags, 0o666)  # the umask applies, as for open()
+            except FileExistsError:  # pragma: no cover - 48 random bits
+                continue
+            tmp = candidate
+        try:
+            fill(fd, tmp)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _put_in_place(tmp, p, overwrite)
+        tmp = None
+    except OSError as exc:
+        raise _named(exc, p) from exc
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    _fsync_path(folder)  # make the new name durable too; best effort
+
+
+def _fsync_path(path: str) -> None:
+    """fsync a file or folder by name; best effort (not every file system allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _put_in_place(tmp: str, path: str, overwrite: bool) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not _replaceable(st.st_mode):
+            raise OSError(errno.EEXIST, f"is a {_kind(st.st_mode)}, not a regular file; not replaced", path)
+        if not overwrite:
+            raise FileExistsError(errno.EEXIST, "already exists; not replaced", path)
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic "create if absent": fails if the path appeared meanwhile
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "already exists; not replaced", path) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        os.replace(tmp, path)  # no hard links here (FAT, some network file systems): checked just above
+    else:
+        os.unlink(tmp)

@@ -1,0 +1,78 @@
+"""Resource limits of the codec commands, derived from measurements and from the machine (no torch import).
+
+* :func:`default_max_pixels` — the largest image coded in one piece by default. Peak memory of the
+  paper-size codec on a CPU was measured at about 233 bytes per pixel (4000×3000 photo: 2.8 GB peak RSS while
+  encoding) and 171 B/px (8000×6000: 8.2 GB); :data:`BYTES_PER_PIXEL` rounds that up to 300 to leave room
+  for decoding and the interpreter. The default lets an image use at most :data:`MEMORY_SHARE` of the memory
+  available when the command starts (``MemAvailable`` on Linux), and never less than
+  :data:`MIN_DEFAULT_MAX_PIXELS`; on a 24 GB machine with ~22 GB free that is about 55 megapixels, so a
+  24-megapixel photo codes. ``--max-pixels`` overrides it; larger images are refused with a message.
+* :func:`default_threads` — torch's intra-op threads for one command: the CPUs this process may use, minus
+  the load already on them (rounded), at least 1. Torch's own default takes every core even when other
+  work runs, which oversubscribes a busy machine (measured: a round trip that took 33 s alone took 255 s
+  next to another job with the default, 4 images 42 s → 12 s with one thread). ``--threads`` or
+  ``LPM_THREADS`` override it; an explicit ``OMP_NUM_THREADS`` is respected.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+__all__ = [
+    "BYTES_PER_PIXEL", "MEMORY_SHARE", "MIN_DEFAULT_MAX_PIXELS", "available_memory", "default_max_pixels",
+    "default_threads",
+]
+
+#: Measured CPU peak memory of the paper-size codec per image pixel (see the module docstring), rounded up.
+BYTES_PER_PIXEL = 300
+#: Share of the available memory one image may take by default.
+MEMORY_SHARE = 0.75
+#: The default limit never drops below 4096×2048 (needs ~2.5 GB by the measurement above).
+MIN_DEFAULT_MAX_PIXELS = 4096 * 2048
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new work (``MemAvailable``), or ``None`` if the system does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_max_pixels(memory: Optional[int] = None) -> int:
+    """Largest image (pixels) coded by default on this machine (see the module docstring)."""
+    memory = available_memory() if memory is None else memory
+    if memory is None:
+        return MIN_DEFAULT_MAX_PIXELS
+    return max(MIN_DEFAULT_MAX_PIXELS, int(memory * MEMORY_SHARE / BYTES_PER_PIXEL))
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(load: Optional[float] = None, cpus: Optional[int] = None) -> int:
+    """Intra-op threads for one command: ``LPM_THREADS``, else ``OMP_NUM_THREADS``, else the CPUs of this
+    process minus the 1-minute load average (rounded), at least 1."""
+    for var in ("LPM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    cpus = _cpus() if cpus is None else cpus
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (OSError, AttributeError):
+            load = 0.0
+    return max(1, min(cpus, cpus - int(load + 0.5)))

@@ -1,0 +1,298 @@
+"""Loading checkpoints trusts nothing in the file (issue 10): configs outside the documented bounds, configs
+that do not fit the tensors actually stored, malformed metadata and broken files are each one
+:class:`CheckpointError` line naming the path, refused before any model is built (fast, no memory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_RATES, make_tiny_base, make_tiny_codec
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from lpm.cli import main
+from lpm.models import GainUnitCodec, PromptConfig, PromptedCodec, RateConditionedCodec, TICCodec
+from lpm.train.checkpoint import CheckpointError, CheckpointNotFoundError, load_codec, read_metadata, save_codec
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    """One tiny checkpoint of every kind (and a half-precision one)."""
+    d = tmp_path_factory.mktemp("ckpts")
+    out = {}
+    models = {
+        "prompted": make_tiny_codec(ready=False),
+        "tic": make_tiny_base(),
+        "rate_conditioned": RateConditionedCodec(make_tiny_base(), TINY_RATES,
+                                                 PromptConfig(enc_channels=8, dec_channels=8)),
+        "gain_units": GainUnitCodec(make_tiny_base(), TINY_RATES),
+    }
+    for kind, model in models.items():
+        out[kind] = d / f"{kind}.safetensors"
+        save_codec(out[kind], model, meta={"base_rate": 0.0483, "budget": "test"})
+    out["half"] = d / "half.safetensors"
+    save_codec(out["half"], models["prompted"], meta={}, half=True)
+    return out
+
+
+def _resave(src: Path, dst: Path, tensors: dict | None = None, **changes: str) -> Path:
+    md = read_metadata(src)
+    save_file(load_file(str(src)) if tensors is None else tensors, str(dst), metadata={**md, **changes})
+    return dst
+
+
+def _raw(path: Path, header: dict, data: bytes) -> Path:
+    h = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+    return path
+
+
+def _refused(path: Path, match: str = "") -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_codec(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg, msg
+    assert match in msg, msg
+    return msg
+
+
+def _cfg(ckpt: Path) -> dict:
+    return json.loads(read_metadata(ckpt)["codec_config"])
+
+
+# ----------------------------------------------------------------------------------------------- legit files
+@pytest.mark.parametrize("kind", ["tic", "prompted", "rate_conditioned", "gain_units", "half"])
+def test_every_kind_still_loads_and_codes(ckpts, kind):
+    model, info = load_codec(ckpts[kind])
+    assert info["kind"] == ("prompted" if kind == "half" else kind)
+    x = torch.rand(1, 3, 40, 48)
+    if isinstance(model, TICCodec):
+        c = model.compress(x)
+        y = model.decompress(c["strings"], c["shape"], size=(40, 48))["x_hat"]
+    else:
+        c = model.compress(x, model.rates[0])
+        y = model.decompress(c["strings"], c["shape"], model.rates[0], size=(40, 48))["x_hat"]
+    assert y.shape == x.shape
+
+
+# ----------------------------------------------------------------------------------------------- giant configs
+def _giant_configs(cfg: dict) -> dict[str, dict]:
+    deep = dict(enc_depths=[64] * 3, dec_depths=[64] * 3, hyper_depth=64)
+    return {
+        "N=M=3000": {**cfg, "N": 3000, "M": 3000},
+        "depths [100000,1,1]": {**cfg, "enc_depths": [100000, 1, 1]},
+        "N=M=1024, 64 blocks per stage (17 GB)": {**cfg, **deep, "N": 1024, "M": 1024, "enc_heads": [8] * 3,
+                                                  "dec_heads": [8] * 3, "hyper_heads": 8},
+        "N=M=1024, no blocks (wide convolutions)": {**cfg, "N": 1024, "M": 1024, "enc_depths": [0] * 3,
+                                                    "dec_depths": [0] * 3, "hyper_depth": 0},
+        "thin, 512 blocks of window 32 (4 GB of index tables)": {
+            **cfg, **deep, "N": 2, "M": 2, "enc_heads": [1] * 3, "dec_heads": [1] * 3, "hyper_heads": 1,
+            "window": 32, "hyper_window": 32},
+    }
+
+
+def test_giant_configs_are_refused_fast_and_without_allocating(ckpts, tmp_path):
+    """A 1.3 MB file whose metadata asks for a giant model: refused in well under a second each, with the
+    address space of this process capped at 1 GiB above what it uses now (building any of these for real
+    would need gigabytes)."""
+    src = ckpts["prompted"]
+    files = {name: _resave(src, tmp_path / f"g{i}.safetensors", codec_config=json.dumps(c))
+             for i, (name, c) in enumerate(_giant_configs(_cfg(src)).items())}
+    rates = [0.001 * (i + 1) for i in range(64)]
+    files["64 rates of 1024-wide prompt modules"] = _resave(
+        src, tmp_path / "rates.safetensors", rates=json.dumps(rates), base_rate=repr(rates[-1]),
+        prompt_config=json.dumps({"enc_channels": 1024, "dec_channels": 1024, "enc_head_hidden": 1024,
+                                  "dec_head_hidden": 1024}))
+    load_codec(src)  # warm up (imports, caches of the legit config)
+    vm = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith("VmSize:")).split()[1]) * 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = vm + (1 << 30)
+    if hard != resource.RLIM_INFINITY and hard < cap:
+        cap = hard
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    results = {}
+    try:
+        for name, path in files.items():
+            t0 = time.perf_counter()
+            try:
+                load_codec(path)
+                results[name] = ("loaded", time.perf_counter() - t0)
+            except CheckpointError as e:
+                results[name] = (str(e), time.perf_counter() - t0)
+            except (MemoryError, RuntimeError) as e:  # what building it for real runs into
+                results[name] = (f"not refused: {type(e).__name__}", time.perf_counter() - t0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    for name, (msg, seconds) in results.items():
+        assert str(files[name]) in msg and "\n" not in msg, (name, msg)
+        assert seconds < 1.0, (name, seconds)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"N": -1}, "N must be an integer in 1..1024"),
+    ({"N": "16"}, "N must be an integer"),
+    ({"N": 16.5}, "N must be an integer"),
+    ({"N": True}, "N must be an integer"),
+    ({"window": float("nan")}, "window must be an integer"),
+    ({"enc_depths": [1, 1]}, "enc_depths must be a list of 3"),
+    ({"enc_depths": "112"}, "enc_depths must be a list of 3"),
+    ({"enc_heads": [2, 2, 3]}, "do not divide N"),
+    ({"enc_depths": [1, 1, -2]}, "0..64"),
+    ({"kernel": 4}, "kernel must be odd"),
+    ({"mlp_ratio": float("inf")}, "mlp_ratio must be a finite number"),
+    ({"mlp_ratio": 1000}, "mlp_ratio must be in"),
+    ({"drop_path": 1.5}, "drop_path"),
+    ({"window": 6, "prompt_stride": 4}, "multiple of prompt_stride"),
+    ({"bogus": 1}, "unknown codec config keys"),
+])
+def test_codec_configs_outside_the_bounds_are_refused(ckpts, tmp_path, change, match):
+    cfg = json.dumps({**_cfg(ckpts["prompted"]), **change})
+    path = _resave(ckpts["prompted"], tmp_path / "c.safetensors", codec_config=cfg)
+    _refused(path, match)
+
+
+# ----------------------------------------------------------------------------------------------- metadata
+NESTED = "[" * 30000 + "]" * 30000
+
+
+@pytest.mark.parametrize("kind, change, match", [
+    ("prompted", {"codec_config": "[1, 2]"}, "codec_config must be a JSON object"),
+    ("prompted", {"codec_config": "{"}, "codec_config is not JSON"),
+    ("prompted", {"codec_config": NESTED}, "codec_config is not JSON"),
+    ("prompted", {"codec_config": "{" + " " * 70000 + "}"}, "characters"),
+    ("prompted", {"meta": "[1, 2]"}, "meta must be a JSON object"),
+    ("prompted", {"meta": "[" * 200000 + "]" * 200000}, "meta is not JSON"),
+    ("prompted", {"rates": '{"a": 1}'}, "rates must be a JSON list"),
+    ("prompted", {"rates": "[]"}, "1..64"),
+    ("prompted", {"rates": json.dumps([0.001 * (i + 1) for i in range(65)])}, "1..64"),
+    ("prompted", {"rates": '["0.0035", "0.013", "0.0483"]'}, "finite positive"),
+    ("prompted", {"rates": "[NaN, 0.013, 0.0483]"}, "finite positive"),
+    ("prompted", {"rates": "[1e999, 0.013, 0.0483]"}, "finite positive"),
+    ("prompted", {"rates": "[-0.01, 0.013, 0.0483]"}, "finite positive"),
+    ("prompted", {"rates": "[" + "9" * 5000 + ", 0.0483]"}, "rates is not JSON"),
+    ("prompted", {"rates": "[0.013, 0.013, 0.0483]"}, "distinct"),
+    ("prompted", {"rates": "[true, 0.013, 0.0483]"}, "finite positive"),
+    ("prompted", {"base_rate": "nan"}, "base_rate must be a finite positive"),
+    ("prompted", {"base_rate": "zero"}, "base_rate must be a finite positive"),
+    ("prompted", {"base_rate": "0.02"}, "not in the rate ladder"),
+    ("prompted", {"prompt_config": "[8, 8]"}, "prompt_config must be a JSON object"),
+    ("prompted", {"prompt_config": '{"enc_channels": 1000000000}'}, "enc_channels must be an integer in 1..1024"),
+    ("prompted", {"prompt_config": '{"latent_gain": "yes"}'}, "latent_gain"),
+    ("rate_conditioned", {"lambda_range": "[0.05, 0.001]"}, "lambda_range"),
+    ("rate_conditioned", {"lambda_range": "[0.001]"}, "lambda_range"),
+    ("rate_conditioned", {"lambda_range": '"wide"'}, "lambda_range must be a JSON list"),
+    ("prompted", {"kind": "pickle"}, "unknown checkpoint kind"),
+    ("prompted", {"lpm_format": "2"}, "format"),
+    ("gain_units", {"rates": "[0.0035, 0.013]"}, "do not fit"),
+])
+def test_malformed_metadata_is_one_line(ckpts, tmp_path, kind, change, match):
+    t0 = time.perf_counter()
+    _refused(_resave(ckpts[kind], tmp_path / "m.safetensors", **change), match)
+    assert time.perf_counter() - t0 < 2.0
+
+
+# ----------------------------------------------------------------------------------------------- broken files
+def test_broken_files_are_one_line(ckpts, tmp_path):
+    src = ckpts["prompted"]
+    data = src.read_bytes()
+    (tmp_path / "a_directory.safetensors").mkdir()
+    _refused(tmp_path / "a_directory.safetensors", "is a directory")
+    with pytest.raises(CheckpointNotFoundError) as info:
+        load_codec(tmp_path / "missing.safetensors")
+    assert isinstance(info.value, FileNotFoundError) and "missing.safetensors" in str(info.value)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    _refused(tmp_path / "empty.safetensors", "empty file")
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    _refused(tmp_path / "cut.safetensors", "not a safetensors checkpoint")
+    (tmp_path / "cut_header.safetensors").write_bytes(data[:20])
+    _refused(tmp_path / "cut_header.safetensors", "not a safetensors checkpoint")
+    torch.save(load_file(str(src)), tmp_path / "pickled.safetensors")
+    _refused(tmp_path / "pickled.safetensors", "pickled PyTorch file")
+    (tmp_path / "garbage.safetensors").write_bytes(os.urandom(5000))
+    _refused(tmp_path / "garbage.safetensors", "not a safetensors checkpoint")
+    lying = {"__metadata__": {"lpm_format": "1"},
+             "w": {"dtype": "F32", "shape": [10**6], "data_offsets": [0, 4 * 10**6]}}
+    _refused(_raw(tmp_path / "lying.safetensors", lying, b"\0" * 16), "not a safetensors checkpoint")
+    huge_shape = {"w": {"dtype": "F32", "shape": [2**31, 2**31], "data_offsets": [0, 16]}}
+    _refused(_raw(tmp_path / "huge_shape.safetensors", huge_shape, b"\0" * 16), "not a safetensors checkpoint")
+    not_strings = {"__metadata__": {"lpm_format": 1, "kind": ["tic"]}, "w": {"dtype": "F32", "shape": [4],
+                                                                            "data_offsets": [0, 16]}}
+    _refused(_raw(tmp_path / "not_strings.safetensors", not_strings, b"\0" * 16), "not a safetensors checkpoint")
+    no_md = {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}
+    _refused(_raw(tmp_path / "foreign.safetensors", no_md, b"\0" * 16), "not an lpm checkpoint")
+    os.mkfifo(tmp_path / "fifo.safetensors")
+    _refused(tmp_path / "fifo.safetensors", "not a regular file")
+
+
+# ----------------------------------------------------------------------------------------------- tensors
+def _tensors(src: Path, edit) -> dict:
+    t = load_file(str(src))
+    edit(t)
+    return t
+
+
+@pytest.mark.parametrize("what, edit, match", [
+    ("a tensor missing", lambda t: t.pop("base.g_a.layers.0.weight"), "1 missing tensor(s) (base.g_a.layers.0.weight)"),
+    ("a tensor too many", lambda t: t.update(extra=torch.zeros(3)), "1 unexpected tensor(s) (extra)"),
+    ("a wrong shape", lambda t: t.update({"base.g_a.layers.0.weight": torch.zeros(16, 3, 3, 3)}), "has shape"),
+    ("integers stored as floats", lambda t: t.update({"base.entropy_bottleneck._offset":
+                                                      t["base.entropy_bottleneck._offset"].float()}), "stored as F32"),
+    ("floats stored as integers", lambda t: t.update({"base.g_a.layers.0.bias": torch.zeros(16, dtype=torch.int32)}),
+     "stored as I32"),
+    ("inconsistent entropy tables",
+     lambda t: t.update({"base.entropy_bottleneck._offset": torch.zeros(3, dtype=torch.int32)}), "inconsistent shapes"),
+    ("entropy tables with other rows", lambda t: t.update({
+        k: t[k][:4].contiguous() for k in ("base.entropy_bottleneck._offset", "base.entropy_bottleneck._cdf_length",
+                                           "base.entropy_bottleneck._quantized_cdf")}), "rows"),
+    ("CDF lengths past the table", lambda t: t["base.gaussian_conditional._cdf_length"].fill_(10**6), "CDF lengths"),
+    ("a CDF that falls", lambda t: t["base.entropy_bottleneck._quantized_cdf"][0].copy_(
+        t["base.entropy_bottleneck._quantized_cdf"][0].flip(0)), "not valid CDFs"),
+    ("a NaN weight", lambda t: t["base.g_s.layers.0.weight"].view(-1)[5].fill_(float("nan")), "NaN or infinity"),
+])
+def test_tensors_that_do_not_fit_the_config_are_one_line(ckpts, tmp_path, what, edit, match):
+    src = ckpts["prompted"]
+    _refused(_resave(src, tmp_path / "t.safetensors", tensors=_tensors(src, edit)), match)
+
+
+def test_a_known_good_file_with_another_config_says_do_not_fit(ckpts, tmp_path):
+    src = ckpts["prompted"]
+    _refused(_resave(src, tmp_path / "n.safetensors", codec_config=json.dumps({**_cfg(src), "N": 32})), "do not fit")
+    _refused(_resave(src, tmp_path / "d.safetensors", codec_config=json.dumps({**_cfg(src), "enc_depths": [2, 1, 2]})),
+             "do not fit")
+
+
+# ----------------------------------------------------------------------------------------------- the command
+def test_cli_reports_bad_checkpoints_in_one_line(ckpts, tmp_path, capsys):
+    image = tmp_path / "in.png"
+    Image.new("RGB", (32, 24), (120, 30, 200)).save(image)
+    giant = _resave(ckpts["prompted"], tmp_path / "giant.safetensors",
+                    codec_config=json.dumps({**_cfg(ckpts["prompted"]), "N": 3000, "M": 3000}))
+    pickled = tmp_path / "pickled.safetensors"
+    torch.save({"a": torch.zeros(3)}, pickled)
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    for bad in (giant, pickled, folder):
+        out = tmp_path / "out.lpm"
+        t0 = time.perf_counter()
+        rc = main(["compress", str(image), str(out), "--model", str(bad)])
+        assert time.perf_counter() - t0 < 3.0, bad  # refused before building anything
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("lpm: error: ") and len(err.strip().splitlines()) == 1, err
+        assert str(bad) in err and "Traceback" not in err and not out.exists()
+
+
+def test_zoo_and_prompted_wrapping_unchanged(ckpts):
+    from lpm import zoo
+
+    model, info = zoo.load(str(ckpts["tic"]))
+    assert isinstance(model, PromptedCodec) and model.rates == [0.0483] and info["kind"] == "tic"

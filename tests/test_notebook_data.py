@@ -1,0 +1,247 @@
+"""Which images a notebook evaluates and where it writes (issue 13): a named data directory that is missing
+is one clear error, relative paths mean the project root, the sample-photo fallback happens only when nothing
+is named and then writes under ``results/cache/``, never over the tracked Kodak results; and tracked
+notebooks carry no outputs (``scripts/strip_notebooks.py``, ``.githooks/pre-commit``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import imagecodecs
+import nbformat
+import numpy as np
+import pytest
+
+import lpm.zoo
+from lpm import data
+from lpm import figures as F
+from lpm.data import DataDirError, EvalImages, named_data_dir, resolve_eval_images
+from lpm.zoo import PROJECT_ROOT
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+RESULTS = PROJECT_ROOT / "results"
+#: Git-ignored caches under results/ (see .gitignore); everything else there is the committed Kodak results.
+IGNORED_RESULTS = ("cache", "eval", "runs", "notebooks")
+STRIP = PROJECT_ROOT / "scripts" / "strip_notebooks.py"
+
+
+def _pngs(folder: Path, n: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        (folder / f"im{i}.png").write_bytes(imagecodecs.png_encode(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)))
+    return folder
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    monkeypatch.delenv("LPM_DATA_DIR", raising=False)
+
+
+# ------------------------------------------------------------------------------------------ data-dir rules
+def test_named_but_missing_data_dir_is_one_clear_error(no_env, tmp_path):
+    with pytest.raises(DataDirError) as e:
+        resolve_eval_images(tmp_path / "kodakk")
+    msg = str(e.value)
+    assert "data directory not found" in msg and str(tmp_path / "kodakk") in msg and "holding kodak/" in msg
+    assert isinstance(e.value, FileNotFoundError) and "\n" not in msg
+    with pytest.raises(DataDirError, match="relative: resolved against the project root"):
+        resolve_eval_images("no/such/dir")
+
+
+def test_named_dir_without_kodak_or_images_is_an_error(no_env, tmp_path):
+    (tmp_path / "bsds500" / "train").mkdir(parents=True)
+    with pytest.raises(DataDirError, match="has no kodak/ folder and no images"):
+        resolve_eval_images(tmp_path)
+    (tmp_path / "kodak").mkdir()
+    with pytest.raises(DataDirError, match=r"kodak holds no image files"):
+        resolve_eval_images(tmp_path)
+
+
+def test_named_dir_with_kodak_or_images(no_env, tmp_path):
+    _pngs(tmp_path / "root" / "kodak", 3)
+    imgs = resolve_eval_images(tmp_path / "root")
+    assert imgs.name == "kodak" and len(imgs.paths) == 3 and imgs.notice is None
+    assert imgs.manifest == data.manifest_path("kodak")
+    own = resolve_eval_images(_pngs(tmp_path / "mine"), limit=1)
+    assert own.name == "mine" and len(own.paths) == 1 and own.manifest is None
+
+
+def test_relative_data_dir_resolves_against_project_root(no_env, tmp_path, monkeypatch):
+    _pngs(tmp_path / "d" / "kodak")
+    rel = os.path.relpath(tmp_path / "d", PROJECT_ROOT)
+    elsewhere = tmp_path / "elsewhere" / "deeper"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)  # as a kernel in notebooks/ or papermill started anywhere
+    assert named_data_dir(rel)[0] == (tmp_path / "d").resolve()
+    imgs = resolve_eval_images(rel)
+    assert imgs.name == "kodak" and imgs.paths[0].is_relative_to((tmp_path / "d").resolve())
+    monkeypatch.setenv("LPM_DATA_DIR", rel)  # the variable follows the same rule
+    assert resolve_eval_images().name == "kodak"
+    assert data.locate_dataset("kodak") == (tmp_path / "d" / "kodak").resolve()
+
+
+@pytest.mark.skipif(not (PROJECT_ROOT.parent / "shared" / "data" / "kodak").is_dir(), reason="no ../shared/data")
+def test_readme_shared_data_from_notebooks_dir(no_env, monkeypatch):
+    monkeypatch.chdir(NOTEBOOK_DIR)
+    imgs = resolve_eval_images("../shared/data")
+    assert imgs.name == "kodak" and len(imgs.paths) == 24
+
+
+def test_env_var_named_but_missing_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LPM_DATA_DIR", str(tmp_path / "gone"))
+    with pytest.raises(DataDirError, match=r"\$LPM_DATA_DIR"):
+        resolve_eval_images()
+
+
+def test_fallback_only_when_nothing_is_named(no_env, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "empty-data")  # no data/kodak
+    imgs = resolve_eval_images(None, cache_dir=tmp_path / "photos", limit=2)
+    assert imgs.name == "sample-photos" and len(imgs.paths) == 2 and "NOT comparable" in imgs.notice
+    assert all(p.parent == tmp_path / "photos" for p in imgs.paths)
+    assert resolve_eval_images("", cache_dir=tmp_path / "photos").name == "sample-photos"  # "" names nothing
+    _pngs(tmp_path / "empty-data" / "kodak")
+    assert resolve_eval_images(None).name == "kodak"  # data/kodak beats the fallback
+
+
+# ------------------------------------------------------------------------------------------ output folder
+def test_results_dir_keeps_kodak_results_for_kodak(tmp_path, monkeypatch):
+    monkeypatch.setattr(lpm.zoo, "PROJECT_ROOT", tmp_path)
+    kodak = EvalImages(tuple(Path(f"kodim{i:02d}.png") for i in range(1, 25)), "kodak", None, None)
+    photos = EvalImages((Path("a.png"),), "sample-photos", None, "not Kodak")
+    assert F.results_dir(None, False, kodak) == tmp_path / "results"
+    assert F.results_dir(None, False, photos) == tmp_path / "results" / "cache" / "sample-photos"
+    assert F.results_dir(None, False, EvalImages(kodak.paths[:5], "kodak", None, None)) == \
+        tmp_path / "results" / "cache" / "kodak-5-images"
+    assert F.results_dir(None, True, kodak) == tmp_path / "results" / "cache" / "smoke"
+    assert F.results_dir("out/here", False, photos) == tmp_path / "out" / "here"  # relative: project root
+    # a record of other images aimed at results/ lands in results/cache/<images>/ instead
+    with pytest.warns(UserWarning, match="not written over the Kodak results"):
+        path = F.record("nb", {"x": 1}, tmp_path / "results", images=photos)
+    assert path == tmp_path / "results" / "cache" / "sample-photos" / "records" / "nb.json"
+    assert F.record("nb", {"x": 1}, tmp_path / "results", images=kodak) == tmp_path / "results" / "records" / "nb.json"
+
+
+# ------------------------------------------------------------------------------------------ notebooks
+def _ensure_python3_kernel() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "python3" not in KernelSpecManager().find_kernel_specs():
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user"], check=True, capture_output=True)
+
+
+def _run(name: str, out: Path, **parameters) -> None:
+    import papermill as pm
+
+    _ensure_python3_kernel()
+    pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out / f"{name}.ipynb"), parameters=parameters,
+                        kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOK_DIR))
+
+
+def _tracked_results() -> dict[str, str]:
+    """sha256 of every file under results/ outside its git-ignored caches (the committed Kodak results)."""
+    out = {}
+    for p in sorted(RESULTS.rglob("*")):
+        rel = p.relative_to(RESULTS)
+        if p.is_file() and rel.parts[0] not in IGNORED_RESULTS:
+            out[rel.as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def test_notebook_with_misspelt_data_dir_fails_with_the_message(no_env, tmp_path):
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as e:
+        _run("rd_curves", tmp_path, SMOKE=True, DATA_DIR="../shared/dataa", RESULTS_DIR=str(tmp_path / "res"))
+    assert e.value.ename == "DataDirError"
+    assert "data directory not found" in e.value.evalue and str(PROJECT_ROOT.parent / "shared" / "dataa") in e.value.evalue
+    assert not (tmp_path / "res" / "records").exists()
+
+
+@pytest.mark.skipif((PROJECT_ROOT / "data" / "kodak").is_dir(), reason="data/kodak exists: nothing-named means Kodak")
+def test_notebook_with_nothing_named_writes_only_under_cache(no_env, tmp_path):
+    before = _tracked_results()
+    _run("savings", tmp_path)  # not SMOKE: what "Run All" in JupyterLab does
+    assert _tracked_results() == before
+    rec = json.loads((RESULTS / "cache" / "sample-photos" / "records" / "savings.json").read_text())
+    assert rec["images"]["name"] == "sample-photos" and rec["smoke"] is False and "NOT comparable" in rec["images"]["notice"]
+    assert (RESULTS / "cache" / "sample-photos" / "figures" / "savings.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((PROJECT_ROOT / "data" / "kodak").is_dir(), reason="data/kodak exists: nothing-named means Kodak")
+def test_rd_curves_with_nothing_named_writes_only_under_cache(no_env, tmp_path):
+    before = _tracked_results()
+    _run("rd_curves", tmp_path, N_CONTINUOUS=0, CLASSICAL=[])
+    assert _tracked_results() == before
+    folder = RESULTS / "cache" / "sample-photos"
+    assert json.loads((folder / "records" / "rd_curves.json").read_text())["images"]["name"] == "sample-photos"
+    assert (folder / "figures" / "rd_psnr.png").is_file() and (folder / "eval" / "tiny-smoke_sample-photos.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------ no outputs in git
+def _strip(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(STRIP), *args], input=stdin, capture_output=True, text=True)
+
+
+def test_tracked_notebooks_carry_no_outputs():
+    notebooks = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+    assert len(notebooks) >= 5
+    r = _strip("--check", *map(str, notebooks))
+    assert r.returncode == 0, r.stdout  # outputs, execution counts, widget state: strip them before committing
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("strip_notebooks", STRIP)
+    strip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(strip)
+    for nb in notebooks:  # and the stripper would leave a clean notebook byte-identical
+        text = nb.read_text(encoding="utf-8")
+        assert strip.dumps(json.loads(text)) == text
+
+
+def _dirty_copy(tmp_path: Path) -> Path:
+    nb = nbformat.read(str(NOTEBOOK_DIR / "savings.ipynb"), as_version=4)
+    for i, c in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        c.execution_count = i + 1
+        c.outputs = [nbformat.v4.new_output("stream", name="stdout", text="hello\n")]
+        c.metadata["execution"] = {"iopub.status.busy": "2024-01-01T00:00:00Z"}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    nb.metadata["language_info"] = {"name": "python", "version": "3.11.7", "mimetype": "text/x-python"}
+    path = tmp_path / "savings.ipynb"
+    path.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
+    return path
+
+
+def test_strip_script_removes_what_jupyterlab_saves(tmp_path):
+    path = _dirty_copy(tmp_path)
+    r = _strip("--check", str(path))
+    assert r.returncode == 1 and "outputs" in r.stdout and "widgets" in r.stdout
+    assert _strip(str(path)).returncode == 0
+    assert path.read_text(encoding="utf-8") == (NOTEBOOK_DIR / "savings.ipynb").read_text(encoding="utf-8")
+    assert _strip("--check", str(path)).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="no git")
+def test_pre_commit_hook_refuses_outputs(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(STRIP, repo / "scripts")
+    shutil.copytree(PROJECT_ROOT / ".githooks", repo / ".githooks")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "config", "core.hooksPath", ".githooks"], check=True)
+    nb = _dirty_copy(repo)
+    subprocess.run([*git, "add", "."], check=True)
+    r = subprocess.run([*git, "commit", "-q", "-m", "x"], capture_output=True, text=True)
+    assert r.returncode != 0 and "savings.ipynb carries outputs" in r.stderr
+    subprocess.run([sys.executable, str(repo / "scripts" / "strip_notebooks.py"), str(nb)], check=True,
+                   capture_output=True)
+    subprocess.run([*git, "add", "."], check=True)
+    r = subprocess.run([*git, "commit", "-q", "-m", "x"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
