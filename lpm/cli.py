@@ -216,12 +216,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     notebooks = find_notebooks(Path(args.notebooks_dir) if args.notebooks_dir else NOTEBOOK_DIR, only=args.only)
     t0 = time.perf_counter()
     try:
-        done = run_all(params, notebooks=notebooks, timeout=args.cell_timeout)
+        done = run_all(params, notebooks=notebooks, timeout=args.cell_timeout, log=lambda m: print(m, flush=True))
     except NotebookFailed as e:
         print(f"lpm: error: {e}", file=sys.stderr)
         return 1
+    where = params.get("RESULTS_DIR") or ("results/cache/smoke/" if args.smoke else
+                                          "results/ (Kodak) or results/cache/<images>/ (other images)")
     print(f"all {len(done)} notebooks ran in {time.perf_counter() - t0:.0f} s; figures, tables and records are in "
-          f"{params.get('RESULTS_DIR', 'results/')}")
+          f"{where}; executed notebooks in results/notebooks/")
     return 0
 
 

@@ -1,12 +1,18 @@
 """The batch main job: execute every notebook with papermill into ``results/notebooks/``.
 
-``lpm reproduce`` calls :func:`run_all`: one progress line per notebook, the executed copies next to the
-figures, tables and records they write, and on failure a :class:`NotebookFailed` naming the notebook and the
-cell (the CLI turns it into a non-zero exit with that message).
+``lpm reproduce`` calls :func:`run_all`: a line when each notebook starts and ends, and in between every
+line the notebook's cells print (prefixed with the notebook's name), so long stages show progress as they
+happen; the executed copies go next to the figures, tables and records they write, and on failure a
+:class:`NotebookFailed` names the notebook and the cell (the CLI turns it into a non-zero exit with that
+message). Kernels talk to papermill over local IPC sockets in a private temporary folder, not over TCP (no
+ports opened, and no "Kernel is running over TCP without encryption" warning).
 """
 
 from __future__ import annotations
 
+import io
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -59,6 +65,45 @@ def _source_cell(executed: Path, index: int) -> tuple[int, str]:
         return index, ""
 
 
+class _Prefixed(io.TextIOBase):
+    """A text stream that writes each complete line to ``log`` with a prefix (cell output of one notebook)."""
+
+    def __init__(self, prefix: str, log: Callable[[str], None]) -> None:
+        self.prefix, self.log, self.buf = prefix, log, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            line = line.rsplit("\r", 1)[-1]  # a progress bar redrawn with \r: its latest state
+            if line.strip():
+                self.log(f"{self.prefix}{line}")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buf.strip():
+            self.log(f"{self.prefix}{self.buf.rsplit(chr(13), 1)[-1]}")
+        self.buf = ""
+
+
+def _ipc_kernel_manager(folder: str) -> type:
+    """A kernel manager whose kernels use IPC sockets under ``folder`` instead of TCP ports."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.ip = os.path.join(folder, "kernel")
+
+    return IPCKernelManager
+
+
 def run_all(
     parameters: dict[str, Any],
     *,
@@ -77,14 +122,18 @@ def run_all(
     out_dir = Path(out_dir) if out_dir else results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []
+    sockets = tempfile.mkdtemp(prefix="lpm-kernels-")
+    manager = _ipc_kernel_manager(sockets)
     for i, nb in enumerate(notebooks, 1):
         out = out_dir / nb.name
         t0 = time.perf_counter()
         log(f"[{i}/{len(notebooks)}] {nb.name} ...")
+        stream = _Prefixed(f"  {nb.stem}: ", log)
         try:
             pm.execute_notebook(
                 str(nb), str(out), parameters=parameters, kernel_name=kernel_name, progress_bar=False,
-                cwd=str(nb.parent), execution_timeout=timeout,
+                cwd=str(nb.parent), execution_timeout=timeout, stdout_file=stream,
+                kernel_manager_class=manager,
             )
         except PapermillExecutionError as e:
             cell, first_line = _source_cell(out, e.cell_index)
@@ -92,6 +141,12 @@ def run_all(
             raise NotebookFailed(nb.name, cell, msg, out) from None
         except Exception as e:  # kernel died, bad notebook file, ...
             raise NotebookFailed(nb.name, None, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", out) from None
+        finally:
+            stream.flush()
         log(f"[{i}/{len(notebooks)}] {nb.name} done in {time.perf_counter() - t0:.1f} s -> {out}")
         done.append(out)
+    try:
+        os.rmdir(sockets)
+    except OSError:
+        pass
     return done
