@@ -34,12 +34,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, get_worker_info
 from PIL import Image, UnidentifiedImageError
+
+from lpm.paths import PROJECT_ROOT as _PROJECT_ROOT
+
+
+def _imagecodecs():
+    """imagecodecs, imported on first use: the training path (JPEG crops through PIL) runs without it, e.g. on
+    a GPU machine that has no wheel for it."""
+    import imagecodecs
+
+    return imagecodecs
 
 __all__ = [
     "DATA_DIR",
@@ -65,7 +74,7 @@ __all__ = [
 ]
 
 #: Root of the checkout: the parent of the ``lpm`` package directory.
-PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
+PROJECT_ROOT: Path = _PROJECT_ROOT
 #: Where the sha256 manifests and ``download.py`` live: the project's ``data/`` directory.
 MANIFEST_DIR: Path = PROJECT_ROOT / "data"
 #: Default parent of local data set copies (``<DATA_DIR>/<name>``, git-ignored); same ``data/``.
@@ -163,7 +172,7 @@ def _decode_png(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray:
     _check_size(path, height, width, max_pixels)
     _check_single_png(path, data)
     try:
-        return imagecodecs.png_decode(data)
+        return _imagecodecs().png_decode(data)
     except Exception as exc:  # imagecodecs raises PngError (RuntimeError) or ValueError
         raise ImageReadError(f"{path}: cannot decode PNG ({_one_line(exc)})") from exc
 
@@ -202,7 +211,7 @@ def _decode_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
     if size is not None:
         _check_size(path, size[1], size[0], max_pixels)
     try:
-        array = imagecodecs.tiff_decode(path.read_bytes(), index=0)
+        array = _imagecodecs().tiff_decode(path.read_bytes(), index=0)
     except Exception:
         array = None
     ok = (
@@ -383,7 +392,7 @@ def write_image(
     array = _quantise(x, bit_depth)
     if channels == 1:
         array = array[:, :, 0]
-    _atomic_write_bytes(path, imagecodecs.png_encode(array), overwrite=overwrite)
+    _atomic_write_bytes(path, _imagecodecs().png_encode(array), overwrite=overwrite)
 
 
 def _atomic_write_bytes(path: Path, payload: bytes, *, overwrite: bool = True) -> None:
@@ -628,7 +637,7 @@ class ImageFolderDataset(Dataset):
         x, _ = read_image(self.paths[index], max_pixels=self.max_pixels)
         gen = self._rng()
         if self.crop_size is not None:
-            x = _pad_to(x, *self.crop_size)
+            x = pad_to(x, *self.crop_size)
             ch, cw = self.crop_size
             top = int(torch.randint(0, x.shape[1] - ch + 1, (1,), generator=gen))
             left = int(torch.randint(0, x.shape[2] - cw + 1, (1,), generator=gen))
@@ -640,7 +649,7 @@ class ImageFolderDataset(Dataset):
         return x.contiguous()
 
 
-def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pad ``(C, H, W)`` symmetrically to at least ``height x width``, mirroring the image.
 
     Reflection needs a pad smaller than the side, so large pads are done in several rounds; a side
@@ -689,7 +698,7 @@ def sample_photos(cache_dir: str | os.PathLike[str] | None = None) -> list[Path]
         path = cache / f"{name}.png"
         if not path.exists():
             img = _np.ascontiguousarray(getattr(skimage.data, name)()[..., :3])
-            _atomic_write_bytes(path, imagecodecs.png_encode(img))
+            _atomic_write_bytes(path, _imagecodecs().png_encode(img))
         out.append(path)
     return out
 

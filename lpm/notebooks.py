@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from lpm.zoo import PROJECT_ROOT
+from lpm.paths import NOTEBOOK_DIR, PROJECT_ROOT
 
 __all__ = ["NOTEBOOK_DIR", "NOTEBOOK_ORDER", "NotebookFailed", "find_notebooks", "run_all"]
 
-NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 #: Run order: the claims table reads what the others recorded, so it goes last.
 NOTEBOOK_ORDER = ("rd_curves", "attention_maps", "savings", "rate_slider", "claims")
 

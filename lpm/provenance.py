@@ -5,15 +5,15 @@ from __future__ import annotations
 import functools
 import platform
 import subprocess
-from pathlib import Path
 
 import torch
 
 from lpm import __version__
+from lpm.paths import PROJECT_ROOT
 
 __all__ = ["git_commit", "environment"]
 
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = PROJECT_ROOT
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from lpm.checkpoints import LoadedCodec, load_codec
+from lpm.paths import CHECKPOINT_DIR, PROJECT_ROOT  # noqa: F401  (PROJECT_ROOT re-exported)
 from lpm.models import DEFAULT_RATES, CodecConfig, PromptConfig, PromptedCodec, TICCodec
 
 __all__ = ["CONFIGS", "CHECKPOINTS", "CheckpointEntry", "build", "checkpoint_path", "load", "CHECKPOINT_DIR"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINT_DIR = PROJECT_ROOT / "results" / "checkpoints"
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # TIC / Kao et al. size: N=128, M=192, Swin depths (2,4,6)/(6,4,2), window 8 (4 in the hyperprior).

@@ -221,7 +221,7 @@ def available_classical_codecs() -> list[str]:
 
 def classical_library_version(name: str) -> str | None:
     """Version string of the library behind codec ``name`` (e.g. ``"libjpeg_turbo 3.1.3/8.0"``), or ``None``."""
-    spec = _lookup_spec(name)
+    spec = lookup_spec(name)
     func = getattr(imagecodecs, spec.version_func, None)
     if func is None:
         return None
@@ -231,7 +231,7 @@ def classical_library_version(name: str) -> str | None:
         return None
 
 
-def _lookup_spec(name: str) -> _Spec:
+def lookup_spec(name: str) -> _Spec:
     key = str(name).lower().replace(" ", "").replace("-", "").replace("_", "")
     aliases = {"jpg": "jpeg", "jxl": "jpegxl", "j2k": "jpeg2000", "jpeg2k": "jpeg2000", "jp2": "jpeg2000"}
     key = aliases.get(key, key)
@@ -295,7 +295,7 @@ def evaluate_classical(
         RuntimeError: the codec is not available in this imagecodecs build (the reason is given), or a
             decoder returned an image of the wrong shape.
     """
-    spec = _lookup_spec(codec_name)
+    spec = lookup_spec(codec_name)
     if spec.name not in CLASSICAL_CODECS:
         raise RuntimeError(f"classical codec {spec.name!r} is unavailable: {UNAVAILABLE_CODECS[spec.name]}")
     codec = CLASSICAL_CODECS[spec.name]

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import pandas as pd
-import torch
 from torch import Tensor
 
 from lpm.models import PromptedCodec, TICCodec

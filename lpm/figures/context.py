@@ -24,6 +24,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from lpm.fsutil import atomic_write
+from lpm.jsonio import strict_json, write_json
+
 PathLike = Union[str, os.PathLike]
 
 #: Kodak has 24 images; the published anchors are means over all of them.
@@ -47,7 +50,7 @@ def results_dir(RESULTS_DIR: Optional[PathLike] = None, smoke: bool = False, ima
       for a folder of your own images;
     * else ``results/``.
     """
-    from lpm.zoo import PROJECT_ROOT
+    from lpm.paths import PROJECT_ROOT
 
     if RESULTS_DIR is not None and str(RESULTS_DIR) != "":
         out = Path(RESULTS_DIR).expanduser()
@@ -76,12 +79,10 @@ def _shrink_png(path: Path, max_bytes: int) -> None:
     with Image.open(path) as im:
         rgb = im.convert("RGB")
     pal = rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pal.save(tmp, format="PNG", optimize=True)
-    if tmp.stat().st_size < path.stat().st_size:
-        os.replace(tmp, path)
-    else:
-        tmp.unlink()
+    buf = io.BytesIO()
+    pal.save(buf, format="PNG", optimize=True)
+    if buf.tell() < path.stat().st_size:
+        atomic_write(path, buf.getvalue())
 
 
 def save_figure(fig: Figure, name: str, results_dir: Optional[PathLike] = None, *, dpi: int = 110,
@@ -176,28 +177,8 @@ def show(obj: Any) -> None:
         display(obj)
 
 
-def clean_numbers(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars/arrays → Python, non-finite floats → ``None``, paths → str."""
-    if isinstance(obj, Mapping):
-        return {str(k): clean_numbers(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [clean_numbers(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return clean_numbers(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, pd.DataFrame):
-        return clean_numbers(obj.to_dict(orient="records"))
-    return str(obj)
+#: JSON-safe copy of numbers (numpy/pandas/torch → Python, non-finite → ``None``): :func:`lpm.jsonio.strict_json`.
+clean_numbers = strict_json
 
 
 def record(notebook_name: str, numbers: Mapping[str, Any], results_dir: Optional[PathLike] = None, *,
@@ -243,17 +224,14 @@ def record(notebook_name: str, numbers: Mapping[str, Any], results_dir: Optional
     folder = out / "records"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{_safe(notebook_name)}.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, payload)
 
 
 def _keep_kodak_results(out: Path, images: Any, smoke: bool) -> Path:
     """``out``, unless it is the committed ``results/`` folder and ``images`` are not the 24 Kodak images:
     then :func:`results_dir`'s folder for them under ``results/cache/`` (with a warning), so that a record of
     other images never replaces a Kodak record."""
-    from lpm.zoo import PROJECT_ROOT
+    from lpm.paths import PROJECT_ROOT
 
     if images is None or isinstance(images, str) or _full_kodak(images) or \
             Path(out).resolve() != (PROJECT_ROOT / "results").resolve():

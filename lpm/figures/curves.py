@@ -192,9 +192,9 @@ def classical_curve(codec: str, images: Any, results_dir: PathLike, *, qualities
     """A classical codec measured live on ``images`` (cached as ``eval/classical-<codec>_<images>[_smoke].json``).
     Default sweep: the codec's own (3 qualities of it with ``smoke``)."""
     from lpm.eval import CLASSICAL_CODECS, evaluate_classical, save_results_json
-    from lpm.eval.classical import CLASSICAL_SETTINGS, _lookup_spec
+    from lpm.eval.classical import CLASSICAL_SETTINGS, lookup_spec
 
-    spec = _lookup_spec(codec)
+    spec = lookup_spec(codec)
     if spec.name not in CLASSICAL_CODECS:
         from lpm.eval import UNAVAILABLE_CODECS
 
@@ -229,11 +229,11 @@ def classical_curves(names: Sequence[str], images: Any, results_dir: PathLike, *
     """:func:`classical_curve` for each available codec in ``names``; also ``{name: reason}`` for those this
     imagecodecs build lacks (they are skipped, not an error)."""
     from lpm.eval import CLASSICAL_CODECS, UNAVAILABLE_CODECS
-    from lpm.eval.classical import _lookup_spec
+    from lpm.eval.classical import lookup_spec
 
     curves, skipped = [], {}
     for name in names:
-        key = _lookup_spec(name).name
+        key = lookup_spec(name).name
         if key not in CLASSICAL_CODECS:
             skipped[key] = UNAVAILABLE_CODECS.get(key, "unavailable")
             log(f"{key}: skipped ({skipped[key]})")

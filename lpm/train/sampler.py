@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from lpm.data import _pad_to, read_image
+from lpm.data import pad_to, read_image
 
 __all__ = ["CropSampler", "subset"]
 
@@ -58,7 +58,7 @@ class CropSampler:
 
     def _load(self, path: Path) -> Tensor:
         x, _ = read_image(path)
-        x = _pad_to(x, self.crop, self.crop)
+        x = pad_to(x, self.crop, self.crop)
         return torch.round(x * 255).to(torch.uint8).to(self.device)
 
     def __len__(self) -> int:
