@@ -254,36 +254,33 @@ def read_record(notebook_name: str, results_dir: PathLike) -> Optional[dict[str,
 @dataclass
 class Checkpoint:
     """One entry of ``CHECKPOINTS``: a zoo name, a checkpoint file, or a folder of per-rate files (the
-    separate-models baseline writes ``model-<λ>.safetensors``). ``models`` holds ``(model, info)`` pairs."""
+    separate-models baseline writes ``model-<λ>.safetensors``). ``models`` holds one
+    :class:`lpm.checkpoints.LoadedCodec` per file (each also unpacks as ``model, info``)."""
 
     spec: str
     label: str
-    models: list[tuple[Any, dict[str, Any]]]
+    models: list[Any]  # list[LoadedCodec], sorted by base rate
     separate: bool = False
 
     @property
     def model(self) -> Any:
-        return self.models[0][0]
+        return self.models[0].model
 
     @property
     def info(self) -> dict[str, Any]:
-        return self.models[0][1]
+        return self.models[0].info
 
     @property
     def kind(self) -> str:
-        if self.separate:
-            return "separate"
-        return str(self.info.get("kind", "unknown"))
+        return "separate" if self.separate else self.models[0].kind
 
     @property
     def budget(self) -> str:
-        budgets = list(dict.fromkeys((i.get("meta") or {}).get("budget") or "unknown (no budget recorded)"
-                                     for _, i in self.models))
-        return "; ".join(budgets)
+        return "; ".join(dict.fromkeys(m.budget or "unknown (no budget recorded)" for m in self.models))
 
     @property
     def sha256(self) -> str:
-        return ",".join(str(i.get("sha256", ""))[:12] for _, i in self.models)
+        return ",".join(m.sha256[:12] for m in self.models)
 
 
 def _label(spec: str, path: Optional[Path]) -> str:
@@ -297,26 +294,23 @@ def _label(spec: str, path: Optional[Path]) -> str:
 
 
 def load_checkpoint(spec: PathLike, device: str = "cpu") -> Checkpoint:
-    """Load a zoo name, a checkpoint file (any kind :func:`lpm.train.checkpoint.load_codec` reads) or a
+    """Load a zoo name, a checkpoint file (any kind :func:`lpm.checkpoints.load_codec` reads) or a
     folder of checkpoint files (one per rate: a separate-models curve)."""
     from lpm import zoo
 
     spec = str(spec)
     if spec in zoo.CHECKPOINTS:
-        model, info = zoo.load(spec, device=device)
-        return Checkpoint(spec, spec, [(model, info)], False)
+        return Checkpoint(spec, spec, [zoo.load(spec, device=device)], False)
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         if not files:
             raise FileNotFoundError(f"{path}: no *.safetensors checkpoint files in this folder")
-        models = [tuple(zoo.load(str(f), device=device)) for f in files]  # (model, info) pairs
-        models.sort(key=lambda mi: float(mi[1].get("base_rate", 0.0)))
-        separate = len(models) > 1 or (models[0][1].get("meta") or {}).get("kind") == "separate"
+        models = sorted((zoo.load(str(f), device=device) for f in files), key=lambda m: m.base_rate)
+        separate = len(models) > 1 or models[0].meta.get("kind") == "separate"
         return Checkpoint(spec, _label(spec, path), models, separate)
-    model, info = zoo.load(spec, device=device)
-    separate = (info.get("meta") or {}).get("kind") == "separate"
-    return Checkpoint(spec, _label(spec, path), [(model, info)], separate)
+    loaded = zoo.load(spec, device=device)
+    return Checkpoint(spec, _label(spec, path), [loaded], loaded.meta.get("kind") == "separate")
 
 
 @dataclass
