@@ -1,8 +1,9 @@
 """Training throughput (images/s) of the default-size codec: base training and prompt learning.
 
-Measures full optimizer steps (forward, RD loss, backward, Adam, aux step for the base) on random 256² crops
-already on the device, after warm-up, synchronising only at the ends of the timed window. Modes: eager and
-(``--compile``) torch.compile; bf16 autocast on CUDA.
+Measures full optimizer steps of the runner's :class:`lpm.train.step.TrainStep` (forward, RD loss, backward,
+gradient clipping, Adam, aux step for the base) on random 256² crops already on the device, after warm-up,
+synchronising only at the ends of the timed window. Modes: eager and (``--compile``) torch.compile; bf16
+autocast on CUDA.
 
     python bench/train_throughput.py                           # CUDA if present, else a short CPU run
     python bench/train_throughput.py --compile --json results/bench/train_throughput.json
@@ -21,7 +22,9 @@ import torch
 
 from lpm import zoo
 from lpm.provenance import environment
-from lpm.train.losses import RateDistortionLoss
+from lpm.train.progressive import prepare_prompt_stage
+from lpm.train.stages import RateForward
+from lpm.train.step import TrainStep, main_parameters
 
 
 def _measure(step, x: torch.Tensor, warmup: int, steps: int, device: torch.device) -> float:
@@ -58,27 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
     x = torch.rand(batch, 3, args.crop, args.crop, device=dev)
-    crit = RateDistortionLoss()
     rows = []
     modes = [False, True] if args.compile else [False]
     for compiled in modes:
         codec = zoo.build(args.config).to(dev)
         base = codec.base.requires_grad_(True).train()
-        main_p = [p for n, p in base.named_parameters() if not n.endswith("quantiles")]
-        opt = torch.optim.Adam(main_p, lr=1e-4)
-        aux = torch.optim.Adam([p for n, p in base.named_parameters() if n.endswith("quantiles")], lr=1e-3)
-        fwd = torch.compile(base) if compiled else base
-
-        def base_step(x):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-                out = fwd(x)
-            loss = crit(out, x)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            aux.zero_grad(set_to_none=True)
-            base.aux_loss().backward()
-            aux.step()
+        # the runner's step (lpm.train.step.TrainStep): RD loss, clip, Adam, and the aux step for the base
+        base_step = TrainStep(torch.compile(base) if compiled else base, main_parameters(base), lmbda=0.0483,
+                              lr=1e-4, aux=base, bf16=cuda, device_type=dev.type)
 
         t0 = time.perf_counter()
         ips = _measure(base_step, x, warmup, steps, dev)
@@ -86,19 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                      "warmup_and_compile_s": time.perf_counter() - t0 - steps * batch / ips})
 
         base.requires_grad_(False)
-        rate = codec.rates[0]
-        mod = codec.module(rate)
-        popt = torch.optim.Adam(mod.parameters(), lr=1e-3)
-        pf = torch.compile(lambda x: codec(x, rate)) if compiled else (lambda x: codec(x, rate))
         codec.train()
-
-        def prompt_step(x):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-                out = pf(x)
-            loss = crit(out, x, lmbda=rate)["loss"]
-            popt.zero_grad(set_to_none=True)
-            loss.backward()
-            popt.step()
+        rate = codec.rates[0]
+        params = prepare_prompt_stage(codec, rate, initialise=False)
+        fwd = RateForward(codec, rate)
+        prompt_step = TrainStep(torch.compile(fwd) if compiled else fwd, params, lmbda=rate, lr=1e-3, bf16=cuda,
+                                device_type=dev.type)
 
         t0 = time.perf_counter()
         ips = _measure(prompt_step, x, warmup, steps, dev)

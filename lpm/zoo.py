@@ -53,14 +53,16 @@ class CheckpointEntry:
 CHECKPOINTS: dict[str, CheckpointEntry] = {
     "tiny-smoke": CheckpointEntry(
         file="tiny-smoke.safetensors",
-        sha256="e7abb642fd4154ce340a6c27540465f2cdd4ba353e7e1a3480972ebc62b15948",
+        sha256="9f658838ca212761c880cc6a614d18c556285a58e83f4fc5952b8e89c16d14fc",
         config="tiny",
         budget=(
             "smoke checkpoint, NOT the paper's model or budget: tiny config + per-rate latent gain (beyond the "
-            "paper), 17.3 CPU-minutes (1 thread); base 2000 steps x 8 crops of 128px on 300 BSDS500 images; "
-            "prompts 300 steps/rate on 30 images"
+            "paper), trained with `lpm train` on the CPU (1 thread), 15.8 CPU-minutes; base 1000 steps x 8 crops "
+            "of 128px on 500 BSDS500 images (10.9 min); prompts 150 steps/rate x 5 rates x 8 crops of 128px on 50 "
+            "images (4.9 min); 14000 crops in all"
         ),
-        description="made by scripts/make_smoke_checkpoint.py --base-steps 2000 --prompt-steps 300",
+        description="made by scripts/make_smoke_checkpoint.py (lpm train: configs/tiny-smoke-base.yaml, then "
+        "configs/tiny-smoke-prompts.yaml from that base); both runs' ledgers are in its meta",
     ),
 }
 

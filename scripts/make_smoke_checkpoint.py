@@ -1,10 +1,21 @@
-"""Train the tiny *smoke* checkpoint on the CPU: a few minutes, for demos, the main job and notebooks.
+"""Train the tiny *smoke* checkpoint on the CPU with ``lpm train``, for demos, the main job and notebooks.
 
 This is NOT the paper's model or budget: the tiny config (~0.1 M parameters), BSDS500 crops, minutes of CPU.
 It exists so that the CLI, the round-trip job and the notebooks show real (if weak) compression before the
 GPU-trained checkpoints are shipped. Every place that shows its numbers prints its budget string.
 
-    python scripts/make_smoke_checkpoint.py --data-dir ../shared/data --minutes 6
+    OMP_NUM_THREADS=1 python scripts/make_smoke_checkpoint.py --data-dir /path/holding/bsds500
+
+A thin driver of the training runner (:class:`lpm.train.runner.Runner`, what ``lpm train`` runs):
+
+1. ``configs/tiny-smoke-base.yaml`` -> ``results/runs/tiny-smoke-base/model.safetensors``;
+2. ``configs/tiny-smoke-prompts.yaml`` with ``init:`` that base -> ``results/runs/tiny-smoke-prompts/``;
+3. the prompted checkpoint, re-saved with the same tensors to ``results/checkpoints/tiny-smoke.safetensors``
+   with a budget string built from both runs' ledgers (and both ledgers in its ``meta``); it prints the
+   sha256 and budget for the ``tiny-smoke`` entry of :data:`lpm.zoo.CHECKPOINTS`.
+
+Both runs are resumable: after an interruption, run the same command with ``--resume``. The run folders are
+not committed (``results/runs/`` is ignored); only the checkpoint is.
 """
 
 from __future__ import annotations
@@ -17,74 +28,83 @@ from pathlib import Path
 import torch
 
 from lpm import zoo
-from lpm.data import ImageFolderDataset, find_images, locate_dataset
-from lpm.train.checkpoint import save_codec
-from lpm.train.loops import infinite, progressive_order, train_base, train_prompt
+from lpm.checkpoints import load_codec, save_codec
+from lpm.train.ledger import totals
+from lpm.train.runner import Runner, load_config
+
+CONFIGS = zoo.PROJECT_ROOT / "configs"
+
+
+def _run(config: Path, args: argparse.Namespace, **overrides) -> tuple[Runner, list[Path]]:
+    cfg = load_config(config, out_dir=str(Path(args.runs_dir) / load_config(config).name), **overrides)
+    runner = Runner(cfg, data_dir=args.data_dir, device="cpu", progress=not args.no_progress)
+    written = runner.run(resume=args.resume)
+    if len(written) != len(runner.stages):
+        raise SystemExit(f"{cfg.name} stopped before its end; continue with --resume")
+    print(runner.budget_string(), flush=True)
+    return runner, written
+
+
+def _ledger(runner: Runner) -> list[dict]:
+    return [json.loads(line) for line in (runner.out / "ledger.jsonl").read_text().splitlines() if line.strip()]
+
+
+def budget(base: Runner, prompts: Runner, threads: int) -> str:
+    """The smoke budget line, from the two runs' ledgers."""
+    b, p = totals(_ledger(base)), totals(_ledger(prompts))
+    bd, pd, pc = base.cfg.data, prompts.cfg.data, prompts.cfg
+    n_rates = len(_ledger(prompts))
+    gain = " + per-rate latent gain (beyond the paper)" if pc.prompt.get("latent_gain") else ", prompts only"
+    return (
+        f"smoke checkpoint, NOT the paper's model or budget: tiny config{gain}, trained with `lpm train` on the "
+        f"CPU ({threads} thread{'s' if threads > 1 else ''}), {b['cpu_minutes'] + p['cpu_minutes']:.1f} CPU-minutes; "
+        f"base {base.cfg.steps} steps x {bd.batch} crops of {bd.crop}px on {len(base.stages[0].paths)} BSDS500 "
+        f"images ({b['cpu_minutes']:.1f} min); prompts {pc.steps} steps/rate x {n_rates} rates x {pd.batch} crops "
+        f"of {pd.crop}px on {len(prompts.stages[0].paths)} images ({p['cpu_minutes']:.1f} min); "
+        f"{b['crops'] + p['crops']} crops in all"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", help="directory holding bsds500/ (default: $LPM_DATA_DIR or data/)")
     ap.add_argument("--out", default=str(zoo.CHECKPOINT_DIR / "tiny-smoke.safetensors"))
-    ap.add_argument("--base-steps", type=int, default=3000)
-    ap.add_argument("--prompt-steps", type=int, default=400)
-    ap.add_argument("--crop", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--data-fraction", type=float, default=0.1, help="share of the images for prompt learning")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--no-latent-gain", dest="latent_gain", action="store_false",
-        help="prompts only (paper-faithful); by default the smoke model adds the per-rate latent gain, because "
-        "prompts alone barely move the rate in minutes of CPU training",
-    )
+    ap.add_argument("--base-config", default=str(CONFIGS / "tiny-smoke-base.yaml"))
+    ap.add_argument("--prompts-config", default=str(CONFIGS / "tiny-smoke-prompts.yaml"))
+    ap.add_argument("--runs-dir", default=str(zoo.PROJECT_ROOT / "results" / "runs"), help="where the run folders go")
+    ap.add_argument("--base-steps", type=int, help="override the base config's steps")
+    ap.add_argument("--prompt-steps", type=int, help="override the prompts config's steps (per rate)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the budget assumes)")
+    ap.add_argument("--resume", action="store_true", help="continue both runs where they stopped")
+    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
-    torch.manual_seed(args.seed)
-    root = locate_dataset("bsds500", args.data_dir)
-    images = find_images(root / "train") + find_images(root / "val")
-    g = torch.Generator().manual_seed(args.seed)
-    subset = [images[i] for i in torch.randperm(len(images), generator=g)[: max(1, int(len(images) * args.data_fraction))].tolist()]
-
-    def loader(paths):
-        ds = ImageFolderDataset(paths, crop_size=args.crop, hflip=True, vflip=True)
-        return infinite(torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=1))
-
-    from lpm.models import PromptConfig, PromptedCodec
-
-    tiny = zoo.build("tiny")
-    pcfg = PromptConfig.from_dict({**zoo.CONFIGS["tiny"]["prompt"], "latent_gain": args.latent_gain})
-    codec = PromptedCodec(tiny.base, tiny.rates, tiny.base_rate, pcfg)
-    log = lambda r: print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}), flush=True)  # noqa: E731
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    print(f"base: {len(images)} images, λ={codec.base_rate}, {args.base_steps} steps", flush=True)
-    train_base(codec.base, loader(images), args.base_steps, codec.base_rate, lr=1e-3, log=log, log_every=250)
-    t_base = time.perf_counter() - t0
-    codec.base.requires_grad_(False)
-    for rate, init in progressive_order(codec):
-        if init != codec.base_rate:
-            codec.module(rate).load_state_dict(codec.module(init).state_dict())
-        print(f"prompts: λ={rate} (from {init}), {len(subset)} images, {args.prompt_steps} steps", flush=True)
-        train_prompt(codec, rate, loader(subset), args.prompt_steps, lr=1e-3, log=log, log_every=100)
-    minutes = (time.perf_counter() - t0) / 60
-    budget = (
-        f"smoke checkpoint, NOT the paper's model or budget: tiny config"
-        f"{' + per-rate latent gain (beyond the paper)' if args.latent_gain else ', prompts only'}, CPU ({torch.get_num_threads()} threads), "
-        f"{minutes:.1f} min; base {args.base_steps} steps x {args.batch} crops of {args.crop}px on {len(images)} "
-        f"BSDS500 images ({t_base / 60:.1f} min); prompts {args.prompt_steps} steps/rate on {len(subset)} images"
-    )
+    base, (base_model,) = _run(Path(args.base_config), args, steps=args.base_steps)
+    prompts, written = _run(Path(args.prompts_config), args, steps=args.prompt_steps, init=str(base_model))
+    wall = (time.perf_counter() - t0) / 60
+
+    ck = load_codec(written[-1])
+    line = budget(base, prompts, args.threads)
     meta = {
-        "budget": budget,
+        **ck.meta,
+        "budget": line,
+        "ledger": _ledger(base) + _ledger(prompts),
+        "made_by": "scripts/make_smoke_checkpoint.py (lpm train: "
+                   f"{Path(args.base_config).name}, {Path(args.prompts_config).name})",
+        "runs": {"base": base.cfg.to_dict(), "prompts": prompts.cfg.to_dict()},
         "config": "tiny",
-        "latent_gain": args.latent_gain,
-        "cpu_minutes": round(minutes, 2),
-        "base_steps": args.base_steps,
-        "prompt_steps_per_rate": args.prompt_steps,
-        "batch": args.batch,
-        "crop": args.crop,
-        "prompt_images": [str(p.relative_to(root)) for p in subset],
+        "latent_gain": bool(prompts.cfg.prompt.get("latent_gain")),
+        "cpu_minutes": round(sum(r["cpu_minutes"] for r in _ledger(base) + _ledger(prompts)), 2),
+        "base_steps": base.cfg.steps,
+        "prompt_steps_per_rate": prompts.cfg.steps,
+        "batch": prompts.cfg.data.batch,
+        "crop": prompts.cfg.data.crop,
+        "prompt_images": [str(p.relative_to(prompts.data_root)) for p in prompts.stages[0].paths],
     }
-    sha = save_codec(args.out, codec.eval(), meta=meta)
-    print(f"wrote {args.out} sha256={sha}\n{budget}")
+    sha = save_codec(args.out, ck.model, meta=meta)
+    print(f"wrote {args.out} sha256={sha} ({wall:.1f} min wall)\n{line}")
     return 0
 
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from lpm.cli import main
-from lpm.train.checkpoint import load_codec
+from lpm.checkpoints import load_codec
 from lpm.train.runner import LEDGER_FIELDS, Runner, RunConfig, load_config
 from lpm.train.sampler import CropSampler, subset
 
@@ -58,9 +58,9 @@ def test_base_run_writes_model_log_ledger(tmp_path, data_dir):
     cfg = _cfg(tmp_path, data_dir)
     written = Runner(cfg, progress=False).run()
     assert [p.name for p in written] == ["model.safetensors"]
-    model, info = load_codec(written[0])
-    assert info["kind"] == "tic" and info["base_rate"] == 0.0483
-    assert "CPU-minutes" in info["meta"]["budget"] and "12 crops" in info["meta"]["budget"]
+    ck = load_codec(written[0])
+    assert ck.kind == "tic" and ck.base_rate == 0.0483
+    assert "CPU-minutes" in ck.budget and "12 crops" in ck.budget
     rows = _log(tmp_path / "run")
     assert [int(r["step"]) for r in rows] == list(range(1, 7))
     ledger = [json.loads(l) for l in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
@@ -79,7 +79,7 @@ def test_resume_after_kill_continues_exactly(tmp_path, data_dir, monkeypatch, ki
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "kill"
     Runner(_cfg(tmp_path, data_dir, out_dir=str(ref_dir), kind=kind), progress=False).run()
     ref_log = _log(ref_dir)
-    ref_w = load_codec(ref_dir / "model.safetensors")[0].state_dict()
+    ref_w = load_codec(ref_dir / "model.safetensors").model.state_dict()
 
     real_next = CropSampler.next
     calls = {"n": 0}
@@ -101,7 +101,7 @@ def test_resume_after_kill_continues_exactly(tmp_path, data_dir, monkeypatch, ki
     # the kill and again after resuming from step 3)
     after = {int(r["step"]): r["loss"] for r in got[-3:]}
     assert after == {int(r["step"]): r["loss"] for r in ref_log[3:]}
-    w = load_codec(kill_dir / "model.safetensors")[0].state_dict()
+    w = load_codec(kill_dir / "model.safetensors").model.state_dict()
     assert all(torch.equal(ref_w[k], w[k]) for k in ref_w)
 
 
@@ -130,9 +130,10 @@ def test_prompt_run_is_progressive_on_a_recorded_subset_and_keeps_base(tmp_path,
                                                  "fraction": 0.25},
     )
     written = Runner(cfg, progress=False).run()
-    model, info = load_codec(written[0])
-    assert info["kind"] == "prompted" and model.rates == [0.0067, 0.013, 0.0483]
-    base, _ = load_codec(base_ckpt)
+    ck = load_codec(written[0])
+    model = ck.model
+    assert ck.kind == "prompted" and model.rates == [0.0067, 0.013, 0.0483]
+    base = load_codec(base_ckpt).model
     assert all(torch.equal(v, model.base.state_dict()[k]) for k, v in base.state_dict().items())
     chosen = (tmp_path / "prompts" / "subset.txt").read_text().split()
     assert len(chosen) == 5  # 25 % of 20 images, recorded
@@ -160,8 +161,7 @@ def test_separate_run_writes_one_model_per_rate(tmp_path, data_dir):
                rates=[0.013, 0.0483], steps=2, out_dir=str(tmp_path / "sep"))
     written = Runner(cfg, progress=False).run()
     assert [p.name for p in written] == ["model-0.013.safetensors"]
-    _, info = load_codec(written[0])
-    assert info["base_rate"] == 0.013
+    assert load_codec(written[0]).base_rate == 0.013
 
 
 def test_cli_train_and_config_file(tmp_path, data_dir, capsys):
@@ -212,8 +212,9 @@ def test_variable_rate_baseline_runs(tmp_path, data_dir, kind):
     cfg = _cfg(tmp_path, data_dir, kind=kind, init=str(base_dir / "model.safetensors"),
                rates=[0.0035, 0.013, 0.0483], steps=3, out_dir=str(tmp_path / kind))
     written = Runner(cfg, progress=False).run()
-    model, info = load_codec(written[0])
-    assert info["kind"] == kind and model.rates == [0.0035, 0.013, 0.0483]
+    ck = load_codec(written[0])
+    model = ck.model
+    assert ck.kind == kind and model.rates == [0.0035, 0.013, 0.0483]
     x = torch.rand(1, 3, 40, 48)
     c = model.compress(x, 0.007)
     y = model.decompress(c["strings"], c["shape"], 0.007, size=(40, 48))["x_hat"]

@@ -1,16 +1,28 @@
-"""Training-smoke tests: the RD loss goes down, prompts move the real rate, the base stays bit-identical."""
+"""Training-smoke tests of the one training engine on synthetic in-memory batches: the stages the stage table
+builds (the objects ``lpm train`` trains), prepared as the runner prepares them and trained with the runner's
+:class:`TrainStep`. The RD loss goes down, prompts move the real rate, the base stays bit-identical, only the
+module's parameters reach the optimizer, and the progressive plan steps one notch at a time from trained
+neighbours. (The runner itself, on image folders: tests/test_runner.py.)"""
 
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import pytest
 import torch
 
 from lpm import zoo
-from lpm.models import PromptConfig, PromptedCodec
-from lpm.train.loops import infinite, progressive_order, train_base, train_prompt, train_progressive
+from lpm.models import PromptedCodec, TICCodec
+from lpm.train.config import RunConfig
 from lpm.train.losses import RateDistortionLoss, bpp_from_likelihoods
+from lpm.train.progressive import check_base_frozen, prepare_prompt_stage, progressive_order
+from lpm.train.stages import STAGE_KINDS, Stage, StageContext, ladder
+from lpm.train.step import TrainStep, lr_at
+
+# one intra-op thread for the whole module (the fixture's 400 steps too): tiny models on a busy two-core
+# machine run many times slower with two threads, and the byte counts must not depend on the thread count
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def _images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -22,7 +34,7 @@ def _images(n: int, size: int, seed: int) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def _batches(seed: int, batch: int = 4, size: int = 64):
+def _batches(seed: int, batch: int = 4, size: int = 64) -> Iterator[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     pool = _images(32, size, seed)
     while True:
@@ -30,11 +42,31 @@ def _batches(seed: int, batch: int = 4, size: int = 64):
         yield pool[idx]
 
 
+def _stages(kind: str, base: TICCodec, **cfg) -> list[Stage]:
+    """The stages ``lpm train`` builds for a ``kind`` run of the tiny config starting from ``base``."""
+    run = RunConfig(name="test", kind=kind, model="tiny", init="in memory" if kind == "prompts" else None, **cfg)
+    return STAGE_KINDS[kind].build(StageContext(run, base, ladder(run), [], torch.device("cpu")))
+
+
+def _train(stage: Stage, batches: Iterator[torch.Tensor], steps: int, lr: float) -> list[float]:
+    """A stage as the runner trains it (prepared afresh, one :class:`TrainStep` per step, no lr drops), on
+    in-memory batches; the per-step losses."""
+    stage.prepare(True)
+    stage.model.train()
+    step = TrainStep(stage.forward, stage.params, lmbda=stage.rate, lr=lr, aux=stage.aux)
+    losses = torch.stack([step(next(batches))["loss"] for _ in range(steps)]).tolist()  # one host sync
+    stage.model.eval()
+    (stage.aux or stage.model.base).update(force=True)
+    return losses
+
+
 @pytest.fixture(scope="module")
 def trained_base() -> PromptedCodec:
     torch.manual_seed(0)
     codec = zoo.build("tiny", base_rate=0.0483)
-    train_base(codec.base, _batches(0), steps=400, lmbda=0.0483, lr=2e-3, log_every=1000)
+    (base_stage,) = _stages("base", codec.base, lmbda=0.0483)
+    _train(base_stage, _batches(0), steps=400, lr=2e-3)
+    codec.base.requires_grad_(False)  # as a prompted codec holds it
     return codec
 
 
@@ -57,44 +89,56 @@ def test_rd_loss_matches_definition():
         RateDistortionLoss(metric="l1")
 
 
-def test_base_loss_decreases():
+def test_lr_schedule_drops_by_ten():
+    assert [lr_at(s, lr=1.0, steps=10, drops=[0.8, 0.95]) for s in (1, 8, 9, 10)] == [1.0, 1.0, 0.1, 0.1 * 0.1]
+
+
+def test_base_loss_decreases_and_prompt_stages_refuse_an_unfrozen_base():
     torch.manual_seed(1)
     codec = zoo.build("tiny")
-    hist = train_base(codec.base, _batches(1), steps=60, lmbda=0.0483, lr=2e-3, log_every=10)
-    first, last = hist[0]["loss"], sum(h["loss"] for h in hist[-2:]) / 2
-    assert last < 0.7 * first, hist
-    # the base is frozen again after pretraining, as the prompted codec wants it
-    assert not any(p.requires_grad for p in codec.base.parameters())
+    (stage,) = _stages("base", codec.base, lmbda=0.0483)
+    assert stage.aux is codec.base and not any(p is codec.base.entropy_bottleneck.quantiles for p in stage.params)
+    quantiles = codec.base.entropy_bottleneck.quantiles.detach().clone()
+    losses = _train(stage, _batches(1), steps=60, lr=2e-3)
+    first, last = losses[9], (losses[49] + losses[59]) / 2  # as logged every 10 steps
+    assert last < 0.7 * first, losses
+    assert not torch.equal(quantiles, codec.base.entropy_bottleneck.quantiles)  # the aux step trained them
+    # prompt learning wants the trained base frozen: a prompted codec freezes it, and every stage checks it
+    prompts = _stages("prompts", codec.base)
+    prompts[0].prepare(True)
+    next(codec.base.parameters()).requires_grad_(True)
+    with pytest.raises(RuntimeError, match="frozen"):
+        prompts[1].prepare(True)
+    with pytest.raises(RuntimeError, match="frozen"):
+        check_base_frozen(prompts[0].model)
 
 
 @pytest.mark.parametrize("latent_gain", [False, True])
-def test_prompts_move_real_rate_down_and_base_is_untouched(trained_base, latent_gain, torch_single_thread):
+def test_prompts_move_real_rate_down_and_base_is_untouched(trained_base, latent_gain):
     """Training a prompt module for a lower rate lowers that rate's RD objective below the frozen base's,
     leaves the base bit-identical, and (with the per-rate latent gain) shrinks the real bytes.
 
     Prompts alone move the real rate very little in a few steps — the risk MISSION.md describes; measured
     here about ±1 % of the bytes, within numerical noise, so only the objective is asserted for them. The
     optional latent gain moves the bytes by about −14 %."""
-    # torch_single_thread: the byte counts below must not depend on the thread count
-    codec = PromptedCodec(
-        trained_base.base, trained_base.rates, 0.0483, PromptConfig(enc_channels=8, dec_channels=8, latent_gain=latent_gain)
-    )
+    torch.manual_seed(2)
+    stages = {s.rate: s for s in _stages("prompts", trained_base.base, prompt={"latent_gain": latent_gain})}
+    codec = stages[0.0018].model
     x = _images(2, 96, seed=123)
     crit = RateDistortionLoss()
     before = {k: v.clone() for k, v in codec.base.state_dict().items()}
     bytes_base = _real_bytes(codec, x, 0.0483)
     with torch.no_grad():
         loss_base = crit(codec(x, 0.0483), x, lmbda=0.0018)["loss"].item()
-    hist = train_prompt(codec, 0.0018, _batches(2), steps=150, lr=1e-2, log_every=1000)
-    assert math.isfinite(hist[-1]["loss"])
+    losses = _train(stages[0.0018], _batches(2), steps=150, lr=1e-2)
+    assert math.isfinite(losses[-1])
     after = codec.base.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "base weights changed during prompt learning"
     with torch.no_grad():
         loss_prompted = crit(codec(x, 0.0018), x, lmbda=0.0018)["loss"].item()
-    print(f"latent_gain={latent_gain}: RD loss {loss_base:.4f} -> {loss_prompted:.4f}; bytes {bytes_base} -> "
-          f"{_real_bytes(codec, x, 0.0018)}")
-    assert loss_prompted < 0.97 * loss_base, (loss_prompted, loss_base)
     bytes_low = _real_bytes(codec, x, 0.0018)
+    print(f"latent_gain={latent_gain}: RD loss {loss_base:.4f} -> {loss_prompted:.4f}; bytes {bytes_base} -> {bytes_low}")
+    assert loss_prompted < 0.97 * loss_base, (loss_prompted, loss_base)
     if latent_gain:
         assert bytes_low < 0.95 * bytes_base, (bytes_low, bytes_base)
     # prompts off => exactly the base again
@@ -102,7 +146,8 @@ def test_prompts_move_real_rate_down_and_base_is_untouched(trained_base, latent_
 
 
 def test_only_prompt_parameters_are_optimised(trained_base, monkeypatch):
-    codec = trained_base
+    stage = next(s for s in _stages("prompts", trained_base.base) if s.rate == 0.013)
+    codec = stage.model
     seen = []
     real_adam = torch.optim.Adam
 
@@ -112,9 +157,10 @@ def test_only_prompt_parameters_are_optimised(trained_base, monkeypatch):
         return real_adam(params, **kw)
 
     monkeypatch.setattr(torch.optim, "Adam", spy)
-    train_prompt(codec, 0.013, _batches(3), steps=2, lr=1e-3)
+    _train(stage, _batches(3), steps=2, lr=1e-3)
     own = {id(p) for p in codec.module(0.013).parameters()}
-    assert seen == [own]
+    assert seen == [own]  # one optimizer (no aux step: the base's quantiles are frozen too), this module only
+    assert {id(p) for p in codec.parameters() if p.requires_grad} == own
     base_ids = {id(p) for p in codec.base.parameters()}
     assert not (seen[0] & base_ids)
 
@@ -127,30 +173,45 @@ def test_progressive_order_steps_one_notch_at_a_time():
     mid = zoo.build("tiny", base_rate=0.0067)
     plan = dict(progressive_order(mid))
     assert plan[0.013] == 0.0067 and plan[0.0035] == 0.0067 and plan[0.0483] == 0.025 and plan[0.0018] == 0.0035
+    # the runner's prompt stages follow the plan
+    assert [s.name for s in _stages("prompts", codec.base)] == [f"prompt-{r:g}" for r, _ in progressive_order(codec)]
 
 
 def test_progressive_initialises_from_neighbour():
     torch.manual_seed(4)
-    codec = zoo.build("tiny", base_rate=0.0483)
-    codec.rates  # 6 rates; train 1 step each and check the copy happened before training
-    snapshots = {}
-    real = train_prompt
+    stages = _stages("prompts", zoo.build("tiny", base_rate=0.0483).base)
+    codec = stages[0].model
+    data = _batches(5, batch=1, size=64)
 
-    def record(c, rate, data, steps, lr=1e-3, **kw):
-        snapshots[rate] = {k: v.clone() for k, v in c.module(rate).state_dict().items()}
-        return real(c, rate, data, steps, lr, **kw)
+    def weights(rate: float) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in codec.module(rate).state_dict().items()}
 
-    import lpm.train.loops as loops
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
 
-    orig = loops.train_prompt
-    loops.train_prompt = record
-    try:
-        train_progressive(codec, _batches(5, batch=1, size=64), steps_per_rate=1, lr=1e-3)
-    finally:
-        loops.train_prompt = orig
-    after_025 = codec.module(0.025).state_dict()
-    # λ=0.013 started from the *trained* λ=0.025 module
-    assert all(torch.equal(snapshots[0.013][k], after_025[k]) for k in after_025)
+    started, trained = {}, {}
+    for stage in stages:  # 1 step each; record each module as its stage starts (after preparation) and ends
+        real_prepare = stage.prepare
+
+        def prepare(fresh: bool, rate: float = stage.rate, real=real_prepare) -> None:
+            real(fresh)
+            started[rate] = weights(rate)
+
+        stage.prepare = prepare
+        _train(stage, data, steps=1, lr=1e-3)
+        trained[stage.rate] = weights(stage.rate)
+    # λ=0.013 started from the *trained* λ=0.025 module (which its one step did change)
+    assert same(started[0.013], trained[0.025]) and not same(started[0.025], trained[0.025])
+    assert same(started[0.0018], trained[0.0035])
+    # a stage resumed part-way keeps its own weights; a fresh start copies the neighbour's again
+    with torch.no_grad():
+        for p in codec.module(0.0035).parameters():
+            p.add_(1.0)
+    kept = weights(0.0035)
+    prepare_prompt_stage(codec, 0.0035, initialise=False)
+    assert same(weights(0.0035), kept)
+    prepare_prompt_stage(codec, 0.0035)
+    assert same(weights(0.0035), weights(0.0067))
 
 
 def test_ms_ssim_loss_variant():

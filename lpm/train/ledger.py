@@ -1,0 +1,73 @@
+"""Budget records: one per finished stage, in a run's ``ledger.jsonl`` and in its checkpoints' ``meta``.
+
+:func:`stage_record` makes a record (fields :data:`LEDGER_FIELDS`), :func:`append_record` adds it to the
+file, :func:`totals` adds records up and :func:`budget_string` states a run's budget in one line (what
+``lpm train`` prints and checkpoints carry). :mod:`lpm.eval.savings` reads the records back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+
+from lpm.provenance import environment
+
+__all__ = ["LEDGER_FIELDS", "stage_record", "append_record", "totals", "budget_string"]
+
+#: One budget record per finished stage (``ledger.jsonl``), read by :mod:`lpm.eval.savings`.
+LEDGER_FIELDS = (
+    "run", "kind", "model", "rate", "steps", "batch", "crop", "images_in_set", "images_seen",
+    "crops_seen", "gpu_minutes", "cpu_minutes", "device", "world_size",
+)
+
+
+def stage_record(
+    *, run: str, kind: str, model: str, rate: Optional[float], steps: int, batch: int, crop: int,
+    images_in_set: int, images_seen: int, minutes: float, device: torch.device, world_size: int,
+) -> dict[str, Any]:
+    """The record of a finished stage; ``minutes`` is wall time × processes, booked as GPU or CPU minutes
+    by the device."""
+    on_gpu = device.type == "cuda"
+    return {
+        "run": run, "kind": kind, "model": model, "rate": rate, "steps": steps, "batch": batch, "crop": crop,
+        "images_in_set": images_in_set, "images_seen": images_seen, "crops_seen": steps * batch * world_size,
+        "gpu_minutes": minutes if on_gpu else 0.0, "cpu_minutes": 0.0 if on_gpu else minutes,
+        "device": environment(device)["device"], "world_size": world_size,
+    }
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def totals(records: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """``minutes`` (GPU + CPU), ``gpu_minutes``, ``cpu_minutes``, ``steps`` and ``crops`` of the records."""
+    out = {"minutes": 0.0, "gpu_minutes": 0.0, "cpu_minutes": 0.0, "steps": 0, "crops": 0}
+    for r in records:
+        out["gpu_minutes"] += r["gpu_minutes"]
+        out["cpu_minutes"] += r["cpu_minutes"]
+        out["steps"] += int(r.get("steps") or 0)
+        out["crops"] += r["crops_seen"]
+    out["minutes"] = out["gpu_minutes"] + out["cpu_minutes"]
+    return out
+
+
+def budget_string(
+    records: Iterable[dict[str, Any]], *, run: str, kind: str, on_gpu: bool, world_size: int, crop: int,
+    data_set: str, live: Optional[tuple[str, int, int, float, int]] = None,
+) -> str:
+    """One line: the run's minutes and crops so far. ``live``: ``(stage, step, steps, minutes, crops)`` of a
+    stage stopped before its end, added and named."""
+    t = totals(records)
+    minutes, crops, partial = t["minutes"], t["crops"], ""
+    if live is not None:
+        name, step, steps, live_minutes, live_crops = live
+        minutes += live_minutes
+        crops += live_crops
+        partial = f" (stopped at step {step} of {steps} in stage {name})"
+    return (f"{kind} run '{run}': {minutes:.2f} {'GPU' if on_gpu else 'CPU'}-minutes x {world_size} process(es), "
+            f"{crops} crops of {crop}px from {data_set}{partial}")

@@ -1,0 +1,78 @@
+"""Training progress: ``log.csv`` rows and the progress bar, with one host sync per logging interval.
+
+:class:`StageLog` adds each step's detached losses on the device and, every ``log_every`` steps and at the
+stage's last step, copies their mean to the host once, writes a row (:data:`LOG_COLUMNS`) and updates the
+bar. Only rank 0 writes (``path=None`` elsewhere).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["LOG_COLUMNS", "StageLog"]
+
+LOG_COLUMNS = ("stage", "rate", "step", "loss", "bpp", "psnr", "lr", "img_per_s", "elapsed_min")
+
+
+class StageLog:
+    """Log of one stage (a context manager). ``images_per_step``: batch × processes, for img/s."""
+
+    def __init__(
+        self, path: Optional[Path], stage: str, rate: Optional[float], *, steps: int, start: int, log_every: int,
+        images_per_step: int, device: torch.device, bar: bool = False,
+    ) -> None:
+        self.stage, self.rate, self.steps, self.every = stage, rate, steps, log_every
+        self.images_per_step = images_per_step
+        self.file = self.writer = self.bar = None
+        if path is not None:
+            new = not path.exists()
+            self.file = open(path, "a", newline="")
+            self.writer = csv.writer(self.file)
+            if new:
+                self.writer.writerow(LOG_COLUMNS)
+        if bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=steps, initial=start, desc=stage, dynamic_ncols=True)
+        self.acc = torch.zeros(3, device=device)
+        self.n = 0
+        self.t_last = time.perf_counter()
+
+    def update(self, step: int, losses: dict[str, Tensor], lr: float, elapsed_s: float) -> None:
+        """After ``step`` (1-based): add its losses; at a logging step write the interval's mean."""
+        self.acc += torch.stack([losses["loss"], losses["bpp_loss"], losses["mse_loss"]])
+        self.n += 1
+        if step % self.every == 0 or step == self.steps:
+            loss, bpp, mse = (self.acc / self.n).tolist()  # the one host sync per log interval
+            now = time.perf_counter()
+            ips = self.n * self.images_per_step / max(now - self.t_last, 1e-9)
+            psnr = 10 * math.log10(1 / max(mse, 1e-12))
+            if self.writer:
+                self.writer.writerow([self.stage, self.rate, step, f"{loss:.5f}", f"{bpp:.5f}", f"{psnr:.3f}",
+                                      f"{lr:.3g}", f"{ips:.1f}", f"{elapsed_s / 60:.3f}"])
+                self.file.flush()
+            if self.bar:
+                self.bar.set_postfix(loss=f"{loss:.4f}", bpp=f"{bpp:.4f}", psnr=f"{psnr:.2f}", ips=f"{ips:.0f}")
+            self.acc.zero_()
+            self.n, self.t_last = 0, now
+        if self.bar:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+        if self.file:
+            self.file.close()
+
+    def __enter__(self) -> "StageLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,240 @@
+"""The training state (``state.pt``): what a run saves to resume exactly, and the checks before resuming.
+
+A state is a flat dict of tensors, numbers, strings and plain state dicts (:data:`STATE_FIELDS` plus
+``format``), saved atomically with ``torch.save`` and read with ``torch.load(weights_only=True)`` (never
+unpickling code). Resuming trusts nothing in it: :func:`read_state` checks every field and the config
+against the run's, :func:`check_state_fits` the model and optimizer states against the run's stages; any
+failure is a :class:`TrainingStateError` (a ``ValueError``) naming the file, raised before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from lpm.fsutil import atomic_save
+from lpm.train.stages import Stage
+from lpm.train.step import TrainStep, quantile_parameters
+
+if TYPE_CHECKING:
+    from lpm.train.config import RunConfig
+    from lpm.train.sampler import CropSampler
+
+__all__ = ["STATE_FORMAT", "STATE_FIELDS", "TrainingStateError", "training_state", "save_state", "read_state",
+           "check_state_fits", "restore_state"]
+
+#: Version of the state layout; a state of another version is refused (no conversion).
+STATE_FORMAT = 1
+#: The fields of a state (besides ``format``) and their types.
+STATE_FIELDS: dict[str, Any] = {
+    "config": str, "stage": int, "step": int, "elapsed": (int, float), "stage_start": (int, float),
+    "ledger": str, "model": dict, "optimizer": dict, "aux_optimizer": dict, "sampler": dict,
+    "torch_rng": Tensor, "cuda_rng": Tensor, "finished_models": str, "rate_generator": Tensor,
+}
+#: Config keys that may change between a run and its resumption.
+VOLATILE = frozenset({"max_minutes", "checkpoint_every", "log_every", "out_dir"})
+
+
+class TrainingStateError(ValueError):
+    """A ``state.pt`` that cannot be resumed (foreign, truncated, empty, garbage or of another run), or an
+    out_dir whose outputs a run would overwrite. Nothing is written when it is raised."""
+
+
+def training_state(
+    cfg: "RunConfig", *, stage: int, step: int, elapsed: float, stage_start: float, ledger: list[dict],
+    finished: list[str], device: torch.device, model: Optional[nn.Module], train_step: Optional[TrainStep],
+    sampler: Optional["CropSampler"], rate_generator: Optional[torch.Generator],
+) -> dict[str, Any]:
+    """The state after ``step`` steps of stage ``stage``. ``model=None`` leaves the model out (the next stage
+    starts from what is on disk); ``train_step``/``sampler`` are ``None`` at a stage boundary."""
+    opts = train_step.state_dict() if train_step is not None else {"optimizer": {}, "aux_optimizer": {}}
+    return {
+        "format": STATE_FORMAT,
+        "config": json.dumps(cfg.to_dict()),
+        "stage": stage,
+        "step": step,
+        "elapsed": elapsed,
+        "stage_start": stage_start,
+        "ledger": json.dumps(ledger),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()} if model is not None else {},
+        **opts,
+        "sampler": sampler.state_dict() if sampler is not None else {},
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
+        "finished_models": json.dumps(finished),
+        "rate_generator": rate_generator.get_state() if rate_generator is not None else torch.empty(0, dtype=torch.uint8),
+    }
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` atomically (readers see the old state or the new one, never a part)."""
+    atomic_save(path, lambda tmp: torch.save(state, tmp))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+
+
+def _is_rng_state(t: Any, like: Tensor) -> bool:
+    return isinstance(t, Tensor) and t.dtype == torch.uint8 and t.dim() == 1 and t.numel() == like.numel()
+
+
+def _check_optimizer_state(sd: Any, fresh: torch.optim.Optimizer, params: list[nn.Parameter]) -> Optional[str]:
+    """Why ``sd`` is not an optimizer state for ``fresh`` (same groups, settings and parameter shapes), or None."""
+    if not isinstance(sd, dict) or set(sd) != {"state", "param_groups"}:
+        return "not an optimizer state"
+    ref = fresh.state_dict()["param_groups"]
+    groups = sd["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(ref):
+        return "optimizer parameter groups do not match"
+    ids: list[Any] = []
+    for g, r in zip(groups, ref):
+        if not isinstance(g, dict) or not isinstance(g.get("params"), list) or len(g["params"]) != len(r["params"]):
+            return "optimizer parameter groups do not match"
+        # settings both torch versions know must be this run's (lr is set every step)
+        if any(g[k] != r[k] for k in set(g) & set(r) if k not in ("params", "lr", "initial_lr")):
+            return "optimizer settings differ from this run's"
+        ids += g["params"]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or len(set(ids)) != len(ids):
+        return "optimizer parameter ids are not distinct integers"
+    shape_of = dict(zip(ids, (tuple(p.shape) for p in params)))
+    if not isinstance(sd["state"], dict):
+        return "optimizer state is not a mapping"
+    for pid, st in sd["state"].items():
+        if pid not in shape_of or not isinstance(st, dict):
+            return "optimizer state names unknown parameters"
+        for k, v in st.items():
+            if k == "step":
+                ok = isinstance(v, Tensor) and v.numel() == 1 and bool(torch.isfinite(v).all()) and float(v) >= 0
+            elif k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                ok = isinstance(v, Tensor) and v.is_floating_point() and tuple(v.shape) == shape_of[pid]
+            else:
+                ok = False
+            if not ok:
+                return f"optimizer state {k!r} of parameter {pid} does not fit"
+    return None
+
+
+def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
+    """The training state at ``path`` read safely and checked field by field against ``cfg`` (not yet against
+    the model: :func:`check_state_fits`); ``None`` if there is none."""
+    if not path.exists() and not path.is_symlink():
+        return None
+
+    def bad(why: str) -> TrainingStateError:
+        return TrainingStateError(f"{path}: {why}; nothing was changed")
+
+    if not path.is_file():
+        raise bad("not a regular file")
+    try:
+        if path.stat().st_size == 0:
+            raise bad("empty file, not an lpm training state")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except TrainingStateError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- unpickling refused, truncated zip, garbage: all one answer
+        raise bad(f"not a readable lpm training state ({_one_line(e)})") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise bad("not an lpm training state")
+    if state["format"] != STATE_FORMAT:
+        raise bad(f"training-state format {str(state['format'])[:20]} is not {STATE_FORMAT}")
+    for k, kind in STATE_FIELDS.items():
+        if k not in state or not isinstance(state[k], kind) or isinstance(state[k], bool):
+            raise bad(f"field {k!r} is missing or of the wrong type")
+    try:
+        saved = json.loads(state["config"])
+        ledger = json.loads(state["ledger"])
+        finished = json.loads(state["finished_models"])
+    except (ValueError, RecursionError):
+        raise bad("its config, ledger or model list is not valid JSON") from None
+    if not isinstance(saved, dict):
+        raise bad("its config is not a mapping")
+    numbers = ("gpu_minutes", "cpu_minutes", "crops_seen")
+    if not isinstance(ledger, list) or not all(
+        isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                    and math.isfinite(r[k]) and r[k] >= 0 for k in numbers)
+        for r in ledger
+    ):
+        raise bad("its ledger is not a list of budget records")
+    if not isinstance(finished, list) or not all(isinstance(f, str) for f in finished):
+        raise bad("its list of written models is not a list of paths")
+    if not (math.isfinite(state["elapsed"]) and math.isfinite(state["stage_start"])
+            and 0 <= state["stage_start"] <= state["elapsed"]):
+        raise bad("its elapsed times are not 0 <= stage start <= elapsed")
+    now = cfg.to_dict()
+    diff = sorted(k for k in now if k not in VOLATILE and saved.get(k) != now[k])
+    if diff:
+        raise TrainingStateError(f"{path}: cannot resume, the config changed in {diff}")
+    if not 0 <= state["step"] <= cfg.steps:
+        raise bad(f"step {state['step']} is outside 0..{cfg.steps}")
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state["model"].items()):
+        raise bad("its model state is not a mapping of names to tensors")
+    if not _is_rng_state(state["torch_rng"], torch.get_rng_state()):
+        raise bad("its random-number state does not fit this torch")
+    gen = torch.Generator().get_state()
+    if state["rate_generator"].numel() and not _is_rng_state(state["rate_generator"], gen):
+        raise bad("its rate-sampler state does not fit this torch")
+    if state["sampler"] and (set(state["sampler"]) != {"generator"}
+                             or not _is_rng_state(state["sampler"]["generator"], gen)):
+        raise bad("its crop-sampler state does not fit this torch")
+    return state
+
+
+def check_state_fits(path: Path, state: dict, stages: list[Stage]) -> None:
+    """Check (and load) the model and optimizer states of the stage to resume, before anything is written."""
+
+    def bad(why: str) -> TrainingStateError:
+        return TrainingStateError(f"{path}: {why}; nothing was changed")
+
+    first, step = int(state["stage"]), int(state["step"])
+    if not 0 <= first <= len(stages):
+        raise bad(f"stage {first} is outside 0..{len(stages)}")
+    if first == len(stages):
+        return
+    stage = stages[first]
+    if step > 0 and not (state["optimizer"] and state["sampler"] and state["torch_rng"].numel()):
+        raise bad(f"it stops inside stage {stage.name} (step {step}) but holds no optimizer or sampler state")
+    if state["model"]:
+        try:
+            # models of finished stages of a multi-model run are already on disk; the current stage's
+            # model (for prompts: the whole codec, holding every finished module) comes from the state
+            stage.model.load_state_dict(state["model"])
+        except Exception as e:  # noqa: BLE001 -- any mismatch is this file's fault, not a bug
+            raise bad(f"its model does not fit this run's ({_one_line(e)})") from None
+        floats = [v for v in state["model"].values() if v.is_floating_point()]
+        if not all(bool(torch.isfinite(v).all()) for v in floats):
+            raise bad("its model holds NaN or infinity")
+    if step > 0:
+        why = _check_optimizer_state(state["optimizer"], torch.optim.Adam(stage.params, lr=1.0), stage.params)
+        if why is None and stage.aux is not None and state["aux_optimizer"]:
+            aux = quantile_parameters(stage.aux)
+            why = _check_optimizer_state(state["aux_optimizer"], torch.optim.Adam(aux, lr=1.0), aux)
+        if why is not None:
+            raise bad(why)
+
+
+def restore_state(
+    path: Path, state: dict, *, train_step: TrainStep, sampler: "CropSampler",
+    rate_generator: Optional[torch.Generator], device: torch.device,
+) -> int:
+    """Load a (checked) ``state`` into the stage's random generators and, part-way through a stage, its
+    optimizers and samplers; returns the step to continue after."""
+    try:
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state["cuda_rng"].numel():
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        step = int(state["step"])
+        if step > 0:
+            train_step.load_state_dict(state)
+            sampler.load_state_dict(state["sampler"])
+            if rate_generator is not None and state["rate_generator"].numel():
+                rate_generator.set_state(state["rate_generator"])
+        return step
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:  # checked before; a backstop
+        raise TrainingStateError(f"{path}: cannot resume from it ({_one_line(e)})") from None

@@ -1,0 +1,241 @@
+"""``lpm train`` hardening (issue 10): a bad ``state.pt`` is one line and exit 2 with nothing changed, and
+SIGTERM / Ctrl-C save the state, say where it is and how to resume, print the real budget and exit 143 / 130."""
+
+from __future__ import annotations
+
+import fractions
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_runner import _cfg, _log, data_dir  # noqa: F401 -- the fake bsds500 fixture and tiny run configs
+
+from lpm.cli import main
+from lpm.checkpoints import load_codec
+from lpm.train.runner import Runner, TrainingStateError
+from lpm.train.sampler import CropSampler
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+class _Killed(Exception):
+    pass
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*"))}
+
+
+def _write_config(tmp_path: Path, data_dir: Path, out: Path, **kw) -> Path:
+    cfg = {"name": "safe", "kind": "base", "model": "tiny", "steps": 6, "lr": 1e-3, "log_every": 1,
+           "checkpoint_every": 3, "out_dir": str(out),
+           "data": {"dir": str(data_dir), "crop": 32, "batch": 2, "on_device": False}, **kw}
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, data_dir) -> tuple[Path, Path]:  # noqa: F811
+    """A run killed in step 5 (last state: step 3, with optimizer state): ``(config file, out_dir)``."""
+    root = tmp_path_factory.mktemp("killed")
+    out = root / "run"
+    config = _write_config(root, data_dir, out)
+    real_next, calls = CropSampler.next, {"n": 0}
+
+    def dying_next(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise _Killed()
+        return real_next(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CropSampler, "next", dying_next)
+        from lpm.train.runner import load_config
+
+        with pytest.raises(_Killed):
+            Runner(load_config(config), device="cpu", progress=False).run()
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["step"] == 3 and state["optimizer"]["state"]
+    return config, out
+
+
+def _edit_state(path: Path, **changes) -> None:
+    state = torch.load(path, weights_only=True)
+    for k, v in changes.items():
+        state[k] = v(state) if callable(v) else v
+    torch.save(state, path)
+
+
+def _bad_model(state: dict) -> dict:
+    return {k: torch.zeros(3) for k in state["model"]}
+
+
+def _bad_optimizer(state: dict) -> dict:
+    opt = state["optimizer"]
+    first = next(iter(opt["state"]))
+    opt["state"][first]["exp_avg"] = torch.zeros(7, 7)
+    return opt
+
+
+BAD_STATES = {
+    "empty": lambda p: p.write_bytes(b""),
+    "garbage": lambda p: p.write_bytes(os.urandom(4096)),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "foreign-dict": lambda p: torch.save({"weights": torch.zeros(3)}, p),
+    "foreign-list": lambda p: torch.save([1, 2, 3], p),
+    "unsafe-pickle": lambda p: torch.save({"format": 1, "x": fractions.Fraction(1, 3)}, p),
+    "other-format": lambda p: _edit_state(p, format=99),
+    "step-out-of-range": lambda p: _edit_state(p, step=10**6),
+    "step-as-string": lambda p: _edit_state(p, step="3"),
+    "nan-elapsed": lambda p: _edit_state(p, elapsed=float("nan")),
+    "ledger-not-json": lambda p: _edit_state(p, ledger="[{"),
+    "model-of-another-run": lambda p: _edit_state(p, model=_bad_model),
+    "optimizer-of-another-run": lambda p: _edit_state(p, optimizer=_bad_optimizer),
+    "rng-garbage": lambda p: _edit_state(p, torch_rng=torch.zeros(3, dtype=torch.uint8)),
+    "directory": lambda p: (p.unlink(), p.mkdir()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_STATES))
+def test_bad_state_is_one_line_exit_2_and_changes_nothing(tmp_path, killed_run, capsys, name):
+    config, src = killed_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    BAD_STATES[name](out / "state.pt")
+    before = _snapshot(out)
+    rc = main(["train", str(config), "--resume", "--out-dir", str(out), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lpm: error: ") and str(out / "state.pt") in lines[0], err
+    assert "Traceback" not in err
+    assert _snapshot(out) == before
+
+
+def test_fresh_runs_never_overwrite_a_runs_outputs(tmp_path, killed_run):
+    config, src = killed_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    (out / "model.safetensors").write_bytes(b"a checkpoint the user wants to keep")
+    from lpm.train.runner import load_config
+
+    cfg = load_config(config, out_dir=str(out))
+    (out / "state.pt").unlink()
+    before = _snapshot(out)
+    for resume in (False, True):  # no state.pt: a fresh start would overwrite model.safetensors
+        with pytest.raises(TrainingStateError, match="already holds a run"):
+            Runner(cfg, device="cpu", progress=False).run(resume=resume)
+    assert _snapshot(out) == before
+
+
+def test_sigterm_saves_state_passes_the_signal_on_and_resumes_exactly(
+    tmp_path, data_dir, monkeypatch, capsys  # noqa: F811
+):
+    """In process: the run stops at the step boundary after the signal, saves, prints where and how to resume
+    and the real budget, then calls the handler that was installed before (here one that raises)."""
+    ref = Runner(_cfg(tmp_path, data_dir, out_dir=str(tmp_path / "ref")), progress=False)
+    ref.run()
+    ref_log = _log(tmp_path / "ref")
+
+    class Previous(Exception):
+        pass
+
+    def previous(signum, frame):
+        raise Previous(signum)
+
+    real_next, calls = CropSampler.next, {"n": 0}
+
+    def next_then_sigterm(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_next(self)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(CropSampler, "next", next_then_sigterm)
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        with pytest.raises(Previous):
+            Runner(_cfg(tmp_path, data_dir), progress=False).run()
+        assert signal.getsignal(signal.SIGTERM) is previous  # restored
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    monkeypatch.setattr(CropSampler, "next", real_next)
+    captured = capsys.readouterr()
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["step"] == 3  # the step in flight when the signal came was finished, then the run stopped
+    assert "interrupted by SIGTERM at step 3 of 6" in captured.err and str(out / "state.pt") in captured.err
+    assert f"lpm train {out / 'config.yaml'} --resume" in captured.err
+    assert "6 crops of 32px" in captured.out and "stopped at step 3 of 6" in captured.out  # 3 steps x batch 2
+    assert not (out / "model.safetensors").exists()
+
+    written = Runner(_cfg(tmp_path, data_dir), progress=False).run(resume=True)
+    assert [p.name for p in written] == ["model.safetensors"]
+    got = _log(out)
+    assert [r["loss"] for r in got[-3:]] == [r["loss"] for r in ref_log[3:]]
+    w = load_codec(written[0]).model.state_dict()
+    ref_w = load_codec(tmp_path / "ref" / "model.safetensors").model.state_dict()
+    assert all(torch.equal(w[k], ref_w[k]) for k in ref_w)
+
+
+def test_cli_ctrl_c_saves_state_and_exits_130(tmp_path, data_dir, monkeypatch, capsys):  # noqa: F811
+    """``lpm train`` (in process) and a Ctrl-C during step 3: stop after it, save, exit 130."""
+    real_next, calls = CropSampler.next, {"n": 0}
+
+    def next_then_ctrl_c(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_next(self)
+
+    out = tmp_path / "run"
+    config = _write_config(tmp_path, data_dir, out)
+    monkeypatch.setattr(CropSampler, "next", next_then_ctrl_c)
+    rc = main(["train", str(config), "--device", "cpu", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 130, captured.err
+    assert int(torch.load(out / "state.pt", weights_only=True)["step"]) == 3
+    assert "interrupted by SIGINT at step 3 of 6" in captured.err and "--resume" in captured.err
+    assert "6 crops of 32px" in captured.out and "Traceback" not in captured.err
+
+
+def test_cli_sigterm_from_outside_exits_143_with_state_saved(tmp_path, data_dir):  # noqa: F811
+    """``lpm train`` in a subprocess, SIGTERM from outside while it trains: it stops at a step boundary,
+    saves, prints the resume command and the real budget, and exits 143; the state then resumes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "run"
+    config = _write_config(tmp_path, data_dir, out, steps=100000, checkpoint_every=100000)
+    cmd = [sys.executable, "-m", "lpm.cli", "train", str(config), "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240  # importing torch on a busy machine can take a while
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "log.csv").exists() and len((out / "log.csv").read_text().splitlines()) >= 3:
+                break  # two steps trained
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr
+    state = torch.load(out / "state.pt", weights_only=True)
+    step = int(state["step"])
+    assert step >= 2 and state["optimizer"]["state"]
+    assert f"training interrupted by SIGTERM at step {step} of 100000" in stderr
+    assert str(out / "state.pt") in stderr and f"lpm train {out / 'config.yaml'} --resume" in stderr
+    assert f"{step * 2} crops of 32px" in stdout, stdout
+    # the saved state resumes (and a zero time budget stops it again at once, at the same step)
+    rc = main(["train", str(out / "config.yaml"), "--resume", "--max-minutes", "0", "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    assert int(torch.load(out / "state.pt", weights_only=True)["step"]) == step
