@@ -2,8 +2,10 @@
 
 A reproduction of Qin et al. (arXiv:2311.13846): a frozen Swin-transformer codec whose attention
 layers take learned prompt tokens, so that one backbone covers a range of rates. Subpackages:
-``lpm.layers`` (attention and prompt layers), ``lpm.models`` (codecs), ``lpm.train`` (losses and
-loops), ``lpm.eval`` (real-bitstream evaluation); ``lpm.data`` reads images and locates data sets.
+``lpm.layers`` (attention and prompt layers), ``lpm.models`` (the backbone, the variable-rate interface and
+every method), ``lpm.checkpoints`` (files), ``lpm.train`` (the one training engine behind ``lpm train``),
+``lpm.eval`` (real-bitstream evaluation), ``lpm.figures`` (what the notebooks plot); ``lpm.data`` reads images
+and locates data sets. The README's "What is inside" maps every module.
 """
 
 __version__ = "0.1.0"

@@ -290,9 +290,9 @@ def test_claims_table_verdicts(tmp_path):
     assert t.loc["80 % less parameter storage (paper-size architecture, N=128/M=192, 6 rates)", "verdict"] == "supported"
     storage = t.loc["80 % less parameter storage than separate models (this checkpoint)"]
     assert storage["value"] == pytest.approx(storage_saving(good.model)["saving_percent"])
-    data = t.loc["90 % less training data than separate models"]  # rebuilt from the smoke checkpoint's meta
+    data = t.loc["90 % less training data than separate models"]  # from the smoke checkpoint's ledger
     assert data["verdict"].startswith("supported: as an image count only, at the smoke budget")
-    assert data["value"] == pytest.approx(90.0) and "no ledger" in data["measurement"]
+    assert data["value"] == pytest.approx(90.0) and "ledger" in data["measurement"]
     assert t.loc["same RD as separately optimised models", "verdict"].startswith("not measurable yet")
     assert (t["budget"].str.len() > 0).all()
 

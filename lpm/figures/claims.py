@@ -90,7 +90,9 @@ def claims_table(ctx: Context, *, recompute_storage: bool = True) -> pd.DataFram
         ok = v >= 90 - DATA_TOLERANCE
         verdict = "supported" if ok else f"not supported: {v:.1f} %"
         if ok and str(ds.get("separate_source", "")).startswith("assumed"):
-            verdict += (f": as an image count only, at the {ds.get('budget_label', 'checkpoint budget')} (the separate "
+            label = str(ds.get("budget_label") or "checkpoint budget")
+            label = label if label.startswith("this ") else f"the {label}"
+            verdict += (f": as an image count only, at {label} (the separate "
                         "models were not trained; whether the RD holds is the 'same RD' row)")
         rows.append({"claim": "90 % less training data than separate models", "paper": "≈90 %",
                      "measurement": f"{v:.1f} % ({ds['prompt_images']} vs {ds['separate_images']} images; {note})",

@@ -243,5 +243,6 @@ def training_data(info: Mapping[str, Any], num_rates: Optional[int] = None) -> t
         saving = dataset_saving(ledger, num_rates=num_rates)
     except ValueError as e:
         return df, None, f"the ledger has no prompt records: {e}"
-    return df, {**saving, "source": "ledger", "budget_label": "this checkpoint's budget"}, \
+    label = "smoke budget" if "smoke" in str(meta.get("budget", "")).lower() else "this checkpoint's budget"
+    return df, {**saving, "source": "ledger", "budget_label": label}, \
         f"from the checkpoint's ledger ({len(ledger)} records; separate models: {saving['separate_source']})"
