@@ -128,7 +128,7 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
     print(header, flush=True)
     merged: Optional[dict] = None
     for rate in rates:
-        res = evaluate_codec(model, paths, [rate], checkpoint_info=ckpt.info, device=args.device,
+        res = evaluate_codec(ckpt, paths, [rate], device=args.device,
                              progress=not args.no_progress, max_pixels=args.max_pixels)
         r = res["results"]
         print(f"{rate:9.5g} {r['bpp'][0]:8.4f} {r['psnr-rgb'][0]:8.3f} {r['encoding_time'][0]:7.2f} "
@@ -179,7 +179,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         rates = sorted(set(rates))
         name = args.name or ckpt.path.stem
         res = evaluate_codec(
-            model, folder, rates, checkpoint_info=ckpt.info, out_dir=out_dir, name=name,
+            ckpt, folder, rates, out_dir=out_dir, name=name,
             dataset_name="kodak" if is_kodak else str(folder),
             manifest=manifest_path("kodak") if is_kodak and "kodak" in KNOWN_SETS else None,
             device=args.device, progress=not args.no_progress,

@@ -184,6 +184,13 @@ class RateSlider:
         name: the checkpoint's name, shown with the budget.
     """
 
+    @classmethod
+    def for_checkpoint(cls, checkpoint: Any, image: Tensor, info: ImageInfo, **kwargs: Any) -> "RateSlider":
+        """A slider for a :class:`lpm.checkpoints.LoadedCodec` (``zoo.load(...)``): its model, stream id and
+        training budget."""
+        kwargs.setdefault("budget", checkpoint.budget or "not recorded in the checkpoint")
+        return cls(checkpoint.model, checkpoint.model_id, image, info, **kwargs)
+
     def __init__(
         self,
         model: PromptedCodec,

@@ -226,7 +226,9 @@ def evaluate_codec(
         image_dir_or_paths: a directory (its images via :func:`lpm.data.find_images`), one image file, or
             a list of image files; any sizes, PNG/JPEG/…, grey or colour, 8 or 16 bits.
         rates: λ values in the model's range; trained or not (continuous rates work).
-        checkpoint_info: the ``info`` of :func:`lpm.train.checkpoint.load_codec` / :func:`lpm.zoo.load`
+        model: a variable-rate codec, or a :class:`lpm.checkpoints.LoadedCodec` (then ``checkpoint_info`` is
+            taken from it).
+        checkpoint_info: the ``info`` of :func:`lpm.checkpoints.load_codec` / :func:`lpm.zoo.load`
             (``sha256``, ``path``, ``meta`` with ``budget``). ``None``: the model is identified by
             :func:`state_sha256` and its budget is reported as unknown.
         out_dir: where the CSV/JSON (and streams) go; ``None`` writes nothing and cannot resume.
@@ -240,6 +242,10 @@ def evaluate_codec(
     Returns:
         the results dict (also written to ``out_dir/<name>.json``).
     """
+    from lpm.checkpoints import LoadedCodec
+
+    if isinstance(model, LoadedCodec):
+        checkpoint_info, model = checkpoint_info or model.info, model.model
     rates = [float(r) for r in rates]
     if not rates:
         raise ValueError("no rates to evaluate")
