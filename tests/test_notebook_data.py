@@ -18,6 +18,7 @@ import nbformat
 import numpy as np
 import pytest
 
+import lpm.paths
 import lpm.zoo
 from lpm import data
 from lpm import figures as F
@@ -112,7 +113,7 @@ def test_fallback_only_when_nothing_is_named(no_env, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ output folder
 def test_results_dir_keeps_kodak_results_for_kodak(tmp_path, monkeypatch):
-    monkeypatch.setattr(lpm.zoo, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(lpm.paths, "PROJECT_ROOT", tmp_path)
     kodak = EvalImages(tuple(Path(f"kodim{i:02d}.png") for i in range(1, 25)), "kodak", None, None)
     photos = EvalImages((Path("a.png"),), "sample-photos", None, "not Kodak")
     assert F.results_dir(None, False, kodak) == tmp_path / "results"

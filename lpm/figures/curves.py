@@ -143,8 +143,15 @@ def codec_results(model: Any, info: Mapping[str, Any], label: str, images: Any, 
             p.unlink(missing_ok=True)
     t0 = time.perf_counter()
     manifest = images.manifest if (images.name == "kodak" and len(images.paths) == KODAK_COUNT) else None
-    res = evaluate_codec(model, list(images.paths), rates, checkpoint_info=dict(info), out_dir=path.parent,
-                         name=path.stem, dataset_name=images.name, manifest=manifest, device=device, progress=False)
+    common = dict(checkpoint_info=dict(info), out_dir=path.parent, name=path.stem, dataset_name=images.name,
+                  manifest=manifest, device=device)
+    for i, rate in enumerate(rates, 1):  # one line per rate as it finishes (the batch streams printed lines)
+        t1 = time.perf_counter()
+        r = evaluate_codec(model, list(images.paths), [rate], progress=True, **common)["results"]
+        log(f"{label}: rate {i}/{len(rates)} λ={rate:.5g}: {r['bpp'][0]:.4f} bpp, {r['psnr-rgb'][0]:.2f} dB "
+            f"({len(images.paths)} image(s), {time.perf_counter() - t1:.1f} s)")
+    # all rates together from the per-image CSV just written (no coding): the JSON with every rate
+    res = evaluate_codec(model, list(images.paths), rates, progress=False, **common)
     log(f"{label}: measured {len(rates)} rate(s) x {len(images.paths)} image(s) in {time.perf_counter() - t0:.1f} s "
         f"-> {path}")
     return res

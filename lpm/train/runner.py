@@ -51,7 +51,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from lpm import zoo
+from lpm.paths import PROJECT_ROOT
 from lpm.checkpoints import save_codec
 from lpm.data import find_images, locate_dataset, manifest_checksum, manifest_path
 from lpm.train.config import DataConfig, RunConfig, load_config
@@ -95,7 +95,7 @@ class Runner:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.progress = progress and self.rank == 0
-        self.out = Path(cfg.out_dir) if cfg.out_dir else zoo.PROJECT_ROOT / "results" / "runs" / cfg.name
+        self.out = Path(cfg.out_dir) if cfg.out_dir else PROJECT_ROOT / "results" / "runs" / cfg.name
         if self.out.exists() and not self.out.is_dir():
             raise TrainingStateError(f"{self.out}: out_dir is not a directory")
         self.out.mkdir(parents=True, exist_ok=True)
