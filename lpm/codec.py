@@ -167,7 +167,12 @@ def decompress_file(
         raise ValueError(f"decompress writes PNG files only; name the output *.png, got {os.fspath(dst)}")
     check_output(dst, force=force, inputs=(src,))
     c = fileformat.read(src, max_pixels=max_pixels)
-    x_hat, info = decode_image(model, model_id, c)
+    try:
+        x_hat, info = decode_image(model, model_id, c)
+    except fileformat.BitstreamError as e:  # the stream's contents (the container was already checked)
+        raise fileformat.BitstreamError(f"{os.fspath(src)}: {e}") from None
+    except ModelMismatchError as e:
+        raise ModelMismatchError(f"{os.fspath(src)}: {e}") from None
     write_image(dst, x_hat, info, overwrite=force)
     return CodingResult(str(dst), info.height, info.width, c.header.rate, os.path.getsize(src))
 
