@@ -154,7 +154,12 @@ def atomic_save(
 
     def fill(fd: int, tmp: str) -> None:  # noqa: ARG001
         save(tmp)
-        _fsync_path(tmp)  # the library may have replaced the file rather than written through our fd
+        # the library may have replaced the file rather than written through our fd (safetensors makes it
+        # 0600): give it the usual permissions of a new file and make its data durable by name
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        _fsync_path(tmp)
 
     _atomic(path, fill, overwrite)
 

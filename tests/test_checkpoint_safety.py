@@ -296,3 +296,22 @@ def test_zoo_and_prompted_wrapping_unchanged(ckpts):
 
     model, info = zoo.load(str(ckpts["tic"]))
     assert isinstance(model, PromptedCodec) and model.rates == [0.0483] and info["kind"] == "tic"
+
+
+def test_saved_checkpoint_has_ordinary_file_permissions(tmp_path):
+    """safetensors writes its file 0600; a checkpoint is an ordinary shared file (0666 minus the umask)."""
+    import os
+
+    from lpm.checkpoints import save_codec
+    from lpm.models import TICCodec
+
+    m = TICCodec(N=16, M=24, enc_depths=(1, 1, 1), dec_depths=(1, 1, 1), enc_heads=(2, 2, 2), dec_heads=(2, 2, 2),
+                 hyper_depth=1, hyper_heads=2)
+    path = tmp_path / "c.safetensors"
+    old = os.umask(0o022)
+    try:
+        save_codec(path, m, meta={"base_rate": 0.01})
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary left
