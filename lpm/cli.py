@@ -268,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
         p.add_argument("--max-pixels", type=int, default=max_pixels,
                        help=f"refuse larger images (default here: {max_pixels}, from the memory available now "
-                            "and ~300 bytes per pixel measured)")
+                            "and ~1.5 kB per pixel measured)")
         p.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default: free CPUs, i.e. CPUs minus the current load; "
                             "or $LPM_THREADS / $OMP_NUM_THREADS)")

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: Largest image coded in one piece by default: derived from the memory available when lpm starts and the
-#: measured ~300 bytes per pixel of the paper-size codec (see :mod:`lpm.limits`); larger images are refused
+#: measured ~1.5 kB per pixel of the paper-size codec (see :mod:`lpm.limits`); larger images are refused
 #: with a clear message (raise the limit with ``max_pixels`` / ``--max-pixels`` on a bigger machine).
 DEFAULT_MAX_PIXELS = default_max_pixels()
 
@@ -58,7 +58,7 @@ def _check_size(h: int, w: int, max_pixels: Optional[int]) -> None:
     if max_pixels is not None and h * w > max_pixels:
         raise ValueError(
             f"image of {h}x{w} = {h * w} pixels exceeds the limit of {max_pixels} pixels "
-            f"(raise it with --max-pixels if this machine has the memory; about 300 bytes per pixel)"
+            f"(raise it with --max-pixels if this machine has the memory; about 1.5 kB per pixel)"
         )
 
 

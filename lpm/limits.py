@@ -1,12 +1,14 @@
 """Resource limits of the codec commands, derived from measurements and from the machine (no torch import).
 
 * :func:`default_max_pixels` — the largest image coded in one piece by default. Peak memory of the
-  paper-size codec on a CPU was measured at about 233 bytes per pixel (4000×3000 photo: 2.8 GB peak RSS while
-  encoding) and 171 B/px (8000×6000: 8.2 GB); :data:`BYTES_PER_PIXEL` rounds that up to 300 to leave room
-  for decoding and the interpreter. The default lets an image use at most :data:`MEMORY_SHARE` of the memory
-  available when the command starts (``MemAvailable`` on Linux), and never less than
-  :data:`MIN_DEFAULT_MAX_PIXELS`; on a 24 GB machine with ~22 GB free that is about 55 megapixels, so a
-  24-megapixel photo codes. ``--max-pixels`` overrides it; larger images are refused with a message.
+  paper-size codec (N=128, M=192) on a CPU, measured with ``/usr/bin/time -v`` on ``lpm compress`` /
+  ``lpm decompress`` (kodim23 resized; 2026-11-25): 2.86 / 2.98 GB at 1536×1024 and 8.59 / 8.89 GB at
+  3072×2048, i.e. about 1.4 kB per pixel above the ~0.5 GB the process needs anyway; a 6000×4000 photo was
+  killed for lack of memory at 22.8 GB on a 24 GB machine. :data:`BYTES_PER_PIXEL` rounds that up to 1.5 kB.
+  The default lets an image use at most :data:`MEMORY_SHARE` of the memory available when the command starts
+  (``MemAvailable`` on Linux) and never less than :data:`MIN_DEFAULT_MAX_PIXELS`: about 11 megapixels on a
+  24 GB machine. ``--max-pixels`` overrides it; larger images are refused with a message (coding them needs
+  tiling, which lpm does not do yet).
 * :func:`default_threads` — torch's intra-op threads for one command: the CPUs this process may use, minus
   the load already on them (rounded), at least 1. Torch's own default takes every core even when other
   work runs, which oversubscribes a busy machine (measured: a round trip that took 33 s alone took 255 s
@@ -25,11 +27,11 @@ __all__ = [
 ]
 
 #: Measured CPU peak memory of the paper-size codec per image pixel (see the module docstring), rounded up.
-BYTES_PER_PIXEL = 300
+BYTES_PER_PIXEL = 1500
 #: Share of the available memory one image may take by default.
 MEMORY_SHARE = 0.75
-#: The default limit never drops below 4096×2048 (needs ~2.5 GB by the measurement above).
-MIN_DEFAULT_MAX_PIXELS = 4096 * 2048
+#: The default limit never drops below 2048×2048 (about 6 GB by the measurement above).
+MIN_DEFAULT_MAX_PIXELS = 2048 * 2048
 
 
 def available_memory() -> Optional[int]:
