@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, get_worker_info
 from PIL import Image, UnidentifiedImageError
 
+from lpm.fsutil import atomic_write
 from lpm.paths import PROJECT_ROOT as _PROJECT_ROOT
 
 
@@ -392,13 +393,7 @@ def write_image(
     array = _quantise(x, bit_depth)
     if channels == 1:
         array = array[:, :, 0]
-    _atomic_write_bytes(path, _imagecodecs().png_encode(array), overwrite=overwrite)
-
-
-def _atomic_write_bytes(path: Path, payload: bytes, *, overwrite: bool = True) -> None:
-    from lpm.fsutil import atomic_write
-
-    atomic_write(path, payload, overwrite=overwrite)
+    atomic_write(path, _imagecodecs().png_encode(array), overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -698,7 +693,7 @@ def sample_photos(cache_dir: str | os.PathLike[str] | None = None) -> list[Path]
         path = cache / f"{name}.png"
         if not path.exists():
             img = _np.ascontiguousarray(getattr(skimage.data, name)()[..., :3])
-            _atomic_write_bytes(path, _imagecodecs().png_encode(img))
+            atomic_write(path, _imagecodecs().png_encode(img))
         out.append(path)
     return out
 

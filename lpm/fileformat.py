@@ -349,8 +349,10 @@ def read(path: str | os.PathLike, *, max_pixels: int | None = None) -> Compresse
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         if not stat.S_ISREG(st.st_mode):
+            from lpm.fsutil import file_kind
+
             raise BitstreamError(
-                f"{path}: not a regular file ({_file_kind(st.st_mode)}); .lpm files are read from regular files only"
+                f"{path}: not a regular file (a {file_kind(st.st_mode)}); .lpm files are read from regular files only"
             )
         f = os.fdopen(fd, "rb")
     except BaseException:
@@ -370,14 +372,6 @@ def read(path: str | os.PathLike, *, max_pixels: int | None = None) -> Compresse
         return decode(data, max_pixels=max_pixels)
     except BitstreamError as e:
         raise BitstreamError(f"{path}: {e}") from None
-
-
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "a special file"
 
 
 def bits_per_pixel(data: bytes, height: int, width: int) -> float:

@@ -28,7 +28,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterable
 
-__all__ = ["OutputRefused", "atomic_save", "atomic_write", "atomic_write_text", "check_output"]
+__all__ = ["OutputRefused", "atomic_save", "atomic_write", "atomic_write_text", "check_output", "file_kind"]
 
 # Characters of the output's name kept in the temporary's name: ".{prefix}.{12 hex}.tmp" then has at
 # most 1 + 32 * 4 + 1 + 12 + 4 = 146 bytes (4 bytes per character in UTF-8), well under NAME_MAX = 255.
@@ -46,7 +46,8 @@ class OutputRefused(ValueError):
     """:func:`check_output` refused an output path; the message is one line and names the path."""
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is (``"directory"``, ``"FIFO"``, ``"character device"``, ...), from ``st_mode``."""
     for test, name in _KINDS:
         if test(mode):
             return name
@@ -115,7 +116,7 @@ def check_output(
     if not force:
         raise OutputRefused(f"{p}: already exists; use --force to replace it")
     if not _replaceable(st.st_mode):
-        raise OutputRefused(f"{p}: is a {_kind(st.st_mode)}, not a regular file; not replaced even with --force")
+        raise OutputRefused(f"{p}: is a {file_kind(st.st_mode)}, not a regular file; not replaced even with --force")
     _check_writable_folder(p)
 
 
@@ -220,7 +221,7 @@ def _put_in_place(tmp: str, path: str, overwrite: bool) -> None:
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         if not _replaceable(st.st_mode):
-            raise OSError(errno.EEXIST, f"is a {_kind(st.st_mode)}, not a regular file; not replaced", path)
+            raise OSError(errno.EEXIST, f"is a {file_kind(st.st_mode)}, not a regular file; not replaced", path)
         if not overwrite:
             raise FileExistsError(errno.EEXIST, "already exists; not replaced", path)
     if overwrite:
