@@ -24,6 +24,12 @@ is refused, always. An existing output is refused unless ``--force`` (compress, 
 FIFO, device or socket is refused anyway. ``lpm info``/``decompress`` read regular files only (a FIFO or
 device is refused at once, never read). ``lpm eval --out-dir`` is a results folder that runs resume into
 and rewrite.
+
+Devices (``--device``): compress, decompress and roundtrip run on the CPU unless told ``cuda``; eval uses a
+CUDA GPU when one is usable (``auto``). A file decodes the same way whichever device encoded it: the entropy
+tables are derived from float64 CPU copies of the hyper-synthesis at both ends, and ``.lpm`` version 2 stores
+a check of them, so a decoder that would get them wrong refuses in one line instead of writing garbage.
+Decoded pixels are bit-identical for any CPU thread count; across devices they may differ by 1 LSB.
 """
 
 from __future__ import annotations
@@ -54,11 +60,38 @@ def _set_threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, int(n)))
 
 
+def _device_arg(text: str) -> str:
+    """``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (checked without importing torch)."""
+    t = text.strip().lower()
+    if t in ("cpu", "cuda", "auto") or (t.startswith("cuda:") and t[5:].isdigit()):
+        return t
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or auto, got {text!r}")
+
+
+def _resolve_device(args: argparse.Namespace) -> str:
+    """``args.device`` made concrete: ``auto`` is cuda when a CUDA GPU is usable, else cpu; a CUDA device
+    that is not there is a clear error."""
+    import torch
+
+    d = getattr(args, "device", None) or "cpu"
+    if d == "auto":
+        d = "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {d}: no CUDA GPU is usable here (torch {torch.__version__}); use --device cpu")
+        index = int(d[5:]) if ":" in d else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {d}: only {torch.cuda.device_count()} CUDA device(s) here")
+    args.device = d
+    return d
+
+
 def _model(args: argparse.Namespace):
     """The checkpoint named by ``--model`` (default: the first shipped one) as a :class:`LoadedCodec`."""
     from lpm import zoo
 
     _set_threads(args)
+    _resolve_device(args)
     if not args.model:
         names = sorted(zoo.CHECKPOINTS)
         if not names:
@@ -263,9 +296,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"lpm {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    def model_args(p: argparse.ArgumentParser) -> None:
+    def model_args(p: argparse.ArgumentParser, device: str = "cpu") -> None:
         p.add_argument("--model", help="zoo checkpoint name or a checkpoint file (.safetensors)")
-        p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        p.add_argument("--device", default=device, type=_device_arg, metavar="{cpu,cuda,cuda:N,auto}",
+                       help=f"where the transforms run (default: {device}{'; auto = cuda if present' if device == 'auto' else ''}). "
+                            "Files are the same on any device: the entropy tables are always derived on the CPU "
+                            "in float64")
         p.add_argument("--max-pixels", type=int, default=max_pixels,
                        help=f"refuse larger images (default here: {max_pixels}, from the memory available now "
                             "and ~1.5 kB per pixel measured)")
@@ -333,7 +369,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="results/eval", help="where JSON/CSV go (resumes from the CSV)")
     p.add_argument("--name", help="results name (default: the checkpoint's file name)")
     p.add_argument("--no-progress", action="store_true")
-    model_args(p)
+    model_args(p, device="auto")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("reproduce", help="run every notebook with papermill into results/notebooks/ (the main job)")

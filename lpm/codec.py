@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -24,6 +25,7 @@ from lpm.models import PromptedCodec, find_rate
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ModelMismatchError",
+    "LegacyStreamWarning",
     "encode_image",
     "decode_image",
     "compress_file",
@@ -35,6 +37,10 @@ __all__ = [
 #: measured ~1.5 kB per pixel of the paper-size codec (see :mod:`lpm.limits`); larger images are refused
 #: with a clear message (raise the limit with ``max_pixels`` / ``--max-pixels`` on a bigger machine).
 DEFAULT_MAX_PIXELS = default_max_pixels()
+
+
+class LegacyStreamWarning(UserWarning):
+    """A ``.lpm`` file of format version 1 was decoded (no table check; see :mod:`lpm.fileformat`)."""
 
 
 class ModelMismatchError(ValueError):
@@ -77,6 +83,7 @@ def encode_image(model: PromptedCodec, model_id: str, x: Tensor, info: ImageInfo
         channels=info.channels,
         bit_depth=info.bit_depth,
         latent_shape=tuple(out["shape"]),
+        table_check=out["table_checks"][0],
     )
     return fileformat.CompressedImage(header, [s[0] for s in out["strings"]])
 
@@ -95,7 +102,14 @@ def decode_image(model: PromptedCodec, model_id: str, c: fileformat.CompressedIm
         raise ModelMismatchError(f"stream rate {h.rate} is outside this model's range [{lo}, {hi}]")
     if len(c.strings) != 2:
         raise ModelMismatchError(f"stream has {len(c.strings)} strings; this codec writes 2 (y, z)")
-    x_hat = model.decompress([[c.strings[0]], [c.strings[1]]], h.latent_shape, h.rate, size=(h.height, h.width))
+    legacy = h.table_check is None
+    x_hat = model.decompress([[c.strings[0]], [c.strings[1]]], h.latent_shape, h.rate, size=(h.height, h.width),
+                             table_checks=None if legacy else [h.table_check], exact=not legacy)
+    if legacy:
+        warnings.warn(
+            "format version 1 stream (lpm 0.1): it carries no table check, so a decoder whose arithmetic differs "
+            "from the encoder's cannot notice; decoded with version 1's float32 hyper-synthesis (re-encode to "
+            "get a version 2 file)", LegacyStreamWarning, stacklevel=2)
     info = ImageInfo(height=h.height, width=h.width, channels=h.channels, bit_depth=h.bit_depth, had_alpha=False)
     return x_hat["x_hat"][0].cpu(), info
 

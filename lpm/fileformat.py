@@ -19,9 +19,9 @@ Byte layout (all integers big-endian, ``struct`` format ``>``; ``u8/u16/u32`` un
     offset  size  type   field
     ------  ----  -----  --------------------------------------------------------------
          0     8  bytes  magic  89 4C 50 4D 0D 0A 1A 0A  (b"\\x89LPM\\r\\n\\x1a\\n")
-         8     1  u8     format version (FORMAT_VERSION = 1)
+         8     1  u8     format version (FORMAT_VERSION = 2; version 1 is still read, see below)
          9     1  u8     flags (0; reserved, a non-zero value is refused)
-        10     2  u16    header length H (HEADER_SIZE = 31 for version 1): bytes 12..12+H
+        10     2  u16    header length H (HEADER_SIZE = 35 for version 2, 31 for version 1): bytes 12..12+H
         12     8  bytes  model id: first 8 bytes of the checkpoint's sha256 (16 hex chars)
         20     8  f64    rate (the λ used; finite and > 0)
         28     4  u32    height of the original image (1..65535)
@@ -30,13 +30,23 @@ Byte layout (all integers big-endian, ``struct`` format ``>``; ``u8/u16/u32`` un
         37     1  u8     bit depth of the original image (8 or 16)
         38     2  u16    latent height = ceil(height / LATENT_STRIDE)
         40     2  u16    latent width  = ceil(width / LATENT_STRIDE)
-        42     1  u8     number of strings N (1..8)
-        43                N times:  u32 length L_i | L_i bytes of string i
+        42     4  u32    table check: CRC-32 of the entropy coder's table indexes (version 2 only)
+        46     1  u8     number of strings N (1..8)                          (offset 42 in version 1)
+        47                N times:  u32 length L_i | L_i bytes of string i    (offset 43 in version 1)
      end-4     4  u32    CRC-32 (zlib.crc32) of bytes [0, end-4)
 
-The smallest valid file (one empty string) is ``MIN_FILE_SIZE = 51`` bytes. ``LATENT_STRIDE`` is
-64: the hyper-latent ``z`` is the image padded to a multiple of 64 and downsampled 64 times, so a
-header whose latent shape disagrees with its image size is refused as inconsistent.
+The smallest valid file (one empty string) is ``MIN_FILE_SIZE = 55`` bytes (51 in version 1).
+``LATENT_STRIDE`` is 64: the hyper-latent ``z`` is the image padded to a multiple of 64 and downsampled 64
+times, so a header whose latent shape disagrees with its image size is refused as inconsistent.
+
+**The table check (version 2).** The file's CRC-32 proves that the bytes are intact; it cannot see a decoder
+whose arithmetic picks other entropy tables than the encoder's (the classic "encoded on a GPU, garbage on a
+CPU" failure of learned codecs). lpm computes the tables' inputs (the hyper-synthesis and its prompt nets) in
+float64 on the CPU at both ends, so they agree on any device and thread count; the table check is
+:func:`lpm.entropy.table_check` of the index map, which a decoder compares with its own before decoding and
+refuses with :class:`TableMismatchError` if they differ. **Version 1** files (lpm 0.1: hyper-synthesis in
+float32 on the encoding device, no table check) are still decoded, with the float32 path of version 1 and a
+warning that a mismatch cannot be detected; lpm writes version 2 only.
 
 Decoding checks, in order: the length is at least the minimum; the magic; the version; the
 CRC-32; flags and header length; field ranges and latent consistency; the string table (each
@@ -63,6 +73,8 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MIN_FILE_SIZE",
     "BitstreamError",
+    "TableMismatchError",
+    "READ_VERSIONS",
     "StreamHeader",
     "CompressedImage",
     "encode",
@@ -76,7 +88,9 @@ __all__ = [
 ]
 
 MAGIC = b"\x89LPM\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :func:`decode` reads (1: no table check, decoded with the float32 hyper-synthesis of lpm 0.1).
+READ_VERSIONS = (1, 2)
 #: Total downsampling from the image to the hyper-latent z (image padded to a multiple of this).
 LATENT_STRIDE = 64
 #: Largest image side (and latent side) a header may declare.
@@ -86,12 +100,16 @@ MAX_STRINGS = 8
 MAX_FILE_BYTES = 1 << 30
 
 _PREFIX = struct.Struct(">8sBBH")  # magic, version, flags, header length
-_HEADER = struct.Struct(">8sdIIBBHHB")  # model id, rate, h, w, channels, bit depth, zh, zw, n
+#: Header layout per version: model id, rate, h, w, channels, bit depth, zh, zw, [table check,] n strings.
+_HEADERS = {1: struct.Struct(">8sdIIBBHHB"), 2: struct.Struct(">8sdIIBBHHIB")}
+_HEADER = _HEADERS[FORMAT_VERSION]
 _LENGTH = struct.Struct(">I")
 _CRC = struct.Struct(">I")
 
-HEADER_SIZE = _HEADER.size  # 31
-MIN_FILE_SIZE = _PREFIX.size + HEADER_SIZE + _LENGTH.size + _CRC.size  # 51
+HEADER_SIZE = _HEADER.size  # 35 (31 in version 1)
+MIN_FILE_SIZE = _PREFIX.size + HEADER_SIZE + _LENGTH.size + _CRC.size  # 55
+#: The smallest file of any version :func:`decode` reads (a shorter one is refused as truncated).
+_MIN_ANY = _PREFIX.size + min(h.size for h in _HEADERS.values()) + _LENGTH.size + _CRC.size  # 51
 
 _HEX = frozenset("0123456789abcdef")
 _CHANNEL_NAMES = {1: "gray", 3: "RGB"}
@@ -99,6 +117,19 @@ _CHANNEL_NAMES = {1: "gray", 3: "RGB"}
 
 class BitstreamError(ValueError):
     """A byte string or file is not a valid ``.lpm`` container (message is one line)."""
+
+
+class TableMismatchError(BitstreamError):
+    """The file is intact, but this decoder's arithmetic picks other entropy tables than the encoder's did
+    (its table check differs): decoding would give garbage, so it is refused (message is one line)."""
+
+    def __init__(self, stored: int, computed: int) -> None:
+        super().__init__(
+            f"cannot decode on this setup: its hyper-synthesis picks different entropy tables than the encoder's "
+            f"did (table check {stored:08x} in the file, {computed:08x} here); the file is intact: decode it with "
+            f"the lpm version and checkpoint that wrote it"
+        )
+        self.stored, self.computed = stored, computed
 
 
 def expected_latent_shape(height: int, width: int) -> tuple[int, int]:
@@ -158,7 +189,9 @@ class StreamHeader:
 
     ``model_id`` is 16 lowercase hex chars (see :func:`model_id_from_sha256`); ``rate`` is the
     λ used; ``height``/``width``/``channels``/``bit_depth`` describe the original image;
-    ``latent_shape`` is the hyper-latent shape handed to CompressAI's ``decompress(shape=...)``.
+    ``latent_shape`` is the hyper-latent shape handed to CompressAI's ``decompress(shape=...)``;
+    ``table_check`` is the CRC-32 of the entropy coder's table indexes (a 32-bit unsigned integer; ``None``
+    only for files of format version 1, which carry none).
     """
 
     model_id: str
@@ -168,6 +201,12 @@ class StreamHeader:
     channels: int
     bit_depth: int
     latent_shape: tuple[int, int]
+    table_check: int | None = None
+
+    @property
+    def version(self) -> int:
+        """The format version this header is written in: 2, or 1 for a header without a table check."""
+        return 1 if self.table_check is None else 2
 
     def __post_init__(self) -> None:
         mid = self.model_id
@@ -185,6 +224,11 @@ class StreamHeader:
         problem = _header_problem(rate, latent_shape=latent, **ints)
         if problem:
             raise ValueError(problem)
+        if self.table_check is not None:
+            check = _as_int("table_check", self.table_check)
+            if not 0 <= check <= 0xFFFFFFFF:
+                raise ValueError(f"table_check must be a 32-bit unsigned integer, got {check}")
+            object.__setattr__(self, "table_check", check)
         object.__setattr__(self, "rate", rate)
         for name, value in ints.items():
             object.__setattr__(self, name, value)
@@ -224,11 +268,14 @@ class CompressedImage:
 
 
 def _encoded_size(c: CompressedImage) -> int:
-    return _PREFIX.size + HEADER_SIZE + sum(_LENGTH.size + len(s) for s in c.strings) + _CRC.size
+    head = _HEADERS[c.header.version].size
+    return _PREFIX.size + head + sum(_LENGTH.size + len(s) for s in c.strings) + _CRC.size
 
 
-def encode(c: CompressedImage) -> bytes:
-    """Serialise ``c``; refuses (``ValueError``) anything :func:`decode` would not read back."""
+def encode(c: CompressedImage, *, legacy_v1: bool = False) -> bytes:
+    """Serialise ``c`` in format version 2; refuses (``ValueError``) anything :func:`decode` would not read
+    back, and a header without ``table_check``. ``legacy_v1=True`` writes version 1 instead (no table check;
+    for compatibility tests only: lpm itself never writes it)."""
     if not isinstance(c, CompressedImage):
         raise ValueError(f"expected a CompressedImage, got {type(c).__name__}")
     h = c.header
@@ -238,12 +285,17 @@ def encode(c: CompressedImage) -> bytes:
     )
     if problem:
         raise ValueError(problem)
+    if legacy_v1 != (h.table_check is None):
+        raise ValueError("a version 2 file needs the header's table_check; version 1 (legacy_v1=True) has none")
+    fields = [bytes.fromhex(h.model_id), h.rate, h.height, h.width, h.channels, h.bit_depth,
+              h.latent_shape[0], h.latent_shape[1]]
+    version = 1 if legacy_v1 else FORMAT_VERSION
+    if not legacy_v1:
+        fields.append(h.table_check)
+    header = _HEADERS[version]
     parts = [
-        _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, HEADER_SIZE),
-        _HEADER.pack(
-            bytes.fromhex(h.model_id), h.rate, h.height, h.width, h.channels, h.bit_depth,
-            h.latent_shape[0], h.latent_shape[1], len(c.strings),
-        ),
+        _PREFIX.pack(MAGIC, version, 0, header.size),
+        header.pack(*fields, len(c.strings)),
     ]
     for s in c.strings:
         parts += [_LENGTH.pack(len(s)), s]
@@ -264,17 +316,23 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> CompressedImage:
     data = bytes(data)
     n = len(data)
 
-    if n < MIN_FILE_SIZE:
+    if n < _MIN_ANY:
         if n == 0:
             raise BitstreamError("not an lpm file (empty)")
         if data[: len(MAGIC)] != MAGIC[:n]:
             raise BitstreamError("not an lpm file (bad magic)")
-        raise BitstreamError(f"truncated lpm file ({n} bytes; a valid file has at least {MIN_FILE_SIZE})")
+        raise BitstreamError(f"truncated lpm file ({n} bytes; a valid file has at least {_MIN_ANY})")
     magic, version, flags, header_len = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise BitstreamError("not an lpm file (bad magic)")
-    if version != FORMAT_VERSION:
-        raise BitstreamError(f"unsupported lpm format version {version} (this build reads {FORMAT_VERSION})")
+    if version not in READ_VERSIONS:
+        raise BitstreamError(
+            f"unsupported lpm format version {version} (this build reads {', '.join(map(str, READ_VERSIONS))})"
+        )
+    header = _HEADERS[version]
+    min_size = _PREFIX.size + header.size + _LENGTH.size + _CRC.size
+    if n < min_size:
+        raise BitstreamError(f"truncated lpm file ({n} bytes; a valid version {version} file has at least {min_size})")
     end = n - _CRC.size
     (stored_crc,) = _CRC.unpack_from(data, end)
     if zlib.crc32(memoryview(data)[:end]) != stored_crc:
@@ -283,18 +341,20 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> CompressedImage:
     # From here on the bytes are as written; still, trust no field without checking it.
     if flags != 0:
         raise BitstreamError(f"unsupported lpm flags 0x{flags:02x} (this build knows none)")
-    if header_len != HEADER_SIZE:
+    if header_len != header.size:
         raise BitstreamError(
-            f"bad lpm header length {header_len} (version {FORMAT_VERSION} headers are {HEADER_SIZE} bytes)"
+            f"bad lpm header length {header_len} (version {version} headers are {header.size} bytes)"
         )
-    mid, rate, height, width, channels, bit_depth, zh, zw, n_strings = _HEADER.unpack_from(data, _PREFIX.size)
+    fields = header.unpack_from(data, _PREFIX.size)
+    mid, rate, height, width, channels, bit_depth, zh, zw = fields[:8]
+    table_check, n_strings = (fields[8], fields[9]) if version >= 2 else (None, fields[8])
     problem = _header_problem(rate, height, width, channels, bit_depth, (zh, zw))
     if problem:
         raise BitstreamError(f"invalid lpm header: {problem}")
     if not 1 <= n_strings <= MAX_STRINGS:
         raise BitstreamError(f"invalid lpm header: {n_strings} strings (expected 1..{MAX_STRINGS})")
 
-    pos = _PREFIX.size + HEADER_SIZE
+    pos = _PREFIX.size + header.size
     strings = []
     for i in range(n_strings):
         if end - pos < _LENGTH.size:
@@ -314,8 +374,8 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> CompressedImage:
         raise BitstreamError(
             f"image of {height}x{width} (HxW, {height * width} pixels) exceeds the limit of {max_pixels} pixels"
         )
-    header = StreamHeader(mid.hex(), rate, height, width, channels, bit_depth, (zh, zw))
-    return CompressedImage(header, strings)
+    return CompressedImage(StreamHeader(mid.hex(), rate, height, width, channels, bit_depth, (zh, zw), table_check),
+                           strings)
 
 
 def write(path: str | os.PathLike, c: CompressedImage, *, overwrite: bool = True) -> int:
@@ -383,7 +443,7 @@ def bits_per_pixel(data: bytes, height: int, width: int) -> float:
 
 
 def describe(c: CompressedImage) -> str:
-    """One-line summary, e.g. ``lpm v1: 512x768 (HxW) RGB 8-bit, lambda=0.0067, ...``.
+    """One-line summary, e.g. ``lpm v2: 512x768 (HxW) RGB 8-bit, lambda=0.0067, ...``.
 
     The bpp counts every byte of the encoded file (header and checksum included).
     """
@@ -392,8 +452,10 @@ def describe(c: CompressedImage) -> str:
     names = ("y", "z") if len(c.strings) == 2 else tuple(str(i) for i in range(len(c.strings)))
     sizes = ", ".join(f"{k} {len(s)} B" for k, s in zip(names, c.strings))
     return (
-        f"lpm v{FORMAT_VERSION}: {h.height}x{h.width} (HxW) {_CHANNEL_NAMES.get(h.channels, h.channels)} "
+        f"lpm v{h.version}: {h.height}x{h.width} (HxW) {_CHANNEL_NAMES.get(h.channels, h.channels)} "
         f"{h.bit_depth}-bit, lambda={h.rate:.6g}, model {h.model_id}, latent {h.latent_shape[0]}x"
-        f"{h.latent_shape[1]}, {len(c.strings)} strings ({sizes}), {total} bytes, "
+        f"{h.latent_shape[1]}, "
+        + ("no table check (version 1), " if h.table_check is None else f"table check {h.table_check:08x}, ")
+        + f"{len(c.strings)} strings ({sizes}), {total} bytes, "
         f"{8 * total / (h.height * h.width):.4f} bpp"
     )

@@ -387,8 +387,8 @@ def test_short_strings_are_refused_before_decoding(tiny_codec, streams, monkeypa
 def _pack(model_id: str, rate: float, h: int, w: int, strings: list[bytes]) -> bytes:
     """A ``.lpm`` file, byte by byte from the layout in lpm.fileformat's docstring, CRC recomputed."""
     zh, zw = fileformat.expected_latent_shape(h, w)
-    body = fileformat.MAGIC + struct.pack(">BBH", 1, 0, 31)
-    body += struct.pack(">8sdIIBBHHB", bytes.fromhex(model_id), rate, h, w, 3, 8, zh, zw, len(strings))
+    body = fileformat.MAGIC + struct.pack(">BBH", 2, 0, 35)
+    body += struct.pack(">8sdIIBBHHIB", bytes.fromhex(model_id), rate, h, w, 3, 8, zh, zw, 0, len(strings))
     for s in strings:
         body += struct.pack(">I", len(s)) + s
     return body + struct.pack(">I", zlib.crc32(body))

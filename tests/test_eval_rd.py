@@ -203,3 +203,29 @@ def test_inputs_and_errors(setup, tmp_path):
         evaluate_codec(model, [tmp_path / "missing.png"], [0.013], progress=False)
     with pytest.raises(ValueError, match="out_dir"):
         evaluate_codec(model, one, [0.013], progress=False, keep_streams=True)
+
+
+def test_results_of_format_version_1_are_moved_aside_and_measured_again(setup, first_run, monkeypatch):
+    """A per-image CSV written by lpm 0.1 (format version 1 streams, 4 bytes smaller, no lpm_format column)
+    is not reused: it is kept as <name>_per_image.format1.csv and every row is measured again."""
+    out = setup["root"] / "out_v1"
+    out.mkdir()
+    fields = [f for f in rd.CSV_FIELDS if f != "lpm_format"]
+    src_rows = _rows(first_run[0] / "tiny_per_image.csv")
+    with open(out / "tiny_per_image.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in src_rows:
+            w.writerow({k: r[k] for k in fields})
+    old_text = (out / "tiny_per_image.csv").read_text()
+    calls = []
+    real = rd.encode_image
+    monkeypatch.setattr(rd, "encode_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with pytest.warns(UserWarning, match="format version 1"):
+        res = evaluate_codec(setup["model"], setup["images"], RATES, checkpoint_info=setup["info"], out_dir=out,
+                             name="tiny", dataset_name="toy", progress=False)
+    assert len(calls) == 3 * len(RATES)
+    assert (out / "tiny_per_image.format1.csv").read_text() == old_text  # nothing lost
+    rows = _rows(out / "tiny_per_image.csv")
+    assert len(rows) == 3 * len(RATES) and {r["lpm_format"] for r in rows} == {"2"}
+    assert res["meta"]["lpm_format"] == 2 and res["results"]["bpp"] == first_run[1]["results"]["bpp"]

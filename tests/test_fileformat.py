@@ -33,8 +33,8 @@ FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 # Offsets from the byte table in the module docstring.
 OFF_VERSION, OFF_FLAGS, OFF_HLEN = 8, 9, 10
-OFF_RATE, OFF_H, OFF_W, OFF_C, OFF_BD, OFF_ZH, OFF_ZW, OFF_N = 20, 28, 32, 36, 37, 38, 40, 42
-OFF_STRINGS = 43
+OFF_RATE, OFF_H, OFF_W, OFF_C, OFF_BD, OFF_ZH, OFF_ZW, OFF_CHECK, OFF_N = 20, 28, 32, 36, 37, 38, 40, 42, 46
+OFF_STRINGS = 47
 
 # A 1x1 RGB PNG (signature, IHDR, IDAT, IEND).
 PNG_1X1 = bytes.fromhex(
@@ -46,7 +46,7 @@ PNG_1X1 = bytes.fromhex(
 def make_header(height=100, width=150, **kw) -> StreamHeader:
     fields = dict(
         model_id="0123456789abcdef", rate=0.0130, height=height, width=width, channels=3,
-        bit_depth=8, latent_shape=ff.expected_latent_shape(height, width),
+        bit_depth=8, latent_shape=ff.expected_latent_shape(height, width), table_check=0x1A2B3C4D,
     )
     fields.update(kw)
     return StreamHeader(**fields)
@@ -83,6 +83,7 @@ def headers(draw) -> StreamHeader:
         channels=draw(st.sampled_from([1, 3])),
         bit_depth=draw(st.sampled_from([8, 16])),
         latent_shape=(math.ceil(h / LATENT_STRIDE), math.ceil(w / LATENT_STRIDE)),
+        table_check=draw(st.integers(0, 2**32 - 1)),
     )
 
 
@@ -105,14 +106,45 @@ def test_round_trip(c):
 
 def test_sample_layout_matches_docstring_table():
     data = encode(SAMPLE)
-    assert ff.HEADER_SIZE == 31 and MIN_FILE_SIZE == 51
+    assert ff.HEADER_SIZE == 35 and MIN_FILE_SIZE == 55 and FORMAT_VERSION == 2
     assert data[:8] == b"\x89LPM\r\n\x1a\n"
-    assert struct.unpack_from(">BBH", data, 8) == (1, 0, 31)
+    assert struct.unpack_from(">BBH", data, 8) == (2, 0, 35)
     assert data[12:20] == bytes.fromhex("0123456789abcdef")
-    assert struct.unpack_from(">dIIBBHHB", data, OFF_RATE) == (0.0130, 100, 150, 3, 8, 2, 3, 2)
+    assert struct.unpack_from(">dIIBBHHIB", data, OFF_RATE) == (0.0130, 100, 150, 3, 8, 2, 3, 0x1A2B3C4D, 2)
     assert struct.unpack_from(">I", data, OFF_STRINGS) == (80,)
     assert struct.unpack_from(">I", data, len(data) - 4) == (zlib.crc32(data[:-4]),)
     assert len(data) == MIN_FILE_SIZE + 4 + 80 + 5
+    assert "table check 1a2b3c4d" in describe(SAMPLE) and describe(SAMPLE).startswith("lpm v2:")
+
+
+def test_version_1_files_are_read_and_written_only_on_request():
+    """Version 1 (lpm 0.1: no table check, 31-byte header) is still decoded; lpm writes version 1 only when
+    asked (compatibility tests), and never a version 2 file without its table check."""
+    v1 = CompressedImage(make_header(table_check=None), SAMPLE.strings)
+    assert v1.header.version == 1 and SAMPLE.header.version == 2
+    with pytest.raises(ValueError, match="needs the header's table_check"):
+        encode(v1)
+    with pytest.raises(ValueError, match="needs the header's table_check"):
+        encode(SAMPLE, legacy_v1=True)
+    data = encode(v1, legacy_v1=True)
+    assert struct.unpack_from(">BBH", data, 8) == (1, 0, 31) and len(data) == 51 + 4 + 80 + 5
+    assert struct.unpack_from(">dIIBBHHB", data, OFF_RATE) == (0.0130, 100, 150, 3, 8, 2, 3, 2)
+    back = decode(data)
+    assert back == v1 and back.header.table_check is None
+    assert describe(back).startswith("lpm v1:") and "no table check" in describe(back)
+    for n in range(len(data)):  # truncations of a version 1 file fail too
+        with pytest.raises(BitstreamError):
+            decode(data[:n])
+    with pytest.raises(BitstreamError, match="bad lpm header length 35 \\(version 1 headers are 31 bytes\\)"):
+        decode(patch(data, OFF_HLEN, ">H", 35))
+    with pytest.raises(BitstreamError, match="bad lpm header length 31 \\(version 2 headers are 35 bytes\\)"):
+        decode(patch(encode(SAMPLE), OFF_HLEN, ">H", 31))
+
+
+@pytest.mark.parametrize("check", [-1, 2**32, 1.5, True])
+def test_invalid_table_check_refused(check):
+    with pytest.raises(ValueError):
+        make_header(table_check=check)
 
 
 def test_decode_accepts_bytearray_and_memoryview():
@@ -180,7 +212,7 @@ def test_foreign_bytes_raise_bitstream_error(blob):
 @given(st.binary(min_size=0, max_size=200), st.booleans())
 def test_resealed_garbage_never_escapes(blob, with_prefix):
     """Garbage behind a valid magic/version and a valid CRC: decode or BitstreamError, nothing else."""
-    prefix = MAGIC + bytes([FORMAT_VERSION, 0]) + struct.pack(">H", 31) if with_prefix else MAGIC + b"\x01"
+    prefix = MAGIC + bytes([FORMAT_VERSION, 0]) + struct.pack(">H", 35) if with_prefix else MAGIC + b"\x02"
     data = reseal(prefix + blob + b"\0\0\0\0")
     try:
         c = decode(data)
@@ -211,6 +243,7 @@ def test_huge_length_field_with_valid_crc_fails_fast():
     [
         (OFF_FLAGS, ">B", 1, "unsupported lpm flags 0x01"),
         (OFF_HLEN, ">H", 30, "bad lpm header length 30"),
+        (OFF_VERSION, ">B", 1, "bad lpm header length 35 (version 1 headers are 31 bytes)"),
         (OFF_RATE, ">d", 0.0, "rate must be finite and > 0"),
         (OFF_RATE, ">d", -1.0, "rate must be finite and > 0"),
         (OFF_RATE, ">d", float("nan"), "rate must be finite and > 0"),
@@ -242,8 +275,8 @@ def test_trailing_garbage_with_valid_crc():
 
 def test_version_and_magic_messages():
     data = encode(SAMPLE)
-    with pytest.raises(BitstreamError, match=r"unsupported lpm format version 2 \(this build reads 1\)"):
-        decode(patch(data, OFF_VERSION, ">B", 2))
+    with pytest.raises(BitstreamError, match=r"unsupported lpm format version 3 \(this build reads 1, 2\)"):
+        decode(patch(data, OFF_VERSION, ">B", 3))
     with pytest.raises(BitstreamError, match=r"not an lpm file \(bad magic\)"):
         decode(reseal(b"\x89LPX" + data[4:]))
     with pytest.raises(BitstreamError, match=r"corrupted lpm file \(checksum mismatch\)"):

@@ -159,13 +159,16 @@ def run_children(child: str, args: list[str], count: int, *, mutant_timeout: flo
 
 
 # ---------------------------------------------------------------------------------------- mutants
-def pack(fields: dict, strings: list[bytes], *, n_strings: int | None = None) -> bytes:
-    """A ``.lpm`` file from raw header ``fields`` (any values the layout can hold), CRC recomputed."""
+def pack(fields: dict, strings: list[bytes], *, n_strings: int | None = None, layout: int = 2) -> bytes:
+    """A ``.lpm`` file from raw header ``fields`` (any values the layout can hold), CRC recomputed; ``layout``
+    1 writes the version 1 header (no table check)."""
     body = fileformat.MAGIC + struct.pack(">BBH", fields["version"], fields["flags"], fields["hlen"])
-    body += struct.pack(
-        ">8sdIIBBHHB", fields["model_id"], fields["rate"], fields["h"], fields["w"], fields["channels"],
-        fields["bit_depth"], fields["zh"], fields["zw"], len(strings) if n_strings is None else n_strings,
-    )
+    head = [fields["model_id"], fields["rate"], fields["h"], fields["w"], fields["channels"], fields["bit_depth"],
+            fields["zh"], fields["zw"]]
+    if layout == 2:
+        head.append(fields["check"])
+    body += struct.pack(">8sdIIBBHHIB" if layout == 2 else ">8sdIIBBHHB", *head,
+                        len(strings) if n_strings is None else n_strings)
     for s in strings:
         body += struct.pack(">I", len(s)) + s
     return body + struct.pack(">I", zlib.crc32(body))
@@ -174,9 +177,9 @@ def pack(fields: dict, strings: list[bytes], *, n_strings: int | None = None) ->
 def fields_of(c: fileformat.CompressedImage) -> dict:
     h = c.header
     return dict(
-        version=fileformat.FORMAT_VERSION, flags=0, hlen=31, model_id=bytes.fromhex(h.model_id), rate=h.rate,
+        version=fileformat.FORMAT_VERSION, flags=0, hlen=35, model_id=bytes.fromhex(h.model_id), rate=h.rate,
         h=h.height, w=h.width, channels=h.channels, bit_depth=h.bit_depth, zh=h.latent_shape[0],
-        zw=h.latent_shape[1],
+        zw=h.latent_shape[1], check=h.table_check,
     )
 
 
@@ -200,19 +203,25 @@ def make_mutants(
         y, z = c.strings
         tag = f"stream{g}"
 
-        def add(name: str, strings=None, n_strings=None, **changes):
+        def add(name: str, strings=None, n_strings=None, layout=2, **changes):
             out.append((f"{tag}: {name}", pack({**f, **changes}, [y, z] if strings is None else strings,
-                                               n_strings=n_strings)))
+                                               n_strings=n_strings, layout=layout)))
 
         add("genuine")
+        # the table check (version 2) and the version 1 layout (no check, float32 tables)
+        for bit in (0, 7, 31):
+            add(f"table check, bit {bit} flipped", check=f["check"] ^ (1 << bit))
+        add("table check 0", check=0)
+        add("version 1 layout (no table check)", layout=1, version=1, hlen=31)
+        add("version 1 layout, version field 2", layout=1, version=2, hlen=31)
         # header fields
         add("other model id", model_id=bytes(8))
         add("model id, one bit flipped", model_id=bytes([f["model_id"][0] ^ 1]) + f["model_id"][1:])
         for r in (0.0, -0.013, math.nan, math.inf, -math.inf, 5e-324, 1e300, lo, hi, lo * 0.999, hi * 1.001,
                   math.sqrt(lo * hi), f["rate"] * (1 + 1e-12), *model.rates):
             add(f"rate {r!r}", rate=r)
-        for name, v in (("version", 0), ("version", 2), ("version", 255), ("flags", 1), ("flags", 128),
-                        ("hlen", 0), ("hlen", 30), ("hlen", 32), ("hlen", 65535)):
+        for name, v in (("version", 0), ("version", 1), ("version", 3), ("version", 255), ("flags", 1),
+                        ("flags", 128), ("hlen", 0), ("hlen", 31), ("hlen", 34), ("hlen", 36), ("hlen", 65535)):
             add(f"{name} {v}", **{name: v})
         for ch in (0, 1, 2, 4, 255):
             add(f"channels {ch}", channels=ch)
@@ -349,8 +358,11 @@ def test_fuzzed_streams_decode_deterministically_or_are_refused(fuzz_setup):
     assert not failures, f"{len(failures)} of {len(mutants)} mutants failed {dict(kinds)}:\n" + "\n".join(failures[:30])
     assert len(outcomes) == len(mutants) and decoded >= 20  # genuine streams and harmless header edits decode
     for i, (name, _) in enumerate(mutants):
-        if name.endswith(": genuine"):
-            assert "ok" in outcomes[i].report, name
+        r = outcomes[i].report
+        if name.endswith(": genuine") or name.endswith(": version 1 layout (no table check)"):
+            assert "ok" in r, name  # version 1 files are still decoded (with their float32 tables)
+        if ": table check" in name:  # an intact file whose tables do not match: refused, naming the cause
+            assert "cannot decode on this setup" in r.get("msg", ""), (name, r)
 
 
 # The harness itself: a crash or a hang is pinned on its mutant, and the rest still run.

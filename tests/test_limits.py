@@ -46,7 +46,7 @@ def test_cli_start_does_not_import_torch(argv):
 def test_info_does_not_import_torch(tmp_path):
     from lpm import fileformat
 
-    c = fileformat.CompressedImage(fileformat.StreamHeader("0123456789abcdef", 0.01, 64, 64, 3, 8, (1, 1)),
+    c = fileformat.CompressedImage(fileformat.StreamHeader("0123456789abcdef", 0.01, 64, 64, 3, 8, (1, 1), 0),
                                    [b"\x00" * 8, b"\x00" * 8])
     path = tmp_path / "a.lpm"
     fileformat.write(path, c)

@@ -24,8 +24,10 @@ Outputs in ``out_dir`` (optional):
 
 * ``<name>_per_image.csv`` — one row per (image, rate), appended and flushed as soon as it is measured
   (columns :data:`CSV_FIELDS`). A run that is interrupted and started again **resumes**: rows already in
-  the file for the same image path, rate and checkpoint sha256 are reused, not recomputed (a half-written
-  last line is discarded). Rows of other checkpoints may share the file; they are ignored.
+  the file for the same image path, rate, checkpoint sha256 and ``.lpm`` format version are reused, not
+  recomputed (a half-written last line is discarded). Rows of other checkpoints may share the file; they
+  are ignored. A CSV of lpm 0.1 (format version 1 streams, no ``lpm_format`` column) is moved aside to
+  ``<name>_per_image.format1.csv`` and the set measured again.
 * ``<name>.json`` — CompressAI's results format ``{"name", "description", "results": {"bpp",
   "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time", "rate", ...}, "meta": {...}}``; ``meta``
   records the environment (:func:`lpm.provenance.environment`), the checkpoint sha256 and training budget,
@@ -45,6 +47,7 @@ import math
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -68,6 +71,7 @@ CSV_FIELDS = (
     "image",
     "rate",
     "checkpoint_sha256",
+    "lpm_format",
     "height",
     "width",
     "channels",
@@ -84,7 +88,9 @@ CSV_FIELDS = (
 )
 
 _NUMERIC = ("bpp", "bpp_payload", "psnr_rgb", "ms_ssim_rgb", "encoding_time", "decoding_time")
-_INTS = ("height", "width", "channels", "bit_depth", "bytes", "payload_bytes")
+_INTS = ("lpm_format", "height", "width", "channels", "bit_depth", "bytes", "payload_bytes")
+#: Columns of the per-image CSVs of lpm 0.1 (format version 1 streams, no ``lpm_format`` column).
+_CSV_FIELDS_V1 = tuple(f for f in CSV_FIELDS if f != "lpm_format")
 
 PathLike = Union[str, os.PathLike]
 
@@ -136,6 +142,17 @@ def _read_rows(csv_path: Path) -> list[dict[str, Any]]:
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
+            return []
+        if tuple(reader.fieldnames) == _CSV_FIELDS_V1:  # rows of format version 1 streams: keep them aside
+            f.close()
+            aside = csv_path.with_name(csv_path.stem + ".format1.csv")
+            n = 1
+            while aside.exists():
+                n += 1
+                aside = csv_path.with_name(f"{csv_path.stem}.format1-{n}.csv")
+            os.replace(csv_path, aside)
+            warnings.warn(f"{csv_path} holds results of .lpm format version 1 files; moved to {aside.name}, "
+                          f"measuring again with format version {fileformat.FORMAT_VERSION}", stacklevel=3)
             return []
         if tuple(reader.fieldnames) != CSV_FIELDS:
             raise ValueError(
@@ -270,7 +287,7 @@ def evaluate_codec(
         out.mkdir(parents=True, exist_ok=True)
         csv_path = out / f"{name}_per_image.csv"
         for row in _read_rows(csv_path):
-            if row["checkpoint_sha256"] == sha:
+            if row["checkpoint_sha256"] == sha and row["lpm_format"] == fileformat.FORMAT_VERSION:
                 done.setdefault((row["image"], _rate_key(row["rate"])), row)
         if keep_streams:
             stream_dir = out / f"{name}_streams"
@@ -306,6 +323,7 @@ def evaluate_codec(
                     continue
                 row, data = _measure(model, model_id, path, rate, device, max_pixels)
                 row["checkpoint_sha256"] = sha
+                row["lpm_format"] = fileformat.FORMAT_VERSION
                 row["stream"] = ""
                 if stream_dir is not None:
                     fname = f"{ii:04d}_{_safe_name(path.stem)}_r{ri:02d}_{rate:.6g}.lpm"
@@ -341,6 +359,7 @@ def evaluate_codec(
     meta: dict[str, Any] = dict(environment(device))
     meta.update(
         checkpoint_sha256=sha,
+        lpm_format=fileformat.FORMAT_VERSION,
         checkpoint_path=info.get("path"),
         checkpoint_budget=budget if budget is not None else "unknown (no training budget recorded)",
         model_id=model_id,

@@ -20,10 +20,11 @@ Any ``H×W`` is accepted: the image is padded (edge replication) to a multiple o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +34,18 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
 from lpm import entropy
+from lpm.fileformat import TableMismatchError
 from lpm.layers import PromptTarget, SwinStage
 
 __all__ = ["CodecConfig", "CONFIG_LIMITS", "TICCodec", "PromptSource", "Transform", "STRIDE"]
 
 #: The image is padded to a multiple of this (4 stride-2 steps to ``y``, 2 more to ``z``).
 STRIDE = 64
+
+#: Decode on the CPU with oneDNN off in the synthesis (and the decoder-side prompt nets): PyTorch's native
+#: convolutions then give the same bits for any thread count (oneDNN's do not: ≤1-LSB differences in ~12
+#: pixels per Kodak image were measured between 1 and 2 threads), at no measured cost at paper size.
+THREAD_INVARIANT_SYNTHESIS = True
 
 
 class PromptSource(Protocol):
@@ -49,6 +56,11 @@ class PromptSource(Protocol):
     def encoder(self, x: Tensor) -> Optional[dict[str, list[Tensor]]]: ...
 
     def hyper_decoder(self, z_hat: Tensor) -> Optional[dict[str, list[Tensor]]]: ...
+
+    def exact_hyper_decoder(self, z_hat: Tensor) -> Optional[dict[str, list[Tensor]]]:
+        """:meth:`hyper_decoder` evaluated on float64 CPU copies of its nets (``z_hat`` is float64 on the CPU;
+        see :func:`lpm.entropy.cpu_float64`): what the entropy tables are derived from at both ends."""
+        ...
 
     def decoder(self, y_hat: Tensor) -> Optional[dict[str, list[Tensor]]]: ...
 
@@ -195,6 +207,18 @@ class Transform(nn.Module):
         return x
 
 
+@contextlib.contextmanager
+def _onednn(enabled: bool) -> Iterator[None]:
+    """oneDNN (mkldnn) on or off for the block, restored after (``torch.backends.mkldnn.flags`` would also
+    reset its TF32 setting and warn about Intel GPUs)."""
+    before = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(before)
+
+
 def _channel_scale(log_gain: Tensor, like: Tensor) -> Tensor:
     """``e^g`` shaped to multiply ``like`` ``(B, M, H, W)``: ``g`` is ``(M,)`` (all images) or ``(B, M)``."""
     g = log_gain.exp().to(like.dtype)
@@ -327,17 +351,55 @@ class TICCodec(CompressionModel):
         x_hat = self._synthesis(y_hat, prompts)[..., :h, :w]
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
+    def entropy_tables(
+        self, z_hat: Tensor, prompts: Optional[PromptSource] = None, exact: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """The Gaussian conditional's table indexes (int32) and means (float32) for y, given ẑ.
+
+        ``exact=True`` (what :meth:`compress` and :meth:`decompress` use): the hyper-synthesis ``h_s`` and the
+        prompt source's hyper-decoder prompts are evaluated on float64 copies on the CPU
+        (:func:`lpm.entropy.cpu_float64`), cast to float32, and the scales mapped to tables on the CPU, so that
+        encoder and decoder derive the same tables whatever device, precision or thread count runs the big
+        transforms (float64 differences would have to be ~10⁻⁷ relative to move an index as often as one
+        float32 ulp does). Both tensors are on the CPU. ``exact=False``: the float32 path of lpm 0.1 (``h_s``
+        on the model's device), kept to decode ``.lpm`` version 1 files; tensors on the model's device.
+        """
+        gc = self.gaussian_conditional
+        if not exact:
+            scales, means = self._params(z_hat, prompts)
+            return gc.build_indexes(scales), means
+        z64 = z_hat.detach().to("cpu", torch.float64)
+        hyper = None
+        if prompts is not None:
+            fn = getattr(prompts, "exact_hyper_decoder", None)
+            if fn is None:
+                raise TypeError(f"{type(prompts).__name__} has no exact_hyper_decoder(): the entropy tables cannot be "
+                                "computed the same way at both ends")
+            hyper = fn(z64)
+        logit = prompts.prompt_logit if prompts is not None else None
+        with torch.autocast("cpu", enabled=False):
+            scales, means = entropy.cpu_float64(self.h_s)(z64, hyper, logit).float().chunk(2, 1)
+        table = gc.scale_table.detach().to("cpu", torch.float32)
+        scales = torch.maximum(scales, gc.lower_bound_scale.bound.detach().to("cpu", torch.float32))
+        # compressai's build_indexes, as one exact comparison: index = #{i < T-1 : table[i] < scale}
+        indexes = torch.bucketize(scales.contiguous(), table[:-1]).to(torch.int32)
+        return indexes, means.contiguous()
+
     @torch.no_grad()
     def compress(self, x: Tensor, prompts: Optional[PromptSource] = None) -> dict[str, Any]:
-        """Entropy-code a batch ``(B, 3, H, W)`` in [0, 1]; ``update()`` must have been called."""
+        """Entropy-code a batch ``(B, 3, H, W)`` in [0, 1]; ``update()`` must have been called.
+
+        Returns compressai's ``{"strings", "shape"}`` plus ``"table_checks"``: per image the
+        :func:`lpm.entropy.table_check` of its table indexes (see :meth:`entropy_tables`), which
+        :meth:`decompress` compares before decoding."""
         xp = self.pad(x)
         y, z = self._analysis(xp, prompts)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        scales, means = self._params(z_hat, prompts)
-        indexes = self.gaussian_conditional.build_indexes(scales)
-        y_strings = self.gaussian_conditional.compress(y, indexes, means=means)
-        return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
+        indexes, means = self.entropy_tables(z_hat, prompts)
+        y_strings = self.gaussian_conditional.compress(y, indexes, means=means.to(y.device))
+        checks = [entropy.table_check(i) for i in indexes]
+        return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:]), "table_checks": checks}
 
     @torch.no_grad()
     def decompress(
@@ -346,14 +408,23 @@ class TICCodec(CompressionModel):
         shape: Sequence[int],
         prompts: Optional[PromptSource] = None,
         size: Optional[Sequence[int]] = None,
+        table_checks: Optional[Sequence[int]] = None,
+        exact: bool = True,
     ) -> dict[str, Tensor]:
         """Decode ``strings`` (as returned by :meth:`compress`); ``size=(H, W)`` crops the padding.
+
+        ``table_checks`` (from :meth:`compress`; ``None`` skips the check): the tables derived here must have
+        the same :func:`lpm.entropy.table_check`, or :class:`lpm.fileformat.TableMismatchError` is raised
+        before anything is entropy-decoded. ``exact=False`` uses the float32 table path of ``.lpm`` version 1
+        (see :meth:`entropy_tables`).
 
         Entropy decoding goes through :mod:`lpm.entropy`, never straight to compressai's unchecked rANS
         decoder: strings too short for the latent ``shape`` claims are refused before anything is
         allocated, the decoder cannot read past a string, and a string that is not exactly what the encoder
         writes is refused (all one-line :class:`lpm.fileformat.BitstreamError`). Whatever the bytes, the
         output is deterministic (non-finite synthesis values, from absurd but well-formed latents, become 0).
+        On the CPU the synthesis runs with oneDNN off (:data:`THREAD_INVARIANT_SYNTHESIS`), which makes the
+        decoded image the same bits for any number of threads.
         """
         if not isinstance(strings, (list, tuple)) or len(strings) != 2:
             raise ValueError("expected strings = [y_strings, z_strings]")
@@ -362,9 +433,19 @@ class TICCodec(CompressionModel):
         gc = self.gaussian_conditional
         entropy.check_strings(self.entropy_bottleneck, gc, y_strings, z_strings, shape, self.config.M)
         z_hat = entropy.decode_bottleneck(self.entropy_bottleneck, z_strings, shape)
-        scales, means = self._params(z_hat, prompts)
-        y_hat = entropy.decode_gaussian(gc, y_strings, gc.build_indexes(scales), means)
-        x_hat = self._synthesis(y_hat, prompts).nan_to_num_(0.0).clamp_(0, 1)
+        indexes, means = self.entropy_tables(z_hat, prompts, exact)
+        if table_checks is not None:
+            if len(table_checks) != indexes.shape[0]:
+                raise ValueError(f"{len(table_checks)} table checks for {indexes.shape[0]} images")
+            for stored, idx in zip(table_checks, indexes):
+                computed = entropy.table_check(idx)
+                if int(stored) != computed:
+                    raise TableMismatchError(int(stored), computed)
+        y_hat = entropy.decode_gaussian(gc, y_strings, indexes, means)
+        device = self.g_s.layers[0].weight.device
+        y_hat = y_hat.to(device)
+        with _onednn(enabled=not (THREAD_INVARIANT_SYNTHESIS and device.type == "cpu")):
+            x_hat = self._synthesis(y_hat, prompts).nan_to_num_(0.0).clamp_(0, 1)
         if size is not None:
             x_hat = x_hat[..., : size[0], : size[1]]
         return {"x_hat": x_hat}

@@ -41,6 +41,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from lpm.entropy import cpu_float64
 from lpm.layers import PromptNet
 from lpm.models.base import TICCodec
 from lpm.models.prompted import PromptConfig
@@ -76,6 +77,9 @@ class _LambdaSource:
 
     def hyper_decoder(self, z_hat: Tensor) -> dict[str, list[Tensor]]:
         return self.module.hyper_decoder(self._with_t(z_hat))
+
+    def exact_hyper_decoder(self, z_hat: Tensor) -> dict[str, list[Tensor]]:
+        return cpu_float64(self.module.hyper_decoder)(self._with_t(z_hat))
 
     def decoder(self, y_hat: Tensor) -> dict[str, list[Tensor]]:
         return self.module.decoder(self._with_t(y_hat))
@@ -195,6 +199,9 @@ class GainSource:
         return None
 
     def hyper_decoder(self, z_hat: Tensor) -> None:
+        return None
+
+    def exact_hyper_decoder(self, z_hat: Tensor) -> None:
         return None
 
     def decoder(self, y_hat: Tensor) -> None:

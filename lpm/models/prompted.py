@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from lpm.entropy import cpu_float64
 from lpm.layers import PromptNet
 from lpm.models.base import CONFIG_LIMITS, TICCodec, _int_in, _real
 from lpm.models.variable_rate import RATE_REL_TOL, Rate, VariableRateCodec
@@ -121,6 +122,10 @@ class RateMix:
 
     def hyper_decoder(self, z_hat: Tensor) -> dict[str, list[Tensor]]:
         return _mix([m.hyper_decoder(z_hat) for m in self.modules], self.weights)
+
+    def exact_hyper_decoder(self, z_hat: Tensor) -> dict[str, list[Tensor]]:
+        """The same prompts from float64 CPU copies of the nets (the weights are Python floats)."""
+        return _mix([cpu_float64(m.hyper_decoder)(z_hat) for m in self.modules], self.weights)
 
     def decoder(self, y_hat: Tensor) -> dict[str, list[Tensor]]:
         return _mix([m.decoder(y_hat) for m in self.modules], self.weights)

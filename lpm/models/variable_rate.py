@@ -178,15 +178,19 @@ class VariableRateCodec(CompressionModel):
         return self.backbone(rate)(x, self.prompt_source(rate, x.shape[0]))
 
     def compress(self, x: Tensor, rate: Rate) -> dict[str, Any]:
+        """``{"strings", "shape", "table_checks"}`` (see :meth:`lpm.models.TICCodec.compress`)."""
         return self.backbone(rate).compress(x, self.prompt_source(rate, x.shape[0]))
 
     def decompress(
-        self, strings: list[list[bytes]], shape: Sequence[int], rate: Rate, size: Optional[Sequence[int]] = None
+        self, strings: list[list[bytes]], shape: Sequence[int], rate: Rate, size: Optional[Sequence[int]] = None,
+        table_checks: Optional[Sequence[int]] = None, exact: bool = True,
     ) -> dict[str, Tensor]:
+        """``{"x_hat"}``; ``table_checks`` and ``exact`` as in :meth:`lpm.models.TICCodec.decompress`."""
         if not isinstance(strings, (list, tuple)) or len(strings) != 2:
             raise ValueError("expected strings = [y_strings, z_strings]")
         batch = len(strings[1])
-        return self.backbone(rate).decompress(strings, shape, self.prompt_source(rate, batch), size=size)
+        return self.backbone(rate).decompress(strings, shape, self.prompt_source(rate, batch), size=size,
+                                              table_checks=table_checks, exact=exact)
 
     # ------------------------------------------------------------------ accounting
     def parameter_groups(self) -> dict[str, int]:
