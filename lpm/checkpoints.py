@@ -5,11 +5,12 @@ Loading never executes pickled code (``safetensors``). A file holds either a bar
 strings, as safetensors requires)::
 
     lpm_format     "1"
-    kind           "tic" | "prompted" | "rate_conditioned" | "gain_units" (the same-backbone baselines)
+    kind           "tic" | "prompted" | "lora" | "rate_conditioned" | "gain_units" (the same-backbone baselines)
     codec_config   JSON of CodecConfig
     base_rate      the λ the base was trained at
     rates          JSON list of λ (prompted only)
     prompt_config  JSON of PromptConfig (prompted only)
+    lora_config    JSON of LoRAConfig (lora only; rank, target layers, transforms)
     git_commit, lpm_version, torch   provenance
     meta           free JSON (training budget, data, notes)
 
@@ -58,6 +59,7 @@ from lpm.models import (
     RATE_REL_TOL,
     CodecConfig,
     LayerAdaptivePromptModule,
+    LoRAConfig,
     PromptConfig,
     TICCodec,
     VariableRateCodec,
@@ -259,7 +261,7 @@ def _parse(path: Path, md: dict[str, str]) -> tuple[CodecConfig, dict[str, Any],
             rates = check_ladder(rates)
         except ValueError as e:
             raise CheckpointError(f"{path}: invalid checkpoint metadata ({_one_line(e)})") from None
-        if kind == "prompted" and not any(math.isclose(base_rate, r, rel_tol=RATE_REL_TOL) for r in rates):
+        if kind in ("prompted", "lora") and not any(math.isclose(base_rate, r, rel_tol=RATE_REL_TOL) for r in rates):
             raise CheckpointError(f"{path}: invalid checkpoint metadata (base_rate {base_rate:g} is not in the "
                                   f"rate ladder {rates})")
         fields.update(rates=rates, base_rate=base_rate)
@@ -270,6 +272,13 @@ def _parse(path: Path, md: dict[str, str]) -> tuple[CodecConfig, dict[str, Any],
             except ValueError as e:
                 raise CheckpointError(f"{path}: invalid checkpoint metadata ({_one_line(e)})") from None
             fields["prompt_config"] = pcfg
+        if kind == "lora" and "lora_config" in md:
+            lcfg = _json(path, md, "lora_config", dict, limit=MAX_CONFIG_CHARS)
+            try:
+                LoRAConfig.from_dict(lcfg)
+            except ValueError as e:
+                raise CheckpointError(f"{path}: invalid checkpoint metadata ({_one_line(e)})") from None
+            fields["lora_config"] = lcfg
         if kind == "rate_conditioned":
             lr = _json(path, md, "lambda_range", list, limit=MAX_CONFIG_CHARS)
             lr = [_rate(path, "lambda_range", v) for v in lr]
@@ -312,7 +321,7 @@ def _blocks_lower_bound(cfg_key: str) -> tuple[int, int]:
         if depth == 0:
             continue
         if (heads, window) not in per_block:
-            with torch.device("meta"):
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
                 sd = SwinStage(cfg.N, 1, heads, window, cfg.mlp_ratio, cfg.drop_path, cfg.prompt_stride).state_dict()
             per_block[(heads, window)] = (len(sd), sum(v.numel() for v in sd.values()))
         t, v = per_block[(heads, window)]
@@ -323,7 +332,7 @@ def _blocks_lower_bound(cfg_key: str) -> tuple[int, int]:
 @functools.lru_cache(maxsize=16)
 def _prompted_tensor_count(cfg_key: str, pcfg_key: str, n_rates: int) -> int:
     """Tensors of a prompted codec: the backbone plus one prompt module per prompted rate (built on ``meta``)."""
-    with torch.device("meta"):
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         base = TICCodec(CodecConfig.from_dict(json.loads(cfg_key)))
         module = LayerAdaptivePromptModule(base, PromptConfig.from_dict(json.loads(pcfg_key)))
         return len(base.state_dict()) + (n_rates - 1) * len(module.state_dict())
@@ -341,8 +350,10 @@ class _Layout:
 
 @functools.lru_cache(maxsize=16)
 def _layout(kind: str, cfg_key: str, fields_key: str) -> _Layout:
-    """The codec of ``kind`` built on the ``meta`` device (no memory), described (cached per config)."""
-    with torch.device("meta"):
+    """The codec of ``kind`` built on the ``meta`` device (no memory), described (cached per config). The
+    build leaves torch's CPU random state as it was (initialisers draw from it even on ``meta``), so loading
+    a checkpoint never changes what a later seeded model or run draws."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         base = TICCodec(CodecConfig.from_dict(json.loads(cfg_key)))
         model = base if kind == "tic" else CODEC_KINDS[kind].from_checkpoint(base, json.loads(fields_key))
     own = model.state_dict()
@@ -530,8 +541,9 @@ def load_codec(
     cfg, fields, base_rate, meta = _parse(path, md)
     _expected_layout(path, kind, cfg, fields, header, size)
     try:
-        base = TICCodec(cfg)
-        model: Codec = base if kind == "tic" else CODEC_KINDS[kind].from_checkpoint(base, fields)
+        with torch.random.fork_rng(devices=[]):  # every weight is loaded below: leave the caller's RNG alone
+            base = TICCodec(cfg)
+            model: Codec = base if kind == "tic" else CODEC_KINDS[kind].from_checkpoint(base, fields)
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path}: invalid checkpoint metadata ({_one_line(e)})") from None
     try:

@@ -22,7 +22,7 @@ from lpm.paths import NOTEBOOK_DIR, PROJECT_ROOT
 __all__ = ["NOTEBOOK_DIR", "NOTEBOOK_ORDER", "NotebookFailed", "find_notebooks", "run_all"]
 
 #: Run order: the claims table reads what the others recorded, so it goes last.
-NOTEBOOK_ORDER = ("rd_curves", "attention_maps", "savings", "rate_slider", "claims")
+NOTEBOOK_ORDER = ("rd_curves", "attention_maps", "savings", "rate_slider", "comparison", "claims")
 
 
 class NotebookFailed(RuntimeError):

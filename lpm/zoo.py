@@ -64,6 +64,22 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
         description="made by scripts/make_smoke_checkpoint.py (lpm train: configs/tiny-smoke-base.yaml, then "
         "configs/tiny-smoke-prompts.yaml from that base); both runs' ledgers are in its meta",
     ),
+    # Issue 14: low-rank rate adapters (LoRACodec) on the SAME frozen tiny base as tiny-smoke, with the prompt
+    # modules' steps, lr, crops and data subset; for the same-budget comparison (notebooks/comparison.ipynb).
+    "tiny-smoke-lora": CheckpointEntry(
+        file="tiny-smoke-lora.safetensors",
+        sha256="e65053662950ba39b70971686437ed083d21c68ad9143fbc61a54146e004136c",
+        config="tiny",
+        budget=(
+            "smoke checkpoint, NOT the paper's model or budget: tiny config + low-rank rate adapters (LoRACodec, "
+            "rank 7 on qkv/proj/fc1/fc2 of every Swin block), trained with `lpm train` on the CPU (1 thread), 16.3 "
+            "CPU-minutes; base 1000 steps x 8 crops of 128px on 500 BSDS500 images (10.9 min); adapters 150 "
+            "steps/rate x 5 rates x 8 crops of 128px on 50 images (5.4 min); 14000 crops in all"
+        ),
+        description="made by scripts/make_smoke_checkpoint.py --lora (lpm train: configs/tiny-smoke-base.yaml, "
+        "then configs/tiny-smoke-lora.yaml from that base, the base shared with tiny-smoke); both runs' ledgers "
+        "are in its meta",
+    ),
 }
 
 

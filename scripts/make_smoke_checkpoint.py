@@ -16,6 +16,14 @@ A thin driver of the training runner (:class:`lpm.train.runner.Runner`, what ``l
 
 Both runs are resumable: after an interruption, run the same command with ``--resume``. The run folders are
 not committed (``results/runs/`` is ignored); only the checkpoint is.
+
+``--lora`` (issue 14) makes the same-budget low-rank-adapter smoke checkpoint instead: step 1 as above (with
+``--resume`` a finished base run is reused as it is), then ``configs/tiny-smoke-lora.yaml`` (same steps, lr,
+crops and data subset as the prompts) -> ``results/runs/tiny-smoke-lora/`` ->
+``results/checkpoints/tiny-smoke-lora.safetensors`` (the ``tiny-smoke-lora`` zoo entry); ``tiny-smoke`` is
+not touched::
+
+    OMP_NUM_THREADS=1 python scripts/make_smoke_checkpoint.py --data-dir DIR --resume --lora
 """
 
 from __future__ import annotations
@@ -50,16 +58,24 @@ def _ledger(runner: Runner) -> list[dict]:
 
 
 def budget(base: Runner, prompts: Runner, threads: int) -> str:
-    """The smoke budget line, from the two runs' ledgers."""
+    """The smoke budget line, from the two runs' ledgers (the second run: prompts, or low-rank adapters)."""
     b, p = totals(_ledger(base)), totals(_ledger(prompts))
     bd, pd, pc = base.cfg.data, prompts.cfg.data, prompts.cfg
     n_rates = len(_ledger(prompts))
-    gain = " + per-rate latent gain (beyond the paper)" if pc.prompt.get("latent_gain") else ", prompts only"
+    if pc.kind == "lora":
+        from lpm.models import LoRAConfig
+
+        lc = LoRAConfig.from_dict(pc.lora or {})
+        what, part = (f" + low-rank rate adapters (LoRACodec, rank {lc.rank} on {'/'.join(lc.targets)} of every "
+                      f"Swin block)"), "adapters"
+    else:
+        what = " + per-rate latent gain (beyond the paper)" if pc.prompt.get("latent_gain") else ", prompts only"
+        part = "prompts"
     return (
-        f"smoke checkpoint, NOT the paper's model or budget: tiny config{gain}, trained with `lpm train` on the "
+        f"smoke checkpoint, NOT the paper's model or budget: tiny config{what}, trained with `lpm train` on the "
         f"CPU ({threads} thread{'s' if threads > 1 else ''}), {b['cpu_minutes'] + p['cpu_minutes']:.1f} CPU-minutes; "
         f"base {base.cfg.steps} steps x {bd.batch} crops of {bd.crop}px on {len(base.stages[0].paths)} BSDS500 "
-        f"images ({b['cpu_minutes']:.1f} min); prompts {pc.steps} steps/rate x {n_rates} rates x {pd.batch} crops "
+        f"images ({b['cpu_minutes']:.1f} min); {part} {pc.steps} steps/rate x {n_rates} rates x {pd.batch} crops "
         f"of {pd.crop}px on {len(prompts.stages[0].paths)} images ({p['cpu_minutes']:.1f} min); "
         f"{b['crops'] + p['crops']} crops in all"
     )
@@ -71,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(zoo.CHECKPOINT_DIR / "tiny-smoke.safetensors"))
     ap.add_argument("--base-config", default=str(CONFIGS / "tiny-smoke-base.yaml"))
     ap.add_argument("--prompts-config", default=str(CONFIGS / "tiny-smoke-prompts.yaml"))
+    ap.add_argument("--lora", action="store_true",
+                    help="make the low-rank-adapter smoke checkpoint (--lora-config, --lora-out) instead of tiny-smoke")
+    ap.add_argument("--lora-config", default=str(CONFIGS / "tiny-smoke-lora.yaml"))
+    ap.add_argument("--lora-out", default=str(zoo.CHECKPOINT_DIR / "tiny-smoke-lora.safetensors"))
     ap.add_argument("--runs-dir", default=str(zoo.PROJECT_ROOT / "results" / "runs"), help="where the run folders go")
     ap.add_argument("--base-steps", type=int, help="override the base config's steps")
     ap.add_argument("--prompt-steps", type=int, help="override the prompts config's steps (per rate)")
@@ -82,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     base, (base_model,) = _run(Path(args.base_config), args, steps=args.base_steps)
-    prompts, written = _run(Path(args.prompts_config), args, steps=args.prompt_steps, init=str(base_model))
+    second = Path(args.lora_config if args.lora else args.prompts_config)
+    prompts, written = _run(second, args, steps=args.prompt_steps, init=str(base_model))
     wall = (time.perf_counter() - t0) / 60
+    out = args.lora_out if args.lora else args.out
 
     ck = load_codec(written[-1])
     line = budget(base, prompts, args.threads)
@@ -91,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         **ck.meta,
         "budget": line,
         "ledger": _ledger(base) + _ledger(prompts),
-        "made_by": "scripts/make_smoke_checkpoint.py (lpm train: "
-                   f"{Path(args.base_config).name}, {Path(args.prompts_config).name})",
+        "made_by": f"scripts/make_smoke_checkpoint.py{' --lora' if args.lora else ''} (lpm train: "
+                   f"{Path(args.base_config).name}, {second.name})",
         "runs": {"base": base.cfg.to_dict(), "prompts": prompts.cfg.to_dict()},
         "config": "tiny",
         "latent_gain": bool(prompts.cfg.prompt.get("latent_gain")),
@@ -103,8 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         "crop": prompts.cfg.data.crop,
         "prompt_images": [str(p.relative_to(prompts.data_root)) for p in prompts.stages[0].paths],
     }
-    sha = save_codec(args.out, ck.model, meta=meta)
-    print(f"wrote {args.out} sha256={sha} ({wall:.1f} min wall)\n{line}")
+    if args.lora:
+        meta["lora_config"] = ck.model.lora_config.to_dict()
+        meta["adapter_steps_per_rate"] = meta.pop("prompt_steps_per_rate")
+        meta["adapter_images"] = meta.pop("prompt_images")
+        meta.pop("latent_gain")
+        meta["runs"] = {"base": base.cfg.to_dict(), "lora": prompts.cfg.to_dict()}
+    sha = save_codec(out, ck.model, meta=meta)
+    print(f"wrote {out} sha256={sha} ({wall:.1f} min wall)\n{line}")
     return 0
 
 

@@ -212,6 +212,8 @@ def _kind(rec: Mapping[str, Any]) -> str:
     kind = rec.get("kind")
     if kind in ("base", "prompts", "separate"):
         return kind
+    if kind == "lora":  # low-rank rate adapters: per-rate modules on a frozen base, trained like prompts
+        return "prompts"
     m = str(rec.get("model", "")).lower()
     for prefix, k in (("prompt", "prompts"), ("separate", "separate"), ("base", "base")):
         if m.startswith(prefix):

@@ -7,6 +7,8 @@ registered in :data:`CODEC_KINDS` below)::
     variable_rate.py  VariableRateCodec: ladder, check_rate, codec API, update/aux/load, accounting
     prompted.py       PromptedCodec: the paper's Layer-adaptive Prompt Modules on a frozen backbone
     baselines.py      same-backbone baselines: RateConditionedCodec, GainUnitCodec, SeparateModels
+    lora.py           LoRACodec: per-rate low-rank adapters on the frozen backbone's linear layers (the
+                      successor paper's method, arXiv:2606.16107), mergeable into the weights
 """
 
 from .base import STRIDE, CodecConfig, PromptSource, TICCodec, Transform
@@ -27,11 +29,12 @@ from .baselines import (
     SeparateModels,
     separate_models,
 )
+from .lora import LoRACodec, LoRAConfig, LoRALinear, matching_rank
 
 #: The table of codec kinds stored in checkpoints (``kind`` metadata) → class. ``"tic"`` is a bare backbone.
 CODEC_KINDS: dict[str, type] = {
     "tic": TICCodec,
-    **{cls.kind: cls for cls in (PromptedCodec, RateConditionedCodec, GainUnitCodec)},
+    **{cls.kind: cls for cls in (PromptedCodec, RateConditionedCodec, GainUnitCodec, LoRACodec)},
 }
 
 __all__ = [
@@ -52,6 +55,10 @@ __all__ = [
     "SeparateModels",
     "separate_models",
     "GainSource",
+    "LoRACodec",
+    "LoRAConfig",
+    "LoRALinear",
+    "matching_rank",
     "VariableRateCodec",
     "Rate",
     "RATE_REL_TOL",

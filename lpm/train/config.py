@@ -38,6 +38,7 @@ class RunConfig:
     rates: Optional[list[float]] = None  # prompts/separate: the λ ladder (default: the zoo config's)
     base_rate: float = 0.0483
     prompt: dict[str, Any] = field(default_factory=dict)  # PromptConfig overrides
+    lora: Optional[dict[str, Any]] = None  # LoRAConfig fields of a lora run (rank, targets, transforms)
     steps: int = 1000  # per stage
     lr: float = 1e-4
     aux_lr: float = 1e-3
@@ -60,6 +61,12 @@ class RunConfig:
             raise ValueError(f"unknown run kind {self.kind!r} ({', '.join(KINDS)})")
         if STAGE_KINDS[self.kind].needs_init and not self.init:
             raise ValueError(f"a {self.kind} run needs `init:` (the base checkpoint)")
+        if self.lora is not None:
+            if self.kind != "lora":
+                raise ValueError(f"`lora:` settings belong to a lora run, not a {self.kind} run")
+            from lpm.models import LoRAConfig
+
+            LoRAConfig.from_dict(self.lora)  # ValueError for unknown keys or bad values, before anything runs
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("steps, checkpoint_every and log_every must be positive")
 

@@ -8,6 +8,11 @@ and ends in a model checkpoint:
   rate, nearest the base rate first, each initialised from its trained neighbour
   (:mod:`lpm.train.progressive`); only that module's parameters are optimised. Images: a seeded subset of
   ``data.fraction`` of the set (default 0.1: the paper's "90 % less data").
+* ``lora`` — the successor paper's low-rank rate adapters (:class:`~lpm.models.LoRACodec`) on the frozen base
+  from ``init``, trained exactly like ``prompts``: one stage per adapted rate in the same progressive order,
+  each adapter initialised from its trained neighbour (the first on each side fresh, ``ΔW = 0``), only that
+  rate's adapters optimised, on the same seeded ``data.fraction`` subset (default 0.1). Rank and placement:
+  the ``lora:`` block of the config (:class:`~lpm.models.LoRAConfig` fields).
 * ``rate_conditioned`` / ``gain_units`` — the same-budget variable-rate baselines (Kao et al. 2023
   λ-conditioned prompts; Cui et al. 2021 gain units), whole codec trained end to end from ``init`` (or from
   scratch) with λ drawn per image: log-uniform over the ladder's range, or uniformly among trained rates.
@@ -28,14 +33,24 @@ from torch import Tensor, nn
 
 from lpm import zoo
 from lpm.checkpoints import load_codec
-from lpm.models import CodecConfig, GainUnitCodec, PromptConfig, PromptedCodec, RateConditionedCodec, TICCodec
+from lpm.models import (
+    CodecConfig,
+    GainUnitCodec,
+    LoRACodec,
+    LoRAConfig,
+    PromptConfig,
+    PromptedCodec,
+    RateConditionedCodec,
+    TICCodec,
+)
 from lpm.train.progressive import prepare_prompt_stage, progressive_order
 from lpm.train.step import main_parameters
 
 if TYPE_CHECKING:
     from lpm.train.config import RunConfig
 
-__all__ = ["Stage", "StageContext", "StageKind", "STAGE_KINDS", "initial_base", "RateForward", "SampledRateForward"]
+__all__ = ["Stage", "StageContext", "StageKind", "STAGE_KINDS", "initial_base", "RateForward", "SampledRateForward",
+           "prepare_lora_stage"]
 
 
 class RateForward(nn.Module):
@@ -157,6 +172,43 @@ def _prompt_stages(ctx: StageContext) -> list[Stage]:
     return [stage(r) for r, _ in progressive_order(codec)]
 
 
+def _lora_config(cfg: "RunConfig") -> LoRAConfig:
+    return LoRAConfig.from_dict({**_named_config(cfg).get("lora", {}), **(cfg.lora or {})})
+
+
+def prepare_lora_stage(codec: LoRACodec, rate: float, *, initialise: bool = True) -> list[nn.Parameter]:
+    """Make the adapters of ``rate`` the only trainable part of ``codec`` and return them (the prompt stages'
+    :func:`~lpm.train.progressive.prepare_prompt_stage`, for adapters).
+
+    ``initialise``: first copy the adapter of its neighbour one notch closer to the base
+    (:func:`~lpm.train.progressive.progressive_order`); the first rate on each side starts fresh (``B = 0``:
+    the base exactly). A stage resumed from a training state passes ``False``. ``RuntimeError`` if any base
+    parameter is trainable."""
+    rate = codec.rates[codec.trained_index(float(rate))]
+    if initialise:
+        codec.copy_adapter(dict(progressive_order(codec))[rate], rate)
+    own = {id(p) for p in codec.adapter_parameters(rate)}
+    for p in codec.adapter_parameters():
+        p.requires_grad_(id(p) in own)
+    if any(p.requires_grad for _, p in codec.base_parameters()):
+        raise RuntimeError("the base codec must stay frozen while low-rank adapters are learned")
+    return codec.adapter_parameters(rate)
+
+
+def _lora_stages(ctx: StageContext) -> list[Stage]:
+    cfg = ctx.cfg
+    codec = LoRACodec(ctx.base, ctx.rates, cfg.base_rate, _lora_config(cfg)).to(ctx.device)
+
+    def stage(rate: float) -> Stage:
+        def prepare(fresh: bool) -> None:
+            prepare_lora_stage(codec, rate, initialise=fresh)
+
+        return Stage(f"lora-{rate:g}", rate, codec, RateForward(codec, rate), codec.adapter_parameters(rate),
+                     None, ctx.paths, meta={"base_rate": cfg.base_rate}, prepare=prepare)
+
+    return [stage(r) for r, _ in progressive_order(codec)]
+
+
 def _separate_stages(ctx: StageContext) -> list[Stage]:
     return [
         _whole_model(f"separate-{r:g}", r, copy.deepcopy(ctx.base), ctx.paths, file=f"model-{r:g}.safetensors",
@@ -187,6 +239,7 @@ def _gain_unit_stages(ctx: StageContext) -> list[Stage]:
 STAGE_KINDS: dict[str, StageKind] = {
     "base": StageKind(_base_stages),
     "prompts": StageKind(_prompt_stages, data_fraction=0.1, needs_init=True),
+    "lora": StageKind(_lora_stages, data_fraction=0.1, needs_init=True),
     "separate": StageKind(_separate_stages),
     "rate_conditioned": StageKind(_rate_conditioned_stages),
     "gain_units": StageKind(_gain_unit_stages),
