@@ -13,6 +13,8 @@ on failure, the page's HTML are left in the test's tmp directory.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -212,26 +214,16 @@ def _stop_lab(proc: subprocess.Popen, base: str, token: str, runtime_dir: Path) 
                 pass
 
 
-def test_rate_slider_in_jupyterlab(tmp_path):
+@contextlib.contextmanager
+def _jupyterlab(tmp_path: Path, root: Path, env: dict[str, str], notes: list[str], t0: float):
+    """JupyterLab serving ``root`` and a headless Chromium: yields ``(driver, base, token)``; on failure leaves
+    ``failure.png``/``failure.html``; always stops the browser, the server and its kernels, and writes
+    ``browser_test.log`` (``notes``)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    t0 = time.monotonic()
-    deadline = t0 + TOTAL_SECONDS  # every wait below is cut to what is left of this
-    notes: list[str] = []  # timings, written to browser_test.log in the test's tmp directory
-    data, results, root = tmp_path / "data", tmp_path / "results", tmp_path / "lab-root"
-    for d in (data, results, root):
-        d.mkdir()
-    _write_test_image(data / "test.png")
-    _prepare_notebook(root, {"SMOKE": True, "DATA_DIR": str(data), "RESULTS_DIR": str(results)})
+    from selenium.common.exceptions import WebDriverException
 
     token, port = secrets.token_hex(16), _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = _lab_env(tmp_path / "jupyter")
     log = open(tmp_path / "jupyter.log", "wb")
     proc = subprocess.Popen(
         [
@@ -244,8 +236,7 @@ def test_rate_slider_in_jupyterlab(tmp_path):
     )
     driver = None
     try:
-        _wait_http(f"{base}/api/status", token, min(deadline, time.monotonic() + 60), proc)
-
+        _wait_http(f"{base}/api/status", token, time.monotonic() + 60, proc)
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         for flag in BROWSER_FLAGS:
@@ -255,48 +246,98 @@ def test_rate_slider_in_jupyterlab(tmp_path):
         driver = webdriver.Chrome(options=options, service=service)
         driver.set_page_load_timeout(60)
         driver.set_script_timeout(30)
-        driver.get(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}")
-
-        def wait(seconds: float) -> WebDriverWait:
-            return WebDriverWait(driver, max(1.0, min(seconds, deadline - time.monotonic())), poll_frequency=0.25)
-
-        # notebook open and its kernel connected and idle (toolbar indicator and status bar agree)
-        wait(60).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook")))
-        wait(60).until(EC.presence_of_element_located(
-            (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")))
-        # a headless window may never get focus, and JupyterLab then has no current widget (the status bar
-        # stays empty, Run All has no notebook to act on): click into the notebook as a user would
-        for _ in range(5):  # the windowed notebook may re-render its cells under the pointer: retry
+        yield driver, base, token
+    except BaseException:
+        if driver is not None:
             try:
-                wait(10).until(EC.element_to_be_clickable(
-                    (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook .jp-Cell .jp-InputPrompt"))).click()
-                break
-            except StaleElementReferenceException:
-                time.sleep(0.5)
-        wait(60).until(EC.text_to_be_present_in_element(
-            (By.CSS_SELECTOR, ".jp-StatusBar-TextItem[title^='Change kernel']"), "| Idle"))
-
-        def started(drv):
-            """Some code cell has run or is running (its prompt shows a number or '*')."""
-            prompts = [e.text for e in drv.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt")]
-            return any(p.strip() not in ("", "[ ]:") for p in prompts)
-
-        # Run → Run All Cells, through the menu bar as a user would. Right after the kernel reports idle,
-        # JupyterLab can still drop the request while it finishes connecting, so try up to three times.
-        for attempt in range(1, 4):
-            wait(20).until(EC.element_to_be_clickable(
-                (By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[normalize-space(text())='Run']]"))).click()
-            wait(20).until(EC.element_to_be_clickable((By.XPATH, (
-                "//li[contains(@class,'lm-Menu-item')]"
-                "[.//div[contains(@class,'lm-Menu-itemLabel') and normalize-space(text())='Run All Cells']]")))).click()
+                driver.save_screenshot(str(tmp_path / "failure.png"))
+                (tmp_path / "failure.html").write_text(driver.page_source)
+            except WebDriverException:
+                pass
+        raise
+    finally:
+        if driver is not None:
             try:
-                wait(15).until(started)
-                notes.append(f"Run All Cells: attempt {attempt}, {time.monotonic() - t0:.1f} s after start")
-                break
-            except TimeoutException:
-                continue
-        else:
-            raise AssertionError("Run → Run All Cells did not start the notebook")
+                driver.quit()
+            except WebDriverException:
+                pass
+        _stop_lab(proc, base, token, tmp_path / "jupyter" / "runtime")
+        log.close()
+        notes.append(f"total (servers stopped) {time.monotonic() - t0:.1f} s")
+        (tmp_path / "browser_test.log").write_text("\n".join(notes) + "\n")
+
+
+def _open_and_run_all(driver, base: str, token: str, name: str, wait, notes: list[str], t0: float) -> None:
+    """Open notebook ``name`` in JupyterLab, wait for its kernel, and run Run → Run All Cells from the menu bar."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    driver.get(f"{base}/lab/tree/{name}?token={token}")
+    # notebook open and its kernel connected and idle (toolbar indicator and status bar agree)
+    wait(60).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook")))
+    wait(60).until(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")))
+    # a headless window may never get focus, and JupyterLab then has no current widget (the status bar
+    # stays empty, Run All has no notebook to act on): click into the notebook as a user would
+    for _ in range(5):  # the windowed notebook may re-render its cells under the pointer: retry
+        try:
+            wait(10).until(EC.element_to_be_clickable(
+                (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook .jp-Cell .jp-InputPrompt"))).click()
+            break
+        except StaleElementReferenceException:
+            time.sleep(0.5)
+    wait(60).until(EC.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, ".jp-StatusBar-TextItem[title^='Change kernel']"), "| Idle"))
+
+    def started(drv):
+        """Some code cell has run or is running (its prompt shows a number or '*')."""
+        prompts = [e.text for e in drv.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt")]
+        return any(p.strip() not in ("", "[ ]:") for p in prompts)
+
+    # Run → Run All Cells, through the menu bar as a user would. Right after the kernel reports idle,
+    # JupyterLab can still drop the request while it finishes connecting, so try up to three times.
+    for attempt in range(1, 4):
+        wait(20).until(EC.element_to_be_clickable(
+            (By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[normalize-space(text())='Run']]"))).click()
+        wait(20).until(EC.element_to_be_clickable((By.XPATH, (
+            "//li[contains(@class,'lm-Menu-item')]"
+            "[.//div[contains(@class,'lm-Menu-itemLabel') and normalize-space(text())='Run All Cells']]")))).click()
+        try:
+            wait(15).until(started)
+            notes.append(f"Run All Cells: attempt {attempt}, {time.monotonic() - t0:.1f} s after start")
+            return
+        except TimeoutException:
+            continue
+    raise AssertionError("Run → Run All Cells did not start the notebook")
+
+
+def _waiter(driver, deadline: float):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def wait(seconds: float) -> WebDriverWait:
+        return WebDriverWait(driver, max(1.0, min(seconds, deadline - time.monotonic())), poll_frequency=0.25)
+
+    return wait
+
+
+def test_rate_slider_in_jupyterlab(tmp_path):
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    t0 = time.monotonic()
+    deadline = t0 + TOTAL_SECONDS  # every wait below is cut to what is left of this
+    notes: list[str] = []  # timings, written to browser_test.log in the test's tmp directory
+    data, results, root = tmp_path / "data", tmp_path / "results", tmp_path / "lab-root"
+    for d in (data, results, root):
+        d.mkdir()
+    _write_test_image(data / "test.png")
+    _prepare_notebook(root, {"SMOKE": True, "DATA_DIR": str(data), "RESULTS_DIR": str(results)})
+    env = _lab_env(tmp_path / "jupyter")
+    with _jupyterlab(tmp_path, root, env, notes, t0) as (driver, base, token):
+        wait = _waiter(driver, deadline)
+        _open_and_run_all(driver, base, token, NOTEBOOK.name, wait, notes, t0)
 
         # the widget appears; the full-resolution result follows the preview
         def shown(drv):
@@ -378,21 +419,54 @@ def test_rate_slider_in_jupyterlab(tmp_path):
             assert fit["fileBrowser"], "the file browser should be open for the width check"
             assert not fit["over"], f"horizontal overflow at {width} px: {fit['over']}"
             assert fit["zoomSideBySide"], f"decoded and original zoom are not side by side at {width} px"
-    except BaseException:
-        if driver is not None:
-            try:
-                driver.save_screenshot(str(tmp_path / "failure.png"))
-                (tmp_path / "failure.html").write_text(driver.page_source)
-            except WebDriverException:
-                pass
-        raise
-    finally:
-        if driver is not None:
-            try:
-                driver.quit()
-            except WebDriverException:
-                pass
-        _stop_lab(proc, base, token, tmp_path / "jupyter" / "runtime")
-        log.close()
-        notes.append(f"total (servers stopped) {time.monotonic() - t0:.1f} s")
-        (tmp_path / "browser_test.log").write_text("\n".join(notes) + "\n")
+
+
+def _tracked_results_digest() -> dict[str, str]:
+    """sha256 of every file git tracks under results/ (what a careless run must never overwrite)."""
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "results"], capture_output=True, check=True)
+    names = [n for n in out.stdout.decode().split("\0") if n]
+    return {n: hashlib.sha256((ROOT / n).read_bytes()).hexdigest() if (ROOT / n).exists() else "missing"
+            for n in names}
+
+
+def test_notebook_run_without_data_leaves_tracked_results_alone(tmp_path):
+    """Issue 13: a user opens the rate-slider notebook in JupyterLab as shipped (no parameters, no
+    LPM_DATA_DIR, no data/kodak) and runs all cells: it falls back to the sample photographs and writes under
+    results/cache/sample-photos/, never over the Kodak results git tracks."""
+    if (ROOT / "data" / "kodak").is_dir():
+        pytest.skip("data/kodak exists here: a data-less run is not possible in this checkout")
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: cannot tell which results are tracked")
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.common.by import By
+
+    t0 = time.monotonic()
+    deadline = t0 + TOTAL_SECONDS
+    notes: list[str] = []
+    root = tmp_path / "lab-root"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)  # exactly as shipped: the user's defaults
+    env = _lab_env(tmp_path / "jupyter")
+    env.pop("LPM_DATA_DIR", None)
+    before = _tracked_results_digest()
+    record = ROOT / "results" / "cache" / "sample-photos" / "records" / "rate_slider.json"
+    old_mtime = record.stat().st_mtime if record.exists() else 0.0
+    with _jupyterlab(tmp_path, root, env, notes, t0) as (driver, base, token):
+        wait = _waiter(driver, deadline)
+        _open_and_run_all(driver, base, token, NOTEBOOK.name, wait, notes, t0)
+
+        def finished(drv):
+            """Every code cell ran (a number in its prompt) and the kernel is idle again."""
+            prompts = [e.text.strip() for e in drv.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt")]
+            idle = drv.find_elements(
+                By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")
+            return bool(prompts) and all(p[1:-2].strip().isdigit() for p in prompts) and bool(idle)
+
+        wait(TOTAL_SECONDS).until(finished)
+        errors = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .jp-RenderedText, .jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+        notes.append(f"all cells ran, {time.monotonic() - t0:.1f} s after start; error outputs: {len(errors)}")
+        assert not driver.find_elements(By.CSS_SELECTOR, ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+    after = _tracked_results_digest()
+    changed = sorted(n for n in before if before[n] != after.get(n))
+    assert not changed, f"a data-less notebook run changed tracked results: {changed[:10]}"
+    assert record.exists() and record.stat().st_mtime > old_mtime, "the run did not write its fallback record"
