@@ -12,13 +12,13 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 from lpm import fileformat
-from lpm.limits import default_max_pixels
+from lpm.limits import BASE_BYTES, BYTES_PER_PIXEL, default_max_pixels
 from lpm.data import ImageInfo, read_image, write_image
 from lpm.models import PromptedCodec, find_rate
 
@@ -31,11 +31,17 @@ __all__ = [
     "compress_file",
     "decompress_file",
     "CodingResult",
+    "Progress",
 ]
 
-#: Largest image coded in one piece by default: derived from the memory available when lpm starts and the
-#: measured ~1.5 kB per pixel of the paper-size codec (see :mod:`lpm.limits`); larger images are refused
-#: with a clear message (raise the limit with ``max_pixels`` / ``--max-pixels`` on a bigger machine).
+#: ``progress(done, total)``: called after each tile of a transform (see :func:`lpm.models.base.tile_grid`;
+#: images up to 1024×1024 are one tile, so it is called once with ``(1, 1)``).
+Progress = Callable[[int, int], None]
+
+#: Largest image coded by default: derived from the memory available when lpm starts and the measured peak of
+#: the paper-size codec with tiled transforms, ~3 GB plus 150 bytes per pixel (see :mod:`lpm.limits`); larger
+#: images are refused with a clear message (raise the limit with ``max_pixels`` / ``--max-pixels`` on a
+#: bigger machine). It never changes how an image is coded (tiling depends on the image size alone).
 DEFAULT_MAX_PIXELS = default_max_pixels()
 
 
@@ -64,17 +70,28 @@ def _check_size(h: int, w: int, max_pixels: Optional[int]) -> None:
     if max_pixels is not None and h * w > max_pixels:
         raise ValueError(
             f"image of {h}x{w} = {h * w} pixels exceeds the limit of {max_pixels} pixels "
-            f"(raise it with --max-pixels if this machine has the memory; about 1.5 kB per pixel)"
+            f"(raise it with --max-pixels if this machine has the memory: about {BASE_BYTES / 1e9:g} GB plus "
+            f"{BYTES_PER_PIXEL} bytes per pixel)"
         )
 
 
+def _progress_kw(progress: Optional[Progress]) -> dict[str, Any]:
+    return {} if progress is None else {"progress": progress}
+
+
 @torch.no_grad()
-def encode_image(model: PromptedCodec, model_id: str, x: Tensor, info: ImageInfo, rate: float) -> fileformat.CompressedImage:
-    """Code one image ``x`` ``(3, H, W)`` in [0, 1] at ``rate`` (a λ in the model's range)."""
+def encode_image(
+    model: PromptedCodec, model_id: str, x: Tensor, info: ImageInfo, rate: float,
+    progress: Optional[Progress] = None,
+) -> fileformat.CompressedImage:
+    """Code one image ``x`` ``(3, H, W)`` in [0, 1] at ``rate`` (a λ in the model's range).
+
+    Images larger than 1024 pixels on a padded side are analysed in tiles (:func:`lpm.models.base.tile_grid`);
+    ``progress(done, total)`` is called after each tile."""
     if x.dim() != 3 or x.shape[0] != 3:
         raise ValueError(f"expected an image tensor of shape (3, H, W), got {tuple(x.shape)}")
     device = next(model.parameters()).device
-    out = model.compress(x[None].to(device), rate)
+    out = model.compress(x[None].to(device), rate, **_progress_kw(progress))
     header = fileformat.StreamHeader(
         model_id=model_id,
         rate=float(rate),
@@ -89,8 +106,13 @@ def encode_image(model: PromptedCodec, model_id: str, x: Tensor, info: ImageInfo
 
 
 @torch.no_grad()
-def decode_image(model: PromptedCodec, model_id: str, c: fileformat.CompressedImage) -> tuple[Tensor, ImageInfo]:
-    """Decode a parsed stream; refuses streams of other checkpoints or rates outside the model's range."""
+def decode_image(
+    model: PromptedCodec, model_id: str, c: fileformat.CompressedImage, progress: Optional[Progress] = None
+) -> tuple[Tensor, ImageInfo]:
+    """Decode a parsed stream; refuses streams of other checkpoints or rates outside the model's range.
+
+    Large images are synthesised in tiles, decided by the size in the header alone (so every machine decodes
+    a file to the same pixels); ``progress(done, total)`` is called after each tile."""
     h = c.header
     if h.model_id != model_id:
         raise ModelMismatchError(
@@ -104,7 +126,8 @@ def decode_image(model: PromptedCodec, model_id: str, c: fileformat.CompressedIm
         raise ModelMismatchError(f"stream has {len(c.strings)} strings; this codec writes 2 (y, z)")
     legacy = h.table_check is None
     x_hat = model.decompress([[c.strings[0]], [c.strings[1]]], h.latent_shape, h.rate, size=(h.height, h.width),
-                             table_checks=None if legacy else [h.table_check], exact=not legacy)
+                             table_checks=None if legacy else [h.table_check], exact=not legacy,
+                             **_progress_kw(progress))
     if legacy:
         warnings.warn(
             "format version 1 stream (lpm 0.1): it carries no table check, so a decoder whose arithmetic differs "
@@ -124,9 +147,13 @@ def compress_file(
     target_bpp: Optional[float] = None,
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     force: bool = False,
+    progress: Optional[Progress] = None,
 ) -> CodingResult:
     """Read an image, code it at ``rate`` (default: the base rate) or at the largest rate whose *file*
     (header included) fits ``target_bpp``, and write the ``.lpm`` file atomically.
+
+    ``progress(done, total)`` is called after each tile of each encoding (a ``target_bpp`` search encodes
+    several times; each encoding counts from 1 again).
 
     The output is checked first (:func:`lpm.fsutil.check_output`): never the input itself, and an
     existing file only with ``force`` (a symbolic link is then replaced, not written through; a
@@ -147,7 +174,7 @@ def compress_file(
         cache: dict[float, fileformat.CompressedImage] = {}
 
         def measure(r: float) -> float:
-            cache[r] = encode_image(model, model_id, x, info, r)
+            cache[r] = encode_image(model, model_id, x, info, r, progress)
             return 8.0 * len(fileformat.encode(cache[r])) / npix
 
         rate, bpp = find_rate(measure, target_bpp, model.rate_range)
@@ -156,7 +183,7 @@ def compress_file(
         c = cache[rate]
     else:
         rate = model.base_rate if rate is None else float(rate)
-        c = encode_image(model, model_id, x, info, rate)
+        c = encode_image(model, model_id, x, info, rate, progress)
     num_bytes = fileformat.write(dst, c, overwrite=force)
     return CodingResult(str(dst), info.height, info.width, rate, num_bytes)
 
@@ -169,8 +196,10 @@ def decompress_file(
     *,
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     force: bool = False,
+    progress: Optional[Progress] = None,
 ) -> CodingResult:
-    """Decode an ``.lpm`` file to a PNG (same channels and bit depth as the original).
+    """Decode an ``.lpm`` file to a PNG (same channels and bit depth as the original); ``progress(done,
+    total)`` is called after each tile of the synthesis.
 
     The output is checked before anything is decoded, as in :func:`compress_file` (never the input,
     an existing file only with ``force``, a ``.png`` name).
@@ -182,7 +211,7 @@ def decompress_file(
     check_output(dst, force=force, inputs=(src,))
     c = fileformat.read(src, max_pixels=max_pixels)
     try:
-        x_hat, info = decode_image(model, model_id, c)
+        x_hat, info = decode_image(model, model_id, c, progress)
     except fileformat.BitstreamError as e:  # the stream's contents (the container was already checked)
         raise fileformat.BitstreamError(f"{os.fspath(src)}: {e}") from None
     except ModelMismatchError as e:

@@ -1,14 +1,20 @@
 """Resource limits of the codec commands, derived from measurements and from the machine (no torch import).
 
-* :func:`default_max_pixels` — the largest image coded in one piece by default. Peak memory of the
-  paper-size codec (N=128, M=192) on a CPU, measured with ``/usr/bin/time -v`` on ``lpm compress`` /
-  ``lpm decompress`` (kodim23 resized; 2026-11-25): 2.86 / 2.98 GB at 1536×1024 and 8.59 / 8.89 GB at
-  3072×2048, i.e. about 1.4 kB per pixel above the ~0.5 GB the process needs anyway; a 6000×4000 photo was
-  killed for lack of memory at 22.8 GB on a 24 GB machine. :data:`BYTES_PER_PIXEL` rounds that up to 1.5 kB.
-  The default lets an image use at most :data:`MEMORY_SHARE` of the memory available when the command starts
-  (``MemAvailable`` on Linux) and never less than :data:`MIN_DEFAULT_MAX_PIXELS`: about 11 megapixels on a
-  24 GB machine. ``--max-pixels`` overrides it; larger images are refused with a message (coding them needs
-  tiling, which lpm does not do yet).
+* :func:`default_max_pixels` — the largest image coded by default. Images whose padded sides both fit
+  :data:`lpm.models.base.TILE` (1024) are transformed whole; larger ones tile by tile (1024-pixel tiles with a
+  192-pixel halo, :func:`lpm.models.base.tile_grid`), so the transforms' peak is that of one tile and only
+  the image-sized buffers (input, output, latents, entropy coding, PNG) grow with the size. Peak memory of the
+  paper-size codec (N=128, M=192, untrained) on a CPU, measured with ``/usr/bin/time -v`` on ``lpm compress`` /
+  ``lpm decompress`` (kodim23 resized, 1 thread; 2026-11-25): 3.46 / 3.51 GB at 3072×2048 (6 tiles) and
+  5.60 / 5.51 GB at 6000×4000 (24 tiles; 10.0 / 8.3 minutes), i.e. about 2.8 GB plus 121 bytes per pixel.
+  (Whole-image transforms, before tiling, took about 1.4 kB per pixel: 8.6 / 8.9 GB at 3072×2048, and a
+  6000×4000 photo was killed for lack of memory at 22.8 GB on a 24 GB machine.) :data:`BASE_BYTES` and
+  :data:`BYTES_PER_PIXEL` round that up to 3 GB plus 150 bytes per pixel. The default lets an image use at
+  most :data:`MEMORY_SHARE` of the memory available when the command starts (``MemAvailable`` on Linux), and
+  never less than :data:`MIN_DEFAULT_MAX_PIXELS`: about 100 megapixels on a 24 GB machine. ``--max-pixels``
+  overrides it; larger images are refused with a message, from the header alone (a 65535×65535 ``.lpm`` header
+  is refused before anything is allocated). The limit only refuses: how an image is tiled never depends on it
+  or on the machine.
 * :func:`default_threads` — torch's intra-op threads for one command: the CPUs this process may use, minus
   the load already on them (rounded), at least 1. Torch's own default takes every core even when other
   work runs, which oversubscribes a busy machine (measured: a round trip that took 33 s alone took 255 s
@@ -22,16 +28,23 @@ import os
 from typing import Optional
 
 __all__ = [
-    "BYTES_PER_PIXEL", "MEMORY_SHARE", "MIN_DEFAULT_MAX_PIXELS", "available_memory", "default_max_pixels",
-    "default_threads",
+    "BASE_BYTES", "BYTES_PER_PIXEL", "MEMORY_SHARE", "MIN_DEFAULT_MAX_PIXELS", "available_memory",
+    "default_max_pixels", "default_threads", "estimated_peak_bytes",
 ]
 
-#: Measured CPU peak memory of the paper-size codec per image pixel (see the module docstring), rounded up.
-BYTES_PER_PIXEL = 1500
+#: Measured CPU peak memory of the paper-size codec with tiled transforms (see the module docstring), rounded
+#: up: ``BASE_BYTES`` (the process, the model and one tile with its halo) plus ``BYTES_PER_PIXEL`` per pixel.
+BASE_BYTES = 3_000_000_000
+BYTES_PER_PIXEL = 150
 #: Share of the available memory one image may take by default.
 MEMORY_SHARE = 0.75
-#: The default limit never drops below 2048×2048 (about 6 GB by the measurement above).
+#: The default limit never drops below 2048×2048 (about 3.6 GB by the measurement above).
 MIN_DEFAULT_MAX_PIXELS = 2048 * 2048
+
+
+def estimated_peak_bytes(pixels: int) -> int:
+    """Peak memory (bytes) of coding an image of ``pixels`` pixels on a CPU, by the measurement above."""
+    return BASE_BYTES + BYTES_PER_PIXEL * int(pixels)
 
 
 def available_memory() -> Optional[int]:
@@ -54,7 +67,7 @@ def default_max_pixels(memory: Optional[int] = None) -> int:
     memory = available_memory() if memory is None else memory
     if memory is None:
         return MIN_DEFAULT_MAX_PIXELS
-    return max(MIN_DEFAULT_MAX_PIXELS, int(memory * MEMORY_SHARE / BYTES_PER_PIXEL))
+    return max(MIN_DEFAULT_MAX_PIXELS, int((memory * MEMORY_SHARE - BASE_BYTES) / BYTES_PER_PIXEL))
 
 
 def _cpus() -> int:

@@ -34,7 +34,7 @@ import torch
 from compressai.models import CompressionModel
 from torch import Tensor, nn
 
-from lpm.models.base import PromptSource, TICCodec
+from lpm.models.base import Progress, PromptSource, TICCodec
 
 __all__ = ["Rate", "RATE_REL_TOL", "VariableRateCodec", "check_ladder", "count_parameters"]
 
@@ -177,20 +177,22 @@ class VariableRateCodec(CompressionModel):
     def forward(self, x: Tensor, rate: Rate) -> dict[str, Any]:
         return self.backbone(rate)(x, self.prompt_source(rate, x.shape[0]))
 
-    def compress(self, x: Tensor, rate: Rate) -> dict[str, Any]:
-        """``{"strings", "shape", "table_checks"}`` (see :meth:`lpm.models.TICCodec.compress`)."""
-        return self.backbone(rate).compress(x, self.prompt_source(rate, x.shape[0]))
+    def compress(self, x: Tensor, rate: Rate, progress: Optional[Progress] = None) -> dict[str, Any]:
+        """``{"strings", "shape", "table_checks"}`` (see :meth:`lpm.models.TICCodec.compress`; ``progress`` is
+        called per tile of a large image)."""
+        return self.backbone(rate).compress(x, self.prompt_source(rate, x.shape[0]), progress=progress)
 
     def decompress(
         self, strings: list[list[bytes]], shape: Sequence[int], rate: Rate, size: Optional[Sequence[int]] = None,
-        table_checks: Optional[Sequence[int]] = None, exact: bool = True,
+        table_checks: Optional[Sequence[int]] = None, exact: bool = True, progress: Optional[Progress] = None,
     ) -> dict[str, Tensor]:
-        """``{"x_hat"}``; ``table_checks`` and ``exact`` as in :meth:`lpm.models.TICCodec.decompress`."""
+        """``{"x_hat"}``; ``table_checks``, ``exact`` and ``progress`` as in
+        :meth:`lpm.models.TICCodec.decompress`."""
         if not isinstance(strings, (list, tuple)) or len(strings) != 2:
             raise ValueError("expected strings = [y_strings, z_strings]")
         batch = len(strings[1])
         return self.backbone(rate).decompress(strings, shape, self.prompt_source(rate, batch), size=size,
-                                              table_checks=table_checks, exact=exact)
+                                              table_checks=table_checks, exact=exact, progress=progress)
 
     # ------------------------------------------------------------------ accounting
     def parameter_groups(self) -> dict[str, int]:
