@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import warnings
 import zlib
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from conftest import make_tiny_codec

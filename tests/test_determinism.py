@@ -26,7 +26,6 @@ from lpm import codec, entropy, fileformat, zoo
 from lpm.data import ImageInfo, read_image
 from lpm.fileformat import TableMismatchError
 
-from conftest import make_tiny_codec
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

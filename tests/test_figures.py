@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lpm import fileformat
 from lpm import figures as F
 from lpm.data import EvalImages
 from lpm.eval import attention_maps, bit_allocation, load_anchors, storage_saving
@@ -277,7 +278,8 @@ def _fake_kodak_context(tmp_path: Path, ours_bpp, ours_psnr) -> F.Context:
     rates = list(ck.model.rates)
     path.write_text(json.dumps({"name": path.stem, "results": {"bpp": ours_bpp, "psnr-rgb": ours_psnr,
                                                                  "ms-ssim-rgb": [None] * 6, "rate": rates},
-                                "meta": {"checkpoint_sha256": ck.info["sha256"], "dataset": "kodak", "num_images": 24}}))
+                                "meta": {"checkpoint_sha256": ck.info["sha256"], "dataset": "kodak", "num_images": 24,
+                                         "lpm_format": fileformat.FORMAT_VERSION}}))
     return ctx
 
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import nbformat
-import pytest
 
 from lpm.cli import main
 from lpm.notebooks import NOTEBOOK_DIR, NOTEBOOK_ORDER, find_notebooks

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from lpm import fileformat
 from lpm.figures.context import KODAK_COUNT, Checkpoint, PathLike, _safe
 
 #: Published curves drawn by default (exact names in ``lpm/eval/anchors.csv``).
@@ -95,8 +96,8 @@ def eval_cache_path(results_dir: PathLike, label: str, images: Any, smoke: bool)
 
 def _cached_codec_results(path: Path, info: Mapping[str, Any], images: Any,
                           rates: Optional[Sequence[float]]) -> Optional[dict[str, Any]]:
-    """The cached results at ``path`` if they are of this checkpoint, these images and (if given) hold every
-    rate; restricted to ``rates`` in that order."""
+    """The cached results at ``path`` if they are of this checkpoint, these images and ``.lpm`` format version
+    and (if given) hold every rate; restricted to ``rates`` in that order."""
     if not path.is_file():
         return None
     try:
@@ -105,8 +106,8 @@ def _cached_codec_results(path: Path, info: Mapping[str, Any], images: Any,
     except (ValueError, KeyError):
         return None
     if meta.get("checkpoint_sha256") != info.get("sha256") or meta.get("dataset") != images.name \
-            or meta.get("num_images") != len(images.paths):
-        return None
+            or meta.get("num_images") != len(images.paths) or meta.get("lpm_format") != fileformat.FORMAT_VERSION:
+        return None  # another checkpoint, image set or .lpm format version (other bytes): measure again
     if rates is None:
         return res
     idx = []
