@@ -476,6 +476,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
+            # lpm's own warnings (dropped alpha, a format 1 stream, ...) are printed every time, also when the
+            # same code warned before in this process (the default shows one per code location)
+            warnings.filterwarnings("always", category=UserWarning, module=r"lpm(\.|$)")
             return int(args.func(args) or 0)
     except OSError as e:  # directory, permission, full disk, name too long, ...: one line naming the path
         print(f"lpm: error: {' '.join(_os_error_message(e).split())}", file=sys.stderr)
