@@ -265,20 +265,16 @@ def _parse(path: Path, md: dict[str, str]) -> tuple[CodecConfig, dict[str, Any],
             raise CheckpointError(f"{path}: invalid checkpoint metadata (base_rate {base_rate:g} is not in the "
                                   f"rate ladder {rates})")
         fields.update(rates=rates, base_rate=base_rate)
-        if kind in ("prompted", "rate_conditioned"):
-            pcfg = _json(path, md, "prompt_config", dict, limit=MAX_CONFIG_CHARS)
+        sub_configs = {"prompted": ("prompt_config", PromptConfig), "rate_conditioned": ("prompt_config", PromptConfig),
+                       "lora": ("lora_config", LoRAConfig)}
+        if kind in sub_configs and (kind != "lora" or "lora_config" in md):  # lora: default config if absent
+            key, config_cls = sub_configs[kind]
+            sub = _json(path, md, key, dict, limit=MAX_CONFIG_CHARS)
             try:
-                PromptConfig.from_dict(pcfg)
+                config_cls.from_dict(sub)
             except ValueError as e:
                 raise CheckpointError(f"{path}: invalid checkpoint metadata ({_one_line(e)})") from None
-            fields["prompt_config"] = pcfg
-        if kind == "lora" and "lora_config" in md:
-            lcfg = _json(path, md, "lora_config", dict, limit=MAX_CONFIG_CHARS)
-            try:
-                LoRAConfig.from_dict(lcfg)
-            except ValueError as e:
-                raise CheckpointError(f"{path}: invalid checkpoint metadata ({_one_line(e)})") from None
-            fields["lora_config"] = lcfg
+            fields[key] = sub
         if kind == "rate_conditioned":
             lr = _json(path, md, "lambda_range", list, limit=MAX_CONFIG_CHARS)
             lr = [_rate(path, "lambda_range", v) for v in lr]

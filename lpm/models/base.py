@@ -127,6 +127,17 @@ def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
     return int(value)
 
 
+def config_from_dict(cls: Any, d: Any, what: str) -> Any:
+    """``cls(**d)`` for a dataclass config read from JSON/YAML: ``ValueError`` (naming ``what``) for a
+    non-mapping or unknown keys; the class's own ``__post_init__`` checks the values."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a {what} config must be a mapping, got {type(d).__name__}")
+    unknown = set(d) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {what} config keys: {sorted(map(str, unknown))[:10]}")
+    return cls(**d)
+
+
 def _real(name: str, value: Any) -> float:
     """``value`` as a finite float if it is a real number (not a bool), else ``ValueError`` naming ``name``."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):

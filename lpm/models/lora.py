@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lpm.layers import SwinStage
-from lpm.models.base import CONFIG_LIMITS, TICCodec, _int_in
+from lpm.models.base import CONFIG_LIMITS, TICCodec, _int_in, config_from_dict
 from lpm.models.variable_rate import RATE_REL_TOL, Rate, VariableRateCodec, count_parameters
 
 __all__ = ["LoRAConfig", "LoRALinear", "LoRACodec", "LORA_TARGETS", "LORA_TRANSFORMS", "matching_rank"]
@@ -94,12 +94,7 @@ class LoRAConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoRAConfig":
         """A config from :meth:`to_dict` output (e.g. parsed JSON); ``ValueError`` for anything else."""
-        if not isinstance(d, dict):
-            raise ValueError(f"a lora config must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown lora config keys: {sorted(map(str, unknown))[:10]}")
-        return cls(**d)
+        return config_from_dict(cls, d, "lora")
 
 
 class LoRALinear(nn.Module):

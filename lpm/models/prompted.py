@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from lpm.entropy import cpu_float64
 from lpm.layers import PromptNet
-from lpm.models.base import CONFIG_LIMITS, TICCodec, _int_in, _real
+from lpm.models.base import CONFIG_LIMITS, TICCodec, _int_in, config_from_dict, _real
 from lpm.models.variable_rate import RATE_REL_TOL, Rate, VariableRateCodec
 
 __all__ = ["PromptConfig", "LayerAdaptivePromptModule", "PromptedCodec", "RateMix", "find_rate"]
@@ -70,12 +70,7 @@ class PromptConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PromptConfig":
         """A config from :meth:`to_dict` output (e.g. parsed JSON); ``ValueError`` for anything else."""
-        if not isinstance(d, dict):
-            raise ValueError(f"a prompt config must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown prompt config keys: {sorted(map(str, unknown))[:10]}")
-        return cls(**d)
+        return config_from_dict(cls, d, "prompt")
 
 
 class LayerAdaptivePromptModule(nn.Module):

@@ -158,18 +158,24 @@ def _base_stages(ctx: StageContext) -> list[Stage]:
     return [_whole_model("base", ctx.cfg.lmbda, ctx.base, ctx.paths, meta={"base_rate": ctx.cfg.lmbda})]
 
 
-def _prompt_stages(ctx: StageContext) -> list[Stage]:
-    cfg = ctx.cfg
-    codec = PromptedCodec(ctx.base, ctx.rates, cfg.base_rate, _prompt_config(cfg)).to(ctx.device)
-
+def _progressive_stages(ctx: StageContext, codec: Any, prefix: str,
+                        prepare_stage: Callable[..., Any], params: Callable[[float], list]) -> list[Stage]:
+    """One stage per non-base rate of ``codec``, nearest the base first: ``prepare_stage(codec, rate,
+    initialise=fresh)`` before it, ``params(rate)`` optimised."""
     def stage(rate: float) -> Stage:
         def prepare(fresh: bool) -> None:
-            prepare_prompt_stage(codec, rate, initialise=fresh)
+            prepare_stage(codec, rate, initialise=fresh)
 
-        return Stage(f"prompt-{rate:g}", rate, codec, RateForward(codec, rate), list(codec.module(rate).parameters()),
-                     None, ctx.paths, meta={"base_rate": cfg.base_rate}, prepare=prepare)
+        return Stage(f"{prefix}-{rate:g}", rate, codec, RateForward(codec, rate), params(rate),
+                     None, ctx.paths, meta={"base_rate": ctx.cfg.base_rate}, prepare=prepare)
 
     return [stage(r) for r, _ in progressive_order(codec)]
+
+
+def _prompt_stages(ctx: StageContext) -> list[Stage]:
+    codec = PromptedCodec(ctx.base, ctx.rates, ctx.cfg.base_rate, _prompt_config(ctx.cfg)).to(ctx.device)
+    return _progressive_stages(ctx, codec, "prompt", prepare_prompt_stage,
+                               lambda rate: list(codec.module(rate).parameters()))
 
 
 def _lora_config(cfg: "RunConfig") -> LoRAConfig:
@@ -196,17 +202,8 @@ def prepare_lora_stage(codec: LoRACodec, rate: float, *, initialise: bool = True
 
 
 def _lora_stages(ctx: StageContext) -> list[Stage]:
-    cfg = ctx.cfg
-    codec = LoRACodec(ctx.base, ctx.rates, cfg.base_rate, _lora_config(cfg)).to(ctx.device)
-
-    def stage(rate: float) -> Stage:
-        def prepare(fresh: bool) -> None:
-            prepare_lora_stage(codec, rate, initialise=fresh)
-
-        return Stage(f"lora-{rate:g}", rate, codec, RateForward(codec, rate), codec.adapter_parameters(rate),
-                     None, ctx.paths, meta={"base_rate": cfg.base_rate}, prepare=prepare)
-
-    return [stage(r) for r, _ in progressive_order(codec)]
+    codec = LoRACodec(ctx.base, ctx.rates, ctx.cfg.base_rate, _lora_config(ctx.cfg)).to(ctx.device)
+    return _progressive_stages(ctx, codec, "lora", prepare_lora_stage, codec.adapter_parameters)
 
 
 def _separate_stages(ctx: StageContext) -> list[Stage]:
