@@ -4,8 +4,9 @@ Times, interleaved (A, B, A, B, ... so that a busy machine slows both alike), pe
 
 * encode: ``compress`` as shipped (tables from float64 CPU copies of the hyper-synthesis and its prompt nets,
   plus the table check) vs the float32 tables of format version 1;
-* decode: ``decompress`` as shipped (float64 tables, table check, synthesis with oneDNN off on the CPU) vs
-  format version 1's way (float32 tables, oneDNN on), and each of the two changes alone.
+* decode: ``decompress`` as shipped (float64 tables, table check, thread-invariant synthesis on the CPU:
+  oneDNN off, :class:`lpm.layers.deconv.Deconv` as fixed-order matrix products) vs format version 1's way
+  (float32 tables, oneDNN convolutions), and each of the two changes alone.
 
     python bench/determinism_cost.py --image ../shared/data/kodak/kodim01.png --threads 1 --repeat 5
     python bench/determinism_cost.py --model tiny-smoke --image ... --json results/bench/determinism_cost.json
@@ -86,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     variants = {
         "encode, version 1 (float32 tables)": encode(False),
         "encode, shipped (float64 CPU tables + check)": encode(True),
-        "decode, version 1 (float32 tables, oneDNN on)": decode(False, False),
+        "decode, version 1 (float32 tables, oneDNN convs)": decode(False, False),
         "decode, float64 tables only": decode(True, False),
-        "decode, oneDNN off only": decode(False, True),
-        "decode, shipped (float64 tables + check, oneDNN off)": decode(True, True),
+        "decode, thread-invariant synthesis only": decode(False, True),
+        "decode, shipped (float64 tables + check, invariant)": decode(True, True),
     }
     for fn in variants.values():  # warm-up
         fn()
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             fn()
             times[name].append(time.process_time() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    enc0, dec0 = med["encode, version 1 (float32 tables)"], med["decode, version 1 (float32 tables, oneDNN on)"]
+    enc0, dec0 = med["encode, version 1 (float32 tables)"], med["decode, version 1 (float32 tables, oneDNN convs)"]
     print(f"model {args.model}, image {tuple(x.shape[-2:])}, rate {rate:g}, threads {torch.get_num_threads()}, "
           f"torch {torch.__version__}; CPU seconds, median of {args.repeat} interleaved runs")
     rows = []

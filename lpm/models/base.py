@@ -24,22 +24,22 @@ does not change; whether and how an image is tiled depends only on its (padded) 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
-from compressai.models.utils import conv, deconv
+from compressai.models.utils import conv
 from torch import Tensor, nn
 
 from lpm import entropy
 from lpm.fileformat import TableMismatchError
 from lpm.layers import PromptTarget, SwinStage
+from lpm.layers.deconv import Deconv, thread_invariant
 
 __all__ = [
     "CodecConfig", "CONFIG_LIMITS", "TICCodec", "PromptSource", "Transform", "STRIDE", "TILE", "TILE_HALO", "Tile",
@@ -70,9 +70,10 @@ TILE_HALO = 192
 #: ``progress(done, total)``: called after each tile of a transform (``done`` = 1 … ``total``).
 Progress = Callable[[int, int], None]
 
-#: Decode on the CPU with oneDNN off in the synthesis (and the decoder-side prompt nets): PyTorch's native
-#: convolutions then give the same bits for any thread count (oneDNN's do not: ≤1-LSB differences in ~12
-#: pixels per Kodak image were measured between 1 and 2 threads), at no measured cost at paper size.
+#: Decode on the CPU inside :func:`lpm.layers.deconv.thread_invariant` (the synthesis and the decoder-side
+#: prompt nets): oneDNN off and the :class:`~lpm.layers.deconv.Deconv` layers as fixed-order matrix products,
+#: so the decoded image is the same bits for any thread count (with oneDNN, ≤1-LSB differences in ~12 pixels
+#: per Kodak image were measured between 1 and 2 threads). ``bench/determinism_cost.py`` measures the cost.
 THREAD_INVARIANT_SYNTHESIS = True
 
 
@@ -246,18 +247,6 @@ class Transform(nn.Module):
         return x
 
 
-@contextlib.contextmanager
-def _onednn(enabled: bool) -> Iterator[None]:
-    """oneDNN (mkldnn) on or off for the block, restored after (``torch.backends.mkldnn.flags`` would also
-    reset its TF32 setting and warn about Intel GPUs)."""
-    before = torch._C._get_mkldnn_enabled()
-    torch._C._set_mkldnn_enabled(enabled)
-    try:
-        yield
-    finally:
-        torch._C._set_mkldnn_enabled(before)
-
-
 def _channel_scale(log_gain: Tensor, like: Tensor) -> Tensor:
     """``e^g`` shaped to multiply ``like`` ``(B, M, H, W)``: ``g`` is ``(M,)`` (all images) or ``(B, M)``."""
     g = log_gain.exp().to(like.dtype)
@@ -358,13 +347,13 @@ class TICCodec(CompressionModel):
         da, db, dc = _stages(N, cfg.dec_depths, cfg.dec_heads, cfg.window, cfg)
         self.g_s = Transform(
             "g_s",
-            [deconv(M, N, k), da, deconv(N, N, k), db, deconv(N, N, k), dc, deconv(N, 3, k)],
+            [Deconv(M, N, k), da, Deconv(N, N, k), db, Deconv(N, N, k), dc, Deconv(N, 3, k)],
             [3, 3, 2, 2, 1, 1, 0],
         )
         (ha,) = _stages(N, [cfg.hyper_depth], [cfg.hyper_heads], cfg.hyper_window, cfg)
         self.h_a = Transform("h_a", [conv(M, N, hk), ha, conv(N, N, hk)], [5, 5, 6])
         (hs,) = _stages(N, [cfg.hyper_depth], [cfg.hyper_heads], cfg.hyper_window, cfg)
-        self.h_s = Transform("h_s", [deconv(N, N, hk), hs, deconv(N, 2 * M, hk)], [5, 5, 4])
+        self.h_s = Transform("h_s", [Deconv(N, N, hk), hs, Deconv(N, 2 * M, hk)], [5, 5, 4])
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
 
@@ -605,8 +594,9 @@ class TICCodec(CompressionModel):
         allocated, the decoder cannot read past a string, and a string that is not exactly what the encoder
         writes is refused (all one-line :class:`lpm.fileformat.BitstreamError`). Whatever the bytes, the
         output is deterministic (non-finite synthesis values, from absurd but well-formed latents, become 0).
-        On the CPU the synthesis runs with oneDNN off (:data:`THREAD_INVARIANT_SYNTHESIS`), which makes the
-        decoded image the same bits for any number of threads.
+        On the CPU the synthesis runs inside :func:`lpm.layers.deconv.thread_invariant`
+        (:data:`THREAD_INVARIANT_SYNTHESIS`), which makes the decoded image the same bits for any number of
+        threads.
         """
         if not isinstance(strings, (list, tuple)) or len(strings) != 2:
             raise ValueError("expected strings = [y_strings, z_strings]")
@@ -626,7 +616,7 @@ class TICCodec(CompressionModel):
         y_hat = entropy.decode_gaussian(gc, y_strings, indexes, means)
         device = self.g_s.layers[0].weight.device
         y_hat = y_hat.to(device)
-        with _onednn(enabled=not (THREAD_INVARIANT_SYNTHESIS and device.type == "cpu")):
+        with thread_invariant(enabled=THREAD_INVARIANT_SYNTHESIS and device.type == "cpu"):
             x_hat = self._synthesis(y_hat, prompts, tiled=True, progress=progress).nan_to_num_(0.0).clamp_(0, 1)
         if size is not None:
             x_hat = x_hat[..., : size[0], : size[1]]
