@@ -15,9 +15,10 @@ function another way:
 
 Why (issue 11): with oneDNN, PyTorch's CPU convolutions pick their blocking, and with it the order of the
 sums, from the thread count: the same stream decoded with 1 and 2 threads differed by 1 LSB in ~12 pixels
-per Kodak image. Without oneDNN PyTorch's native transposed convolution is thread-invariant but +70 % slower
-on the wide layers (+9 % on a whole paper-size decode); this path is as fast as oneDNN or faster on them
-(see ``bench/determinism_cost.py``). Narrow outputs (fewer than :data:`GEMM_MIN_OUT` channels, i.e. the last
+per Kodak image. Without oneDNN PyTorch's native transposed convolution is thread-invariant but 2.6–3.4× slower
+than oneDNN on the two widest layers of the paper-size decoder (+9 % on a whole decode); this path is within
+about 10–30 % of oneDNN on them, and a whole paper-size decode costs the same as with oneDNN
+(``bench/determinism_cost.py``: +0.8 %, one thread). Narrow outputs (fewer than :data:`GEMM_MIN_OUT` channels, i.e. the last
 layer to RGB) keep the native path, which is the faster one there and thread-invariant too.
 
 Outside :func:`thread_invariant`, on a GPU, or when gradients are needed, :class:`Deconv` is exactly
