@@ -311,7 +311,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from lpm.train.runner import Runner, load_config
 
-    cfg = load_config(args.config, max_minutes=args.max_minutes, out_dir=args.out_dir)
+    cfg = load_config(args.config, max_minutes=args.max_minutes, out_dir=args.out_dir,
+                      continue_from=args.continue_from)
     runner = Runner(cfg, data_dir=args.data_dir, device=args.device, progress=not args.no_progress)
     written = runner.run(resume=args.resume)
     if runner.rank == 0:
@@ -395,6 +396,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="stop cleanly (and save) after this much training time")
     p.add_argument("--data-dir", help="directory holding the training set's folder")
     p.add_argument("--out-dir", help="override the config's out_dir")
+    p.add_argument("--continue-from", metavar="PARTIAL",
+                   help="start this run where partial.safetensors of an earlier stop left it, in a fresh out_dir "
+                        "(weights only: fresh optimizer, learning-rate warm-up; the ledger records it)")
     p.add_argument("--device", help="torch device (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)

@@ -50,6 +50,9 @@ class RunConfig:
     checkpoint_every: int = 500
     log_every: int = 50
     max_minutes: Optional[float] = None
+    continue_from: Optional[str] = None  # partial checkpoint of this run to continue from (lpm.train.partial)
+    restart_warmup: int = 100  # steps of linear lr ramp after continuing with a fresh optimizer
+    partial_half: bool = True  # partial checkpoints in float16 (entropy models float32)
     seed: int = 0
     out_dir: Optional[str] = None  # default: results/runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
@@ -69,6 +72,8 @@ class RunConfig:
             LoRAConfig.from_dict(self.lora)  # ValueError for unknown keys or bad values, before anything runs
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("steps, checkpoint_every and log_every must be positive")
+        if self.restart_warmup < 0:
+            raise ValueError("restart_warmup must be 0 or more steps")
 
     @property
     def data_fraction(self) -> float:

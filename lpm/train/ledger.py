@@ -27,15 +27,17 @@ LEDGER_FIELDS = (
 def stage_record(
     *, run: str, kind: str, model: str, rate: Optional[float], steps: int, batch: int, crop: int,
     images_in_set: int, images_seen: int, minutes: float, device: torch.device, world_size: int,
+    restarts: Optional[list[dict[str, Any]]] = None,
 ) -> dict[str, Any]:
     """The record of a finished stage; ``minutes`` is wall time × processes, booked as GPU or CPU minutes
-    by the device."""
+    by the device; ``restarts``: the times the stage was continued from a partial checkpoint with a fresh
+    optimizer (:mod:`lpm.train.partial`), empty for one uninterrupted optimisation."""
     on_gpu = device.type == "cuda"
     return {
         "run": run, "kind": kind, "model": model, "rate": rate, "steps": steps, "batch": batch, "crop": crop,
         "images_in_set": images_in_set, "images_seen": images_seen, "crops_seen": steps * batch * world_size,
         "gpu_minutes": minutes if on_gpu else 0.0, "cpu_minutes": 0.0 if on_gpu else minutes,
-        "device": environment(device)["device"], "world_size": world_size,
+        "device": environment(device)["device"], "world_size": world_size, "restarts": list(restarts or []),
     }
 
 
@@ -58,10 +60,12 @@ def totals(records: Iterable[dict[str, Any]]) -> dict[str, float]:
 
 def budget_string(
     records: Iterable[dict[str, Any]], *, run: str, kind: str, on_gpu: bool, world_size: int, crop: int,
-    data_set: str, live: Optional[tuple[str, int, int, float, int]] = None,
+    data_set: str, live: Optional[tuple[str, int, int, float, int]] = None, live_restarts: int = 0,
 ) -> str:
     """One line: the run's minutes and crops so far. ``live``: ``(stage, step, steps, minutes, crops)`` of a
-    stage stopped before its end, added and named."""
+    stage stopped before its end, added and named. Restarts from partial checkpoints (fresh optimizer) of the
+    finished stages and ``live_restarts`` of the live one are counted."""
+    records = list(records)
     t = totals(records)
     minutes, crops, partial = t["minutes"], t["crops"], ""
     if live is not None:
@@ -69,5 +73,7 @@ def budget_string(
         minutes += live_minutes
         crops += live_crops
         partial = f" (stopped at step {step} of {steps} in stage {name})"
+    n = sum(len(r.get("restarts") or []) for r in records) + live_restarts
+    again = f", continued {n}x from half-precision weights with a fresh optimizer" if n else ""
     return (f"{kind} run '{run}': {minutes:.2f} {'GPU' if on_gpu else 'CPU'}-minutes x {world_size} process(es), "
-            f"{crops} crops of {crop}px from {data_set}{partial}")
+            f"{crops} crops of {crop}px from {data_set}{partial}{again}")

@@ -28,7 +28,10 @@ checkpoints, and ``--resume`` without a ``state.pt`` refuses one that holds a le
 
 Outputs in ``out_dir``: ``model.safetensors`` (or ``model-<rate>.safetensors``), ``log.csv`` (step, stage,
 rate, loss, bpp, psnr, lr, img/s), ``ledger.jsonl`` (one budget record per stage end: see
-:data:`LEDGER_FIELDS`), ``subset.txt`` (the images of a data-fraction run), ``state.pt``.
+:data:`LEDGER_FIELDS`), ``subset.txt`` (the images of a data-fraction run), ``state.pt``, and after a clean
+stop ``partial.safetensors``: the cut stage's weights in half precision with where it stopped, small enough
+to leave a machine that keeps nothing; ``--continue-from`` starts a run there on another machine with a fresh
+optimizer and a learning-rate warm-up, and the ledger says so (:mod:`lpm.train.partial`).
 
 Speed: bf16 autocast on CUDA, optional ``torch.compile``, training set held on the device, no host sync
 inside the step except every ``log_every`` steps. Scale-out: the same command under ``torchrun`` uses
@@ -56,6 +59,8 @@ from lpm.checkpoints import save_codec
 from lpm.data import find_images, locate_dataset, manifest_checksum, manifest_path
 from lpm.train.config import DataConfig, RunConfig, load_config
 from lpm.train.ledger import LEDGER_FIELDS, append_record, budget_string, stage_record
+from lpm.train.partial import (PARTIAL_FILE, Restart, load_partial_weights, partial_record, read_partial,
+                               restart_seed, save_partial, warmup_factor)
 from lpm.train.progress import StageLog
 from lpm.train.sampler import CropSampler, subset
 from lpm.train.stages import STAGE_KINDS, Stage, StageContext, initial_base, ladder
@@ -109,8 +114,10 @@ class Runner:
             self.manifest_sha = None
         self._stop_signal: Optional[int] = None  # the signal that asked the run to stop
         self._live: Optional[tuple[str, int]] = None  # (stage name, step) of the stage in progress
+        self._live_index: Optional[int] = None  # its index
         self.ledger: list[dict] = []
         self.elapsed = self.stage_start = 0.0
+        self.restart: Optional[Restart] = None  # where a --continue-from run picks up (lpm.train.partial)
 
     @property
     def state_path(self) -> Path:
@@ -137,8 +144,8 @@ class Runner:
         return fwd
 
     # ------------------------------------------------------------------ outputs
-    def _save_model(self, stage: Stage) -> Path:
-        meta = {
+    def _meta(self, stage: Stage) -> dict[str, Any]:
+        return {
             "budget": self.budget_string(),
             "run": self.cfg.name,
             "kind": self.cfg.kind,
@@ -148,18 +155,35 @@ class Runner:
             "ledger": self.ledger,
             **stage.meta,
         }
+
+    def _save_model(self, stage: Stage) -> Path:
         path = self.out / stage.file
         if self.rank == 0:
-            save_codec(path, stage.model, meta=meta)
+            save_codec(path, stage.model, meta=self._meta(stage))
         return path
 
-    def _record_stage(self, stage: Stage) -> None:
+    def _restart_of(self, stage_index: int) -> Optional[Restart]:
+        return self.restart if self.restart is not None and self.restart.applies_to(stage_index) else None
+
+    def _save_partial(self, i: int, step: int, stage: Stage) -> None:
+        """The stopped stage's weights in half precision with where it stopped (see :mod:`lpm.train.partial`)."""
+        if self.rank != 0:
+            return
+        restart = self._restart_of(i)
+        record = partial_record(self.cfg, stage=i, stage_name=stage.name, step=step, elapsed=self.elapsed,
+                                stage_start=self.stage_start, finished=self.finished,
+                                restarts=restart.restarts if restart else [])
+        save_partial(self.out / PARTIAL_FILE, stage.model, {**self._meta(stage), "partial": record},
+                     half=self.cfg.partial_half)
+
+    def _record_stage(self, i: int, stage: Stage) -> None:
         """Book the finished stage in the ledger (and ``ledger.jsonl``)."""
         cfg, d = self.cfg, self.cfg.data
         self.ledger.append(stage_record(
             run=cfg.name, kind=cfg.kind, model=stage.name, rate=stage.rate, steps=cfg.steps, batch=d.batch,
             crop=d.crop, images_in_set=len(self.all_images), images_seen=len(stage.paths),
             minutes=(self.elapsed - self.stage_start) / 60 * self.world, device=self.device, world_size=self.world,
+            restarts=(restart.restarts if (restart := self._restart_of(i)) else []),
         ))
         if self.rank == 0:
             append_record(self.out / "ledger.jsonl", self.ledger[-1])
@@ -173,12 +197,18 @@ class Runner:
             name, step = self._live
             live = (name, step, cfg.steps, (self.elapsed - self.stage_start) / 60 * self.world,
                     step * cfg.data.batch * self.world)
+        restart = self._restart_of(self._live_index) if live is not None and self._live_index is not None else None
         return budget_string(self.ledger, run=cfg.name, kind=cfg.kind, on_gpu=self.device.type == "cuda",
-                             world_size=self.world, crop=cfg.data.crop, data_set=cfg.data.set, live=live)
+                             world_size=self.world, crop=cfg.data.crop, data_set=cfg.data.set, live=live,
+                             live_restarts=len(restart.restarts) if restart else 0)
 
-    def resume_command(self) -> str:
-        """The command that continues this run (its config as written to out_dir)."""
-        cmd = f"lpm train {self.out / 'config.yaml'} --resume"
+    def resume_command(self, elsewhere: bool = False) -> str:
+        """The command that continues this run (its config as written to out_dir); ``elsewhere``: on another
+        machine, from the partial checkpoint alone (fresh optimizer)."""
+        if elsewhere:
+            cmd = f"lpm train {self.out / 'config.yaml'} --continue-from {self.out / PARTIAL_FILE} --out-dir NEW_DIR"
+        else:
+            cmd = f"lpm train {self.out / 'config.yaml'} --resume"
         return cmd + (f" --data-dir {self.data_dir}" if self.data_dir and not self.cfg.data.dir else "")
 
     # ------------------------------------------------------------------ state
@@ -197,7 +227,7 @@ class Runner:
 
     def _refuse_overwrite(self, why: str) -> None:
         """Refuse to start afresh in an out_dir holding outputs a fresh run would overwrite or mix with."""
-        held = [p.name for p in (self.state_path, self.out / "ledger.jsonl") if p.exists()]
+        held = [p.name for p in (self.state_path, self.out / "ledger.jsonl", self.out / PARTIAL_FILE) if p.exists()]
         held += sorted(p.name for p in self.out.glob("model*.safetensors"))
         if held:
             raise TrainingStateError(f"{self.out} already holds a run ({', '.join(held[:4])}); {why}")
@@ -214,21 +244,38 @@ class Runner:
         torch.manual_seed(cfg.seed)
         stages = self._stages()
         self.stages = stages
+        if cfg.continue_from:
+            partial_model, self.restart = read_partial(cfg.continue_from, cfg, stages, self.init_sha)
+            if state is None:
+                load_partial_weights(self.restart.path, partial_model, stages[self.restart.stage].model,
+                                     frozen_base=STAGE_KINDS[cfg.kind].frozen_base)
+            del partial_model
         if state is not None:
             check_state_fits(self.state_path, state, stages)
-        self.ledger = json.loads(state["ledger"]) if state else []
-        self.finished: list[str] = json.loads(state["finished_models"]) if state else []
-        self.elapsed = float(state["elapsed"]) if state else 0.0
-        self.stage_start = float(state["stage_start"]) if state else 0.0
-        first_stage = int(state["stage"]) if state else 0
+        restart = self.restart if state is None else None
+        self.ledger = json.loads(state["ledger"]) if state else list(restart.ledger) if restart else []
+        self.finished: list[str] = (json.loads(state["finished_models"]) if state
+                                    else list(restart.finished) if restart else [])
+        self.elapsed = float(state["elapsed"]) if state else restart.elapsed if restart else 0.0
+        self.stage_start = float(state["stage_start"]) if state else restart.stage_start if restart else 0.0
+        first_stage = int(state["stage"]) if state else restart.stage if restart else 0
+        if restart is not None and self.rank == 0:
+            print(f"continuing stage {restart.stage_name} at step {restart.step} of {cfg.steps} from "
+                  f"{restart.path} (sha256 {restart.sha256[:16]}…) with a fresh optimizer and a "
+                  f"{restart.warmup}-step learning-rate warm-up", flush=True)
         if self.rank == 0:
             with open(self.out / "config.yaml", "w") as f:
                 yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+            if restart is not None and not (self.out / "ledger.jsonl").exists():
+                for record in self.ledger:  # the finished stages' records travel with the partial checkpoint
+                    append_record(self.out / "ledger.jsonl", record)
             if cfg.data_fraction < 1.0:
                 (self.out / "subset.txt").write_text(
                     "\n".join(str(p.relative_to(self.data_root)) for p in stages[0].paths) + "\n")
         handlers = self._install_signal_handlers()
-        written = [Path(p) for p in self.finished]
+        # a continued run lists the stages finished elsewhere (their files stayed there) but writes only its own
+        inherited = list(self.restart.finished) if self.restart is not None else []
+        written = [Path(p) for p in self.finished[len(inherited):]]
         complete = False
         try:
             for i in range(first_stage, len(stages)):
@@ -236,13 +283,15 @@ class Runner:
                 if not self._run_stage(i, stages[i], resume_here):
                     break
                 written.append(self._save_model(stages[i]))
-                self.finished = [str(p) for p in written]
+                self.finished = inherited + [str(p) for p in written]
                 # a finished stage is a resume point: the next stage starts fresh, from the same model if it
                 # trains that one further (prompt modules), else from what its builder made
                 shared = i + 1 < len(stages) and stages[i + 1].model is stages[i].model
                 self._save_state(i + 1, 0, stages[i], None, None, keep_model=shared)
             else:
                 complete = True
+                if self.rank == 0:
+                    (self.out / PARTIAL_FILE).unlink(missing_ok=True)  # the run went past it
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -314,21 +363,28 @@ class Runner:
     def _run_stage(self, i: int, stage: Stage, state: Optional[dict]) -> bool:
         """Train stage ``i`` (from ``state`` if it resumes there); False if it was stopped before its end."""
         cfg, d = self.cfg, self.cfg.data
-        stage.prepare(state is None or int(state["step"]) == 0)
+        restart = self._restart_of(i)
+        # a continued stage already holds its (partly trained) weights: no neighbour initialisation
+        stage.prepare((state is None or int(state["step"]) == 0) and restart is None)
         stage.model.train()
         train_step = TrainStep(
             self._wrap(stage), stage.params, lmbda=stage.rate or cfg.base_rate, lr=cfg.lr, aux=stage.aux,
             aux_lr=cfg.aux_lr, clip=cfg.clip, metric=cfg.metric, bf16=cfg.bf16 and self.device.type == "cuda",
             device_type=self.device.type,
         )
-        sampler = CropSampler(stage.paths, d.crop, d.batch, seed=cfg.seed + 1000 * self.rank + 17 * i,
+        sampler = CropSampler(stage.paths, d.crop, d.batch,
+                              seed=restart_seed(cfg.seed + 1000 * self.rank + 17 * i, restart),
                               device=self.device if d.on_device else "cpu", preload=d.preload)
         step = 0
+        if restart is not None and state is None:
+            step = restart.step
+            if stage.rate_generator is not None:
+                stage.rate_generator.manual_seed(restart_seed(cfg.seed + 7919 * self.rank, restart))
         if state is not None:
             step = restore_state(self.state_path, state, train_step=train_step, sampler=sampler,
                                  rate_generator=stage.rate_generator, device=self.device)
         t0, elapsed0 = time.perf_counter(), self.elapsed
-        self._live = (stage.name, step)
+        self._live, self._live_index = (stage.name, step), i
         log = StageLog(self.out / "log.csv" if self.rank == 0 else None, stage.name, stage.rate, steps=cfg.steps,
                        start=step, log_every=cfg.log_every, images_per_step=d.batch * self.world,
                        device=self.device, bar=self.progress)
@@ -336,12 +392,14 @@ class Runner:
             while step < cfg.steps:
                 if self._should_stop(step):
                     self._save_state(i, step, stage, train_step, sampler)
+                    self._save_partial(i, step, stage)
                     if self.rank == 0 and self._stop_signal is None:
                         print(f"stopped at step {step} of {cfg.steps} in stage {stage.name} after "
                               f"{self.elapsed / 60:.1f} min (max_minutes); state saved in {self.state_path}; "
-                              f"continue with: {self.resume_command()}", flush=True)
+                              f"continue with: {self.resume_command()}; or elsewhere (weights only, "
+                              f"{PARTIAL_FILE}): {self.resume_command(elsewhere=True)}", flush=True)
                     return False
-                lr = lr_at(step + 1, lr=cfg.lr, steps=cfg.steps, drops=cfg.lr_drops)
+                lr = lr_at(step + 1, lr=cfg.lr, steps=cfg.steps, drops=cfg.lr_drops) * warmup_factor(step + 1, restart)
                 train_step.set_lr(lr)
                 losses = train_step(sampler.next())
                 step += 1
@@ -352,6 +410,6 @@ class Runner:
                     self._save_state(i, step, stage, train_step, sampler)
         stage.model.eval()
         (stage.aux or getattr(stage.model, "base", stage.model)).update(force=True)
-        self._record_stage(stage)
+        self._record_stage(i, stage)
         self._live = None
         return True

@@ -118,11 +118,13 @@ class StageContext:
 
 @dataclass(frozen=True)
 class StageKind:
-    """A run kind: its stage builder, the share of the images it uses by default, whether it needs ``init``."""
+    """A run kind: its stage builder, the share of the images it uses by default, whether it needs ``init``
+    and whether its stages keep the base frozen."""
 
     build: Callable[[StageContext], list[Stage]]
     data_fraction: float = 1.0
     needs_init: bool = False
+    frozen_base: bool = False  # the stages never change the base (``base.*`` weights stay those of ``init``)
 
 
 def initial_base(cfg: "RunConfig", device: torch.device) -> tuple[TICCodec, Optional[str]]:
@@ -235,8 +237,8 @@ def _gain_unit_stages(ctx: StageContext) -> list[Stage]:
 #: Run kind -> how its stages are built.
 STAGE_KINDS: dict[str, StageKind] = {
     "base": StageKind(_base_stages),
-    "prompts": StageKind(_prompt_stages, data_fraction=0.1, needs_init=True),
-    "lora": StageKind(_lora_stages, data_fraction=0.1, needs_init=True),
+    "prompts": StageKind(_prompt_stages, data_fraction=0.1, needs_init=True, frozen_base=True),
+    "lora": StageKind(_lora_stages, data_fraction=0.1, needs_init=True, frozen_base=True),
     "separate": StageKind(_separate_stages),
     "rate_conditioned": StageKind(_rate_conditioned_stages),
     "gain_units": StageKind(_gain_unit_stages),

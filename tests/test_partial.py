@@ -1,0 +1,207 @@
+"""Partial checkpoints and --continue-from: a run carried across machines that keep nothing (issue 9)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from lpm.checkpoints import file_sha256, load_codec, read_metadata, save_codec
+from lpm.cli import main
+from lpm.train.partial import PARTIAL_FILE, warmup_factor
+from lpm.train.runner import Runner, RunConfig
+from lpm.train.state import TrainingStateError
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A fake 'bsds500' layout with 12 small smooth images (PIL writes them: no imagecodecs needed)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 8), ("val", 4)):
+        d = root / "bsds500" / split
+        d.mkdir(parents=True)
+        for i in range(n):
+            img = np.kron(rng.random((6, 8, 3)), np.ones((8, 8, 1)))[:45, :60]
+            img = np.clip(img * 255 + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{split}{i:02d}.png")
+    return root
+
+
+def _cfg(out: Path, data_dir: Path, **kw) -> RunConfig:
+    base = dict(name="t", kind="base", model="tiny", steps=6, lr=1e-3, checkpoint_every=3, log_every=1,
+                restart_warmup=2, lr_drops=[], out_dir=str(out),
+                data={"dir": str(data_dir), "crop": 32, "batch": 2, "on_device": False})
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _stop_at(monkeypatch, step: int, stage: str | None = None) -> None:
+    """Make the run stop cleanly (as max_minutes would) when it reaches ``step`` (of ``stage``)."""
+    def should_stop(self, s):
+        return s == step and (stage is None or (self._live and self._live[0] == stage))
+
+    monkeypatch.setattr(Runner, "_should_stop", should_stop)
+
+
+def _log(out: Path) -> list[dict]:
+    with open(out / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _ledger(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def stopped_base(tmp_path, data_dir, monkeypatch) -> Path:
+    out = tmp_path / "a"
+    _stop_at(monkeypatch, 3)
+    assert Runner(_cfg(out, data_dir), progress=False).run() == []
+    monkeypatch.undo()
+    return out
+
+
+def test_a_clean_stop_writes_a_half_precision_partial_checkpoint(stopped_base):
+    part = stopped_base / PARTIAL_FILE
+    assert part.exists() and (stopped_base / "state.pt").exists()
+    with safe_open(str(part), "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes["g_a.layers.0.weight"] == "F16"
+    assert all(d in ("F16", "I64", "I32") for k, d in dtypes.items() if "entropy_bottleneck" not in k and "gaussian" not in k)
+    assert all(d in ("F32", "I32") for k, d in dtypes.items() if "entropy_bottleneck" in k or "gaussian" in k)
+    ck = load_codec(part)  # a valid codec checkpoint: lpm eval can measure it
+    assert ck.kind == "tic" and "stopped at step 3 of 6 in stage base" in ck.budget
+    p = ck.meta["partial"]
+    assert (p["run"], p["kind"], p["stage"], p["stage_name"], p["step"], p["restarts"]) == ("t", "base", 0, "base", 3, [])
+
+
+def test_continue_from_picks_up_with_fresh_optimizer_warmup_and_honest_ledger(tmp_path, data_dir, stopped_base):
+    part = stopped_base / PARTIAL_FILE
+    out = tmp_path / "b"
+    written = Runner(_cfg(out, data_dir, continue_from=str(part)), progress=False).run()
+    assert [p.name for p in written] == ["model.safetensors"]
+    rows = _log(out)
+    assert [int(r["step"]) for r in rows] == [4, 5, 6]  # the step counter continues
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(0.5e-3) and lrs[1] == pytest.approx(1e-3)  # 2-step ramp after step 3
+    (rec,) = _ledger(out)
+    assert rec["crops_seen"] == 12 and rec["steps"] == 6
+    assert rec["restarts"] == [{"at_step": 3, "from_sha256": file_sha256(part), "optimizer": "fresh",
+                                "warmup_steps": 2}]
+    ck = load_codec(written[0])
+    assert "continued 1x from half-precision weights with a fresh optimizer" in ck.budget
+    assert ck.meta["ledger"][0]["restarts"][0]["at_step"] == 3
+    assert not (out / PARTIAL_FILE).exists()  # the run went past its stop
+
+
+def test_continued_weights_are_the_partial_ones(tmp_path, data_dir, stopped_base):
+    """With the learning rates at 0 the continued run ends on exactly the partial file's weights."""
+    part = stopped_base / PARTIAL_FILE
+    out = tmp_path / "c"
+    (w,) = Runner(_cfg(out, data_dir, continue_from=str(part), lr=0.0, aux_lr=0.0), progress=False).run()
+    got, want = load_codec(w).model.state_dict(), load_codec(part).model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_continued_run_that_stops_again_chains_its_restarts(tmp_path, data_dir, stopped_base, monkeypatch):
+    out = tmp_path / "d"
+    _stop_at(monkeypatch, 5)
+    Runner(_cfg(out, data_dir, continue_from=str(stopped_base / PARTIAL_FILE)), progress=False).run()
+    monkeypatch.undo()
+    p = load_codec(out / PARTIAL_FILE).meta["partial"]
+    assert p["step"] == 5 and [r["at_step"] for r in p["restarts"]] == [3]
+    # same machine: --resume of the continued run works as always
+    Runner(_cfg(out, data_dir, continue_from=str(stopped_base / PARTIAL_FILE)), progress=False).run(resume=True)
+    assert [int(r["step"]) for r in _log(out)][-1] == 6
+    # another machine: continue from the second partial
+    out2 = tmp_path / "e"
+    _stop_at(monkeypatch, 5)
+    Runner(_cfg(tmp_path / "d2", data_dir, continue_from=str(stopped_base / PARTIAL_FILE)), progress=False).run()
+    monkeypatch.undo()
+    Runner(_cfg(out2, data_dir, continue_from=str(tmp_path / "d2" / PARTIAL_FILE)), progress=False).run()
+    (rec,) = _ledger(out2)
+    assert [r["at_step"] for r in rec["restarts"]] == [3, 5]
+    assert "continued 2x" in load_codec(out2 / "model.safetensors").budget
+
+
+def test_progressive_prompts_continue_in_the_cut_stage_and_keep_the_exact_base(tmp_path, data_dir, monkeypatch):
+    base_dir = tmp_path / "base"
+    Runner(_cfg(base_dir, data_dir, steps=2), progress=False).run()
+    init = base_dir / "model.safetensors"
+    kw = dict(kind="prompts", init=str(init), rates=[0.0067, 0.013, 0.0483], steps=3,
+              data={"dir": str(data_dir), "crop": 32, "batch": 2, "on_device": False, "fraction": 0.5})
+    _stop_at(monkeypatch, 2, stage="prompt-0.0067")
+    Runner(_cfg(tmp_path / "p1", data_dir, **kw), progress=False).run()
+    monkeypatch.undo()
+    part = tmp_path / "p1" / PARTIAL_FILE
+    assert load_codec(part).meta["partial"]["stage_name"] == "prompt-0.0067"
+    out = tmp_path / "p2"
+    written = Runner(_cfg(out, data_dir, continue_from=str(part), **kw), progress=False).run()
+    assert [p.name for p in written] == ["model.safetensors"]
+    w = written[0]
+    assert [(r["stage"], int(r["step"])) for r in _log(out)] == [("prompt-0.0067", 3)]
+    assert [r["model"] for r in _ledger(out)] == ["prompt-0.013", "prompt-0.0067"]  # finished stage carried over
+    model, base = load_codec(w).model, load_codec(init).model
+    # the frozen base is the init's, bit for bit (not the partial file's half-precision copy)
+    assert all(torch.equal(v, model.base.state_dict()[k]) for k, v in base.state_dict().items())
+    # the finished stage's module is the partial file's
+    pm = load_codec(part).model
+    assert all(torch.equal(v, model.module(0.013).state_dict()[k]) for k, v in pm.module(0.013).state_dict().items())
+
+
+def test_foreign_or_mismatched_partials_are_refused_before_anything_is_written(tmp_path, data_dir, stopped_base):
+    part = stopped_base / PARTIAL_FILE
+    cases = {
+        "other run name": (dict(name="other"), part, "belongs to the 'base' run 't'"),
+        "finished model": (dict(), None, "not a partial checkpoint"),
+        "fewer steps": (dict(steps=3), part, "step 3 is not inside a stage of 3 steps"),
+        "not a checkpoint": (dict(), tmp_path / "junk.safetensors", "cannot continue from this file"),
+    }
+    finished = tmp_path / "fin.safetensors"
+    save_codec(finished, load_codec(part).model, meta={"base_rate": 0.0483})
+    (tmp_path / "junk.safetensors").write_bytes(b"\0" * 64)
+    for name, (kw, path, msg) in cases.items():
+        out = tmp_path / f"x-{name.replace(' ', '-')}"
+        cfg = _cfg(out, data_dir, continue_from=str(path or finished), **kw)
+        with pytest.raises(TrainingStateError, match=msg):
+            Runner(cfg, progress=False).run()
+        assert not out.exists() or not any(out.iterdir()), name
+
+
+def test_a_partial_from_another_init_is_refused(tmp_path, data_dir, stopped_base):
+    other = tmp_path / "other-init.safetensors"
+    save_codec(other, load_codec(stopped_base / PARTIAL_FILE).model, meta={"base_rate": 0.0483})
+    cfg = _cfg(tmp_path / "y", data_dir, init=str(other), continue_from=str(stopped_base / PARTIAL_FILE))
+    with pytest.raises(TrainingStateError, match="trained from init"):
+        Runner(cfg, progress=False).run()
+
+
+def test_warmup_factor():
+    assert warmup_factor(5, None) == 1.0
+
+
+def test_cli_continue_from(tmp_path, data_dir, stopped_base, capsys):
+    cfg = {"name": "t", "kind": "base", "model": "tiny", "steps": 6, "log_every": 1, "restart_warmup": 2,
+           "data": {"dir": str(data_dir), "crop": 32, "batch": 2, "on_device": False}}
+    path = tmp_path / "c.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    rc = main(["train", str(path), "--out-dir", str(tmp_path / "cli"), "--no-progress",
+               "--continue-from", str(stopped_base / PARTIAL_FILE), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "continuing stage base at step 3 of 6" in out and "continued 1x" in out
+    rc = main(["train", str(path), "--out-dir", str(tmp_path / "cli2"), "--no-progress",
+               "--continue-from", str(tmp_path / "missing.safetensors"), "--device", "cpu"])
+    assert rc == 2 and "missing.safetensors" in capsys.readouterr().err
+    assert read_metadata(stopped_base / PARTIAL_FILE)["kind"] == "tic"
