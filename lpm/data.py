@@ -173,7 +173,15 @@ def _decode_png(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray:
     _check_size(path, height, width, max_pixels)
     _check_single_png(path, data)
     try:
-        return _imagecodecs().png_decode(data)
+        codecs = _imagecodecs()
+    except ImportError:  # e.g. a GPU machine without the wheel: PIL reads every PNG but 16-bit colour exactly
+        depth, colour = data[24], data[25]
+        if depth == 16 and colour != 0:  # plain 16-bit grey is the only 16-bit PNG PIL keeps at 16 bits
+            raise ImageReadError(f"{path}: a 16-bit colour or alpha PNG needs imagecodecs to be read at full precision "
+                                 "(pip install imagecodecs)") from None
+        return _decode_with_pil(path, max_pixels)
+    try:
+        return codecs.png_decode(data)
     except Exception as exc:  # imagecodecs raises PngError (RuntimeError) or ValueError
         raise ImageReadError(f"{path}: cannot decode PNG ({_one_line(exc)})") from exc
 

@@ -18,7 +18,10 @@ _ROOT = PROJECT_ROOT
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The project's git commit (with ``-dirty`` if the work tree has changes), or ``"unknown"``."""
+    """The project's git commit (with ``-dirty`` if the work tree has changes); where there is no git
+    repository (a copy of the work tree on a lent GPU machine) ``$LPM_GIT_COMMIT`` if set, else ``"unknown"``."""
+    import os
+
     try:
         rev = subprocess.run(
             ["git", "-C", str(_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
@@ -31,7 +34,7 @@ def git_commit() -> str:
         ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("LPM_GIT_COMMIT", "").strip()[:64] or "unknown"
 
 
 def device_name(device: torch.device | str = "cpu") -> str:

@@ -523,3 +523,36 @@ def test_download_bsds500_tarball(tmp_path):
     assert files == sorted(payloads)
     bad = run_download("kodak", "--tarball", str(tarball), "--dest", str(dest))
     assert bad.returncode == 2 and "bsds500 only" in bad.stderr
+
+
+# ------------------------------------------------------------------ without imagecodecs (the GPU machine)
+
+
+@pytest.mark.parametrize("kind", ["rgb8", "gray8", "rgba8", "gray16", "palette"])
+def test_png_without_imagecodecs_reads_the_same(tmp_path, monkeypatch, kind):
+    """PIL reads what imagecodecs reads, bit for bit (Kodak PNGs on a machine without the wheel)."""
+    r = rng(5)
+    if kind == "palette":
+        path = tmp_path / "p.png"
+        Image.fromarray(r.integers(0, 256, (7, 9, 3), dtype=np.uint8)).convert("P").save(path)
+    else:
+        shape = {"rgb8": (7, 9, 3), "gray8": (7, 9), "rgba8": (7, 9, 4), "gray16": (7, 9)}[kind]
+        a = r.integers(0, 65536 if kind == "gray16" else 256, shape).astype(np.uint16 if kind == "gray16" else np.uint8)
+        path = write_png(tmp_path / "p.png", a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # alpha dropped
+        y, info_y = read_image(path)  # through imagecodecs
+        monkeypatch.setattr(data, "_imagecodecs", _missing_imagecodecs)
+        x, info = read_image(path)  # through PIL
+    assert torch.equal(x, y) and info == info_y
+
+
+def _missing_imagecodecs():
+    raise ImportError("No module named 'imagecodecs'")
+
+
+def test_16bit_colour_png_without_imagecodecs_is_refused_clearly(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_imagecodecs", _missing_imagecodecs)
+    path = write_png(tmp_path / "c.png", (257 * rng().integers(0, 255, (4, 5, 3))).astype(np.uint16))
+    with pytest.raises(ImageReadError, match="16-bit colour or alpha PNG needs imagecodecs"):
+        read_image(path)

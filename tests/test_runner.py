@@ -114,6 +114,22 @@ def test_max_minutes_stops_and_saves(tmp_path, data_dir):
     assert written and written[0].exists()
 
 
+def test_max_minutes_counts_each_invocation_not_the_whole_run(tmp_path, data_dir, monkeypatch):
+    """`--max-minutes 9` then `--resume --max-minutes 9`: the second invocation trains again (it used to stop
+    at once, because the run's restored clock already exceeded the allowance)."""
+    import lpm.train.runner as R
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(R.time, "perf_counter", lambda: clock.__setitem__("t", clock["t"] + 10.0) or clock["t"])
+    cfg = _cfg(tmp_path, data_dir, steps=50, max_minutes=0.5, log_every=1, checkpoint_every=1000)
+    assert Runner(cfg, progress=False).run() == []
+    first = int(_log(tmp_path / "run")[-1]["step"])
+    assert 0 < first < 50
+    Runner(cfg, progress=False).run(resume=True)
+    second = int(_log(tmp_path / "run")[-1]["step"])
+    assert second - first >= first - 1  # about as many steps again, not an immediate stop
+
+
 def test_resume_refuses_a_changed_config(tmp_path, data_dir):
     Runner(_cfg(tmp_path, data_dir, max_minutes=0.0), progress=False).run()
     with pytest.raises(ValueError, match="config changed"):

@@ -49,7 +49,7 @@ class RunConfig:
     compile: bool = False
     checkpoint_every: int = 500
     log_every: int = 50
-    max_minutes: Optional[float] = None
+    max_minutes: Optional[float] = None  # training minutes of this invocation (each --resume gets its own)
     continue_from: Optional[str] = None  # partial checkpoint of this run to continue from (lpm.train.partial)
     restart_warmup: int = 100  # steps of linear lr ramp after continuing with a fresh optimizer
     partial_half: bool = True  # partial checkpoints in float16 (entropy models float32)

@@ -116,7 +116,7 @@ class Runner:
         self._live: Optional[tuple[str, int]] = None  # (stage name, step) of the stage in progress
         self._live_index: Optional[int] = None  # its index
         self.ledger: list[dict] = []
-        self.elapsed = self.stage_start = 0.0
+        self.elapsed = self.stage_start = self._elapsed_at_start = 0.0
         self.restart: Optional[Restart] = None  # where a --continue-from run picks up (lpm.train.partial)
 
     @property
@@ -259,6 +259,7 @@ class Runner:
         self.elapsed = float(state["elapsed"]) if state else restart.elapsed if restart else 0.0
         self.stage_start = float(state["stage_start"]) if state else restart.stage_start if restart else 0.0
         first_stage = int(state["stage"]) if state else restart.stage if restart else 0
+        self._elapsed_at_start = self.elapsed  # max_minutes counts this invocation's training time only
         if restart is not None and self.rank == 0:
             print(f"continuing stage {restart.stage_name} at step {restart.step} of {cfg.steps} from "
                   f"{restart.path} (sha256 {restart.sha256[:16]}…) with a fresh optimizer and a "
@@ -346,10 +347,12 @@ class Runner:
         raise SystemExit(128 + signum)  # only reached if the signal is blocked
 
     def _should_stop(self, step: int) -> bool:
-        """A signal or ``max_minutes`` asks to stop. With several processes all ranks decide together, at
+        """A signal or ``max_minutes`` (training time of this invocation, not of the whole run: a resumed or
+        continued run gets its own allowance) asks to stop. With several processes all ranks decide together, at
         logging steps only (one small all-reduce), so that they stop at the same step."""
         cfg = self.cfg
-        stop = self._stop_signal is not None or (cfg.max_minutes is not None and self.elapsed >= cfg.max_minutes * 60)
+        ran = self.elapsed - self._elapsed_at_start
+        stop = self._stop_signal is not None or (cfg.max_minutes is not None and ran >= cfg.max_minutes * 60)
         if self.world == 1:
             return stop
         if step % cfg.log_every:
@@ -395,7 +398,8 @@ class Runner:
                     self._save_partial(i, step, stage)
                     if self.rank == 0 and self._stop_signal is None:
                         print(f"stopped at step {step} of {cfg.steps} in stage {stage.name} after "
-                              f"{self.elapsed / 60:.1f} min (max_minutes); state saved in {self.state_path}; "
+                              f"{(self.elapsed - self._elapsed_at_start) / 60:.1f} min of this invocation (max_minutes; "
+                              f"{self.elapsed / 60:.1f} min in all); state saved in {self.state_path}; "
                               f"continue with: {self.resume_command()}; or elsewhere (weights only, "
                               f"{PARTIAL_FILE}): {self.resume_command(elsewhere=True)}", flush=True)
                     return False

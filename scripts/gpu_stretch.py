@@ -1,0 +1,284 @@
+"""One stretch of GPU work in one command: what a lent GPU machine that keeps nothing should run (issue 9).
+
+A lent GPU comes for minutes at a time (one command of at most 10 minutes, a session's lease of about 15,
+start-up and transfers included), its files vanish 30 s after the command, and at most 8 files of 16 MiB
+each come back. This script spends such a command well and brings back everything the next stretch needs:
+
+1. ``--throughput``: ``bench/train_throughput.py`` (eager, batch 16 and 32 at 256², short timed windows);
+2. ``--cross-device DIR``: ``bench/cross_device.py`` on the images in DIR (GPU-encoded files decoded on the
+   CPU and the reverse), in a background process on the CPU cores while the GPU trains;
+3. ``--train CONFIG``: ``lpm train CONFIG --max-minutes M`` (``--continue-from PARTIAL`` to go on from a
+   committed partial checkpoint), M chosen so that everything ends inside ``--minutes``;
+4. the harvest, into ``--out`` (the machine's ``$OUT``): the run's weights in half precision (the partial
+   checkpoint after a stop, else each finished model re-saved with ``half=True``), split into parts of at
+   most ``--part-mib`` when larger, and one ``stretch.json`` with the environment, each step's exit status,
+   duration and output tail, the throughput rows, the cross-device counts, the run's ledger, config and
+   trimmed training log, and the sha256 of every weight file and part.
+
+Every step runs in its own process with a deadline, and a failing step is recorded, not fatal: a broken
+step does not waste the lease. On this machine afterwards::
+
+    python scripts/gpu_stretch.py join FILES_AT --into results/runs/reduced-base
+
+reassembles the parts, checks every sha256, and writes ``ledger.jsonl``, ``log.csv``, ``config.yaml`` and
+``stretch.json`` beside the weights. On the GPU machine (after the wheel install line of
+``../shared/gpu/prepare``)::
+
+    python3 scripts/gpu_stretch.py --out $OUT --data-dir .gpu_data --minutes 8.5 --throughput \\
+        --cross-device .gpu_data/kodak --train configs/reduced-base.yaml
+
+Nothing here imports imagecodecs (the GPU machine has none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+#: What the harvest keeps of ``log.csv``: at most this many rows (evenly spaced, the last one always kept).
+LOG_ROWS = 400
+#: Tail of each step's output kept in stretch.json.
+TAIL_CHARS = 4000
+#: Minutes kept back from --minutes for the harvest (re-saving weights, hashing, splitting).
+HARVEST_MIN = 0.5
+#: Minutes a training process needs before its first step (imports, data onto the GPU, model build).
+STARTUP_MIN = 0.75
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _run(cmd: list[str], log: Path, timeout_s: float, env: Optional[dict] = None) -> dict[str, Any]:
+    """Run ``cmd`` with its output in ``log``; exit status, seconds and the output's tail."""
+    t0 = time.time()
+    with open(log, "wb") as f:
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=max(1.0, timeout_s),
+                                env=env, cwd=ROOT).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    text = log.read_text(errors="replace")
+    return {"cmd": cmd[1:], "rc": rc, "seconds": round(time.time() - t0, 1), "tail": text[-TAIL_CHARS:]}
+
+
+def _trim_log(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    head, rows = lines[:1], lines[1:]
+    if len(rows) > LOG_ROWS:
+        step = len(rows) / (LOG_ROWS - 1)
+        rows = [rows[int(i * step)] for i in range(LOG_ROWS - 1)] + [rows[-1]]
+    return head + rows
+
+
+def _split(path: Path, out: Path, part_bytes: int) -> list[dict[str, Any]]:
+    """Copy ``path`` into ``out`` as one file or as ``NAME.part-K`` pieces of at most ``part_bytes``."""
+    size = path.stat().st_size
+    if size <= part_bytes:
+        shutil.copyfile(path, out / path.name)
+        return [{"file": path.name, "bytes": size, "sha256": _sha256(out / path.name)}]
+    parts = []
+    with open(path, "rb") as f:
+        k = 0
+        while chunk := f.read(part_bytes):
+            name = f"{path.name}.part-{k}"
+            (out / name).write_bytes(chunk)
+            parts.append({"file": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
+            k += 1
+    return parts
+
+
+def _harvest_weights(run_dir: Path, work: Path) -> list[Path]:
+    """The run's weights to bring back, in half precision: the partial checkpoint if the run stopped, else
+    every finished model re-saved with ``half=True`` (same metadata)."""
+    partial = run_dir / "partial.safetensors"
+    if partial.exists():
+        return [partial]
+    from lpm.checkpoints import load_codec, save_codec
+
+    out = []
+    for p in sorted(run_dir.glob("model*.safetensors")):
+        ck = load_codec(p)
+        half = work / (p.stem + "-fp16.safetensors")
+        save_codec(half, ck.model, meta={**ck.meta, "base_rate": ck.base_rate, "saved_from_sha256": ck.sha256},
+                   half=True)
+        out.append(half)
+    return out
+
+
+def stretch(args: argparse.Namespace) -> int:
+    t_start = time.time()
+    deadline = t_start + args.minutes * 60
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lpm-stretch-"))
+    py = sys.executable
+    report: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "minutes": args.minutes,
+                              "argv": sys.argv[1:], "steps": {}}
+    try:
+        import torch
+
+        from lpm.provenance import environment
+
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        report["environment"] = {**environment(dev), "platform": platform.platform(), "cpus": os.cpu_count()}
+    except Exception as e:  # noqa: BLE001 -- recorded, the steps below say more
+        report["environment"] = {"error": f"{type(e).__name__}: {e}"}
+        dev = "cpu"
+
+    def left() -> float:
+        return deadline - time.time()
+
+    background: Optional[tuple[subprocess.Popen, Path, Path, float]] = None
+    if args.cross_device:
+        if dev != "cuda":
+            report["steps"]["cross_device"] = {"skipped": "no CUDA GPU here"}
+        else:
+            js, log = work / "cross_device.json", work / "cross_device.log"
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.cpu_threads)}
+            cmd = [py, "bench/cross_device.py", "--images", args.cross_device, "--model", args.cross_model,
+                   "--json", str(js)]
+            background = (subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT),
+                          js, log, time.time())
+
+    if args.throughput:
+        rows = []
+        for batch in args.throughput_batches:
+            js = work / f"throughput-{batch}.json"
+            r = _run([py, "bench/train_throughput.py", "--batch", str(batch), "--steps", str(args.throughput_steps),
+                      "--config", args.throughput_config, "--json", str(js)],
+                     work / f"throughput-{batch}.log", min(args.throughput_timeout, left() - 60))
+            if js.exists():
+                data = json.loads(js.read_text())
+                rows += [{**row, "batch": batch} for row in data["rows"]]
+                r["meta"] = data["meta"]
+            report["steps"][f"throughput-{batch}"] = r
+        report["throughput"] = rows
+
+    if args.train:
+        run_dir = work / "run"
+        train_minutes = left() / 60 - HARVEST_MIN - STARTUP_MIN
+        cmd = [py, "-m", "lpm.cli", "train", args.train, "--out-dir", str(run_dir), "--no-progress",
+               "--max-minutes", f"{max(0.1, train_minutes):.2f}"]
+        if args.data_dir:
+            cmd += ["--data-dir", args.data_dir]
+        if args.continue_from:
+            cmd += ["--continue-from", args.continue_from]
+        # SIGKILL only if the run overran its own clean stop by far (it saves at the next step after max_minutes)
+        r = _run(cmd, work / "train.log", left() - HARVEST_MIN * 60 / 2)
+        r["max_minutes"] = round(train_minutes, 2)
+        report["steps"]["train"] = r
+        ledger = run_dir / "ledger.jsonl"
+        report["ledger"] = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.exists() else []
+        report["log_csv"] = _trim_log(run_dir / "log.csv")
+        cfg = run_dir / "config.yaml"
+        report["config_yaml"] = cfg.read_text() if cfg.exists() else None
+        try:
+            weights = _harvest_weights(run_dir, work) if run_dir.exists() else []
+            report["weights"], report["weights_left_behind"], room = {}, [], args.total_mib * 2**20
+            for w in weights:  # what comes back is bounded: keep the first that fit, say which did not
+                if w.stat().st_size > room:
+                    report["weights_left_behind"].append(w.name)
+                    continue
+                room -= w.stat().st_size
+                report["weights"][w.name] = _split(w, out, int(args.part_mib * 2**20))
+        except Exception as e:  # noqa: BLE001
+            report["weights_error"] = f"{type(e).__name__}: {e}"
+
+    if background is not None:
+        proc, js, log, t0 = background
+        try:
+            proc.wait(timeout=max(1.0, left()))
+            rc: Any = proc.returncode
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = "timeout"
+        report["steps"]["cross_device"] = {"rc": rc, "seconds": round(time.time() - t0, 1),
+                                           "tail": log.read_text(errors="replace")[-TAIL_CHARS:]}
+        if js.exists():
+            report["cross_device"] = json.loads(js.read_text())
+
+    report["seconds"] = round(time.time() - t_start, 1)
+    (out / "stretch.json").write_text(json.dumps(report, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    failed = [k for k, v in report["steps"].items() if v.get("rc") not in (0, None)]
+    print(f"stretch done in {report['seconds']:.0f} s; steps: "
+          + ", ".join(f"{k}={v.get('rc', v.get('skipped'))}" for k, v in report["steps"].items()))
+    if report.get("throughput"):
+        for row in report["throughput"]:
+            print(f"  {row['what']:16s} batch {row['batch']:3d} {'compiled' if row['compiled'] else 'eager':8s} "
+                  f"{row['img_per_s']:8.1f} img/s")
+    for line in (report["steps"].get("train", {}).get("tail") or "").splitlines()[-4:]:
+        print("  train:", line[-300:])
+    return 1 if failed else 0
+
+
+def join(args: argparse.Namespace) -> int:
+    """Reassemble a harvest (``stretch.json`` + weight files/parts) into ``--into``, checking every sha256."""
+    src, dst = Path(args.files), Path(args.into)
+    report = json.loads((src / "stretch.json").read_text())
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, parts in (report.get("weights") or {}).items():
+        data = bytearray()
+        for part in parts:
+            chunk = (src / part["file"]).read_bytes()
+            if hashlib.sha256(chunk).hexdigest() != part["sha256"] or len(chunk) != part["bytes"]:
+                raise SystemExit(f"{src / part['file']}: sha256 or size differs from stretch.json: not joined")
+            data += chunk
+        (dst / name).write_bytes(bytes(data))
+        print(f"wrote {dst / name} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}…)")
+    if report.get("ledger"):
+        (dst / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in report["ledger"]))
+    if report.get("log_csv"):
+        (dst / "log.csv").write_text("\n".join(report["log_csv"]) + "\n")
+    if report.get("config_yaml"):
+        (dst / "config.yaml").write_text(report["config_yaml"])
+    (dst / "stretch.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["join"]:
+        ap = argparse.ArgumentParser(prog="gpu_stretch.py join", description=join.__doc__)
+        ap.add_argument("files", help="the folder the harvest came back to (the device tool's files_at)")
+        ap.add_argument("--into", required=True, help="where to write the joined weights and records")
+        return join(ap.parse_args(argv[1:]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="where the harvest goes (on the GPU machine: $OUT)")
+    ap.add_argument("--minutes", type=float, default=8.5, help="everything ends inside this (default 8.5)")
+    ap.add_argument("--data-dir", help="folder holding bsds500/ (on the GPU machine: .gpu_data)")
+    ap.add_argument("--train", help="run config to train (configs/*.yaml)")
+    ap.add_argument("--continue-from", help="partial checkpoint of that run to continue from")
+    ap.add_argument("--throughput", action="store_true", help="measure training throughput first")
+    ap.add_argument("--throughput-batches", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--throughput-steps", type=int, default=30)
+    ap.add_argument("--throughput-config", default="tic")
+    ap.add_argument("--throughput-timeout", type=float, default=150.0, help="seconds per batch size")
+    ap.add_argument("--cross-device", metavar="DIR", help="images for bench/cross_device.py (needs CUDA)")
+    ap.add_argument("--cross-model", default="tiny-smoke")
+    ap.add_argument("--cpu-threads", type=int, default=8, help="CPU threads of the cross-device process")
+    ap.add_argument("--part-mib", type=float, default=15.0, help="largest file brought back (MiB)")
+    ap.add_argument("--total-mib", type=float, default=56.0, help="most weight bytes brought back (MiB)")
+    return stretch(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""scripts/gpu_stretch.py: one GPU stretch in one command, run here on the CPU the way the GPU machine runs it
+(no imagecodecs importable), then joined back (issue 9)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lpm.checkpoints import file_sha256, load_codec
+from lpm.paths import PROJECT_ROOT
+
+SCRIPT = PROJECT_ROOT / "scripts" / "gpu_stretch.py"
+
+BLOCK = '''import sys
+class _NoImagecodecs:
+    def find_spec(self, name, path=None, target=None):
+        if name == "imagecodecs" or name.startswith("imagecodecs."):
+            raise ImportError("imagecodecs is blocked here: the GPU machine has none")
+        return None
+sys.meta_path.insert(0, _NoImagecodecs())
+'''
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("stretch")
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 6), ("val", 2)):
+        d = root / "data" / "bsds500" / split
+        d.mkdir(parents=True)
+        for i in range(n):
+            img = np.kron(rng.random((6, 8, 3)), np.ones((8, 8, 1)))[:45, :60]
+            Image.fromarray((img * 255).astype(np.uint8)).save(d / f"{split}{i}.png")
+    (root / "block").mkdir()
+    (root / "block" / "sitecustomize.py").write_text(BLOCK)
+    return root
+
+
+def _config(root: Path, steps: int) -> Path:
+    path = root / f"run-{steps}.yaml"
+    path.write_text(yaml.safe_dump({"name": "stretch-test", "kind": "base", "model": "tiny", "steps": steps,
+                                    "lr": 1e-3, "log_every": 1, "checkpoint_every": 1000,
+                                    "data": {"crop": 32, "batch": 2, "on_device": False}}))
+    return path
+
+
+def _stretch(root: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "block"), str(PROJECT_ROOT)]),
+           "OMP_NUM_THREADS": "1", "LPM_GIT_COMMIT": "0123abcd"}
+    return subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--data-dir", str(root / "data"), *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_imagecodecs_is_really_blocked(setup):
+    env = {**os.environ, "PYTHONPATH": str(setup / "block")}
+    r = subprocess.run([sys.executable, "-c", "import imagecodecs"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "blocked" in r.stderr
+
+
+def test_a_finished_run_comes_back_in_half_precision_with_its_records(setup, tmp_path):
+    out = tmp_path / "OUT"
+    r = _stretch(setup, out, "--minutes", "3", "--train", str(_config(setup, 3)), "--throughput",
+                 "--throughput-config", "tiny", "--throughput-batches", "2", "--throughput-steps", "1",
+                 "--cross-device", str(setup / "data" / "bsds500" / "val"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "stretch.json").read_text())
+    assert report["steps"]["train"]["rc"] == 0 and report["steps"]["throughput-2"]["rc"] == 0
+    assert report["steps"]["cross_device"] == {"skipped": "no CUDA GPU here"}
+    assert {row["what"] for row in report["throughput"]} == {"base training", "prompt learning"}
+    assert report["environment"]["git_commit"] != "unknown"
+    assert [rec["model"] for rec in report["ledger"]] == ["base"] and "step" in report["log_csv"][0].split(",")
+    (name,) = report["weights"]
+    assert name == "model-fp16.safetensors" and (out / name).exists()
+    ck = load_codec(out / name)
+    assert ck.kind == "tic" and "CPU-minutes" in ck.budget and ck.meta["saved_from_sha256"]
+    # and back on this machine
+    into = tmp_path / "joined"
+    subprocess.run([sys.executable, str(SCRIPT), "join", str(out), "--into", str(into)], check=True, timeout=120)
+    assert file_sha256(into / name) == file_sha256(out / name)
+    assert (into / "ledger.jsonl").exists() and (into / "config.yaml").exists() and (into / "log.csv").exists()
+
+
+def test_a_cut_run_brings_back_its_partial_checkpoint_in_parts_and_continues(setup, tmp_path):
+    out = tmp_path / "OUT"
+    r = _stretch(setup, out, "--minutes", "1.4", "--train", str(_config(setup, 100000)), "--part-mib", "0.2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "stretch.json").read_text())
+    parts = report["weights"]["partial.safetensors"]
+    assert len(parts) > 1 and all((out / p["file"]).stat().st_size <= 0.2 * 2**20 for p in parts)
+    assert report["ledger"] == [] and "stopped at step" in report["steps"]["train"]["tail"]
+    into = tmp_path / "joined"
+    subprocess.run([sys.executable, str(SCRIPT), "join", str(out), "--into", str(into)], check=True, timeout=120)
+    ck = load_codec(into / "partial.safetensors")
+    step = ck.meta["partial"]["step"]
+    assert step > 0
+    # the next stretch goes on from there
+    out2 = tmp_path / "OUT2"
+    r = _stretch(setup, out2, "--minutes", "1.4", "--train", str(_config(setup, 100000)),
+                 "--continue-from", str(into / "partial.safetensors"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    again = json.loads((out2 / "stretch.json").read_text())
+    assert f"continuing stage base at step {step}" in again["steps"]["train"]["tail"]
+    ck2 = load_codec(out2 / "partial.safetensors")
+    assert ck2.meta["partial"]["step"] > step and ck2.meta["partial"]["restarts"][0]["at_step"] == step
+    # a corrupted part is refused, nothing joined
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in out.iterdir():
+        bad.joinpath(p.name).write_bytes(p.read_bytes())
+    first = bad / parts[0]["file"]
+    first.write_bytes(b"x" + first.read_bytes()[1:])
+    r = subprocess.run([sys.executable, str(SCRIPT), "join", str(bad), "--into", str(tmp_path / "j2")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "sha256" in r.stderr and not (tmp_path / "j2" / "partial.safetensors").exists()
+
+
+def test_commit_from_the_environment_where_there_is_no_git(monkeypatch):
+    from lpm import provenance
+
+    def no_git(*a, **k):
+        raise OSError("no git here")
+
+    provenance.git_commit.cache_clear()
+    monkeypatch.setattr(provenance.subprocess, "run", no_git)
+    monkeypatch.setenv("LPM_GIT_COMMIT", "0123abcd")
+    try:
+        assert provenance.git_commit() == "0123abcd"
+        provenance.git_commit.cache_clear()
+        monkeypatch.delenv("LPM_GIT_COMMIT")
+        assert provenance.git_commit() == "unknown"
+    finally:
+        provenance.git_commit.cache_clear()
