@@ -56,14 +56,6 @@ HARVEST_MIN = 0.5
 STARTUP_MIN = 0.75
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _run(cmd: list[str], log: Path, timeout_s: float, env: Optional[dict] = None) -> dict[str, Any]:
     """Run ``cmd`` with its output in ``log``; exit status, seconds and the output's tail."""
     t0 = time.time()
@@ -93,7 +85,9 @@ def _split(path: Path, out: Path, part_bytes: int) -> list[dict[str, Any]]:
     size = path.stat().st_size
     if size <= part_bytes:
         shutil.copyfile(path, out / path.name)
-        return [{"file": path.name, "bytes": size, "sha256": _sha256(out / path.name)}]
+        from lpm.data import sha256_file
+
+        return [{"file": path.name, "bytes": size, "sha256": sha256_file(out / path.name)}]
     parts = []
     with open(path, "rb") as f:
         k = 0

@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from lpm.checkpoints import file_sha256, load_codec
 from lpm.paths import PROJECT_ROOT
+
+from conftest import write_fake_bsds500
 
 SCRIPT = PROJECT_ROOT / "scripts" / "gpu_stretch.py"
 
@@ -30,16 +31,9 @@ sys.meta_path.insert(0, _NoImagecodecs())
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("stretch")
-    rng = np.random.default_rng(2)
-    for split, n in (("train", 6), ("val", 2)):
-        d = root / "data" / "bsds500" / split
-        d.mkdir(parents=True)
-        for i in range(n):
-            img = np.kron(rng.random((6, 8, 3)), np.ones((8, 8, 1)))[:45, :60]
-            Image.fromarray((img * 255).astype(np.uint8)).save(d / f"{split}{i}.png")
+    (root / "data").mkdir()
+    write_fake_bsds500(root / "data", {"train": 6, "val": 2}, seed=2)
     (root / "block").mkdir()
     (root / "block" / "sitecustomize.py").write_text(BLOCK)
     return root

@@ -6,34 +6,26 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
 from lpm.checkpoints import file_sha256, load_codec, read_metadata, save_codec
 from lpm.cli import main
-from lpm.train.partial import PARTIAL_FILE, warmup_factor
+from lpm.train.partial import PARTIAL_FILE, Restart, restart_seed, warmup_factor
 from lpm.train.runner import Runner, RunConfig
 from lpm.train.state import TrainingStateError
+
+from conftest import write_fake_bsds500
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """A fake 'bsds500' layout with 12 small smooth images (PIL writes them: no imagecodecs needed)."""
-    from PIL import Image
-
+    """A fake 'bsds500' layout with 12 small smooth images."""
     root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 8), ("val", 4)):
-        d = root / "bsds500" / split
-        d.mkdir(parents=True)
-        for i in range(n):
-            img = np.kron(rng.random((6, 8, 3)), np.ones((8, 8, 1)))[:45, :60]
-            img = np.clip(img * 255 + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(d / f"{split}{i:02d}.png")
+    write_fake_bsds500(root, {"train": 8, "val": 4}, seed=1)
     return root
 
 
@@ -186,8 +178,12 @@ def test_a_partial_from_another_init_is_refused(tmp_path, data_dir, stopped_base
         Runner(cfg, progress=False).run()
 
 
-def test_warmup_factor():
-    assert warmup_factor(5, None) == 1.0
+def test_warmup_factor_ramps_linearly_after_the_restart_step_only():
+    r = Restart(Path("p"), "0" * 64, 0, "base", 10, 1.0, 0.0, restarts=[{"at_step": 10}], warmup=4)
+    assert [warmup_factor(s, r) for s in (9, 10, 11, 12, 13, 14, 15)] == [1.0, 1.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert warmup_factor(11, None) == 1.0
+    assert warmup_factor(11, Restart(Path("p"), "0" * 64, 0, "base", 10, 1.0, 0.0, warmup=0)) == 1.0
+    assert restart_seed(7, None) == 7 and restart_seed(7, r) != 7
 
 
 def test_cli_continue_from(tmp_path, data_dir, stopped_base, capsys):

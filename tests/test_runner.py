@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,24 +18,16 @@ from lpm.checkpoints import load_codec
 from lpm.train.runner import LEDGER_FIELDS, Runner, RunConfig, load_config
 from lpm.train.sampler import CropSampler, subset
 
+from conftest import write_fake_bsds500
+
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """A fake 'bsds500' layout with 20 small smooth images."""
-    import imagecodecs
-
     root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 14), ("val", 6)):
-        d = root / "bsds500" / split
-        d.mkdir(parents=True)
-        for i in range(n):
-            low = rng.random((6, 8, 3))
-            img = np.kron(low, np.ones((8, 8, 1)))[:45, :60]
-            img = np.clip(img * 255 + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
-            (d / f"{split}{i:02d}.png").write_bytes(imagecodecs.png_encode(img))
+    write_fake_bsds500(root, {"train": 14, "val": 6})
     return root
 
 
