@@ -1,0 +1,131 @@
+"""How far does one prompt module move the rate of a frozen base? (the measured risk; campaign step 3)
+
+For a base checkpoint (``--init``, a bare base or a finished/partial base run), trains one prompt module
+one λ notch away on each side of the base's λ (or the rates named with ``--rates``), once with prompts alone
+(the paper's method) and once with the latent gain added (``latent_gain``, our extension), each as a real
+``kind: prompts`` run of the training engine (:class:`lpm.train.runner.Runner`: frozen base, the seeded
+data subset, the same steps). Then codes the Kodak images (``--images``) with real bitstreams at the base
+rate and at each probed rate, and reports per probe: bpp and PSNR, the bpp change against the base rate
+(the *reach*), and the RD cost ``λ·255²·MSE + bpp`` at the probed λ against what the base itself achieves
+there (a prompt module that lowers the cost at its λ is doing its job even when the bpp moves little).
+
+    python bench/reach_probe.py --init BASE.safetensors --data-dir DIR --images DIR/kodak --steps 300
+    python bench/reach_probe.py --init … --rates 0.0067 0.025 --variants prompts --json out.json
+
+``--steps``, ``--batch``, ``--crop``, ``--lr`` and ``--fraction`` set the budget of every probe (the same for
+all); the printed lines and the JSON say it. On a GPU (``--device cuda``) the probes train there and the
+evaluation codes on the CPU (entropy coding is on the CPU anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+LADDER = [0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483]
+
+
+def neighbours(base_rate: float, ladder: list[float]) -> list[float]:
+    """The ladder's rates one notch below and above ``base_rate`` (one at the ends)."""
+    below = [r for r in ladder if r < base_rate * (1 - 1e-9)]
+    above = [r for r in ladder if r > base_rate * (1 + 1e-9)]
+    return ([below[-1]] if below else []) + ([above[0]] if above else [])
+
+
+def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
+    """``λ·255²·MSE + bpp`` (MSE of [0, 1] images, from the PSNR), the training loss's scale."""
+    mse = 10 ** (-psnr / 10)
+    return lmbda * 255**2 * mse + bpp
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--init", required=True, help="base checkpoint (.safetensors)")
+    ap.add_argument("--data-dir", required=True, help="folder holding bsds500/")
+    ap.add_argument("--images", required=True, help="evaluation images (e.g. DIR/kodak)")
+    ap.add_argument("--limit", type=int, default=0, help="first N evaluation images only")
+    ap.add_argument("--rates", type=float, nargs="+", help="probed λ (default: one notch each side)")
+    ap.add_argument("--variants", nargs="+", default=["prompts", "gain"], choices=["prompts", "gain"])
+    ap.add_argument("--model", default="tic", help="zoo config whose prompt-module sizes are used")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--crop", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--fraction", type=float, default=0.1)
+    ap.add_argument("--device", default=None, help="training device (default: cuda if available)")
+    ap.add_argument("--out-dir", default=None, help="run folders (default: results/runs/reach-probe)")
+    ap.add_argument("--json", help="write the numbers here")
+    args = ap.parse_args(argv)
+
+    from lpm import zoo
+    from lpm.checkpoints import load_codec
+    from lpm.data import find_images
+    from lpm.eval.rd import evaluate_codec
+    from lpm.paths import PROJECT_ROOT
+    from lpm.train.runner import Runner, RunConfig
+
+    init = zoo.load(args.init)  # a bare base comes wrapped as a one-rate codec
+    base_rate = float(init.base_rate)
+    rates = args.rates or neighbours(base_rate, LADDER)
+    images = find_images(args.images)[: args.limit or None]
+    out_root = Path(args.out_dir) if args.out_dir else PROJECT_ROOT / "results" / "runs" / "reach-probe"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    budget = (f"{args.steps} steps x {args.batch} crops of {args.crop}px per probe on {args.fraction:.0%} of "
+              f"bsds500 (lr {args.lr:g})")
+    print(f"base {init.path.name} (λ={base_rate:g}; {init.budget_label()}); probes at λ {rates}; {budget}; "
+          f"{len(images)} evaluation images", flush=True)
+
+    base_res = evaluate_codec(init, images, [base_rate], progress=False)["results"]
+    base_bpp, base_psnr = base_res["bpp"][0], base_res["psnr-rgb"][0]
+    print(f"  base at λ={base_rate:g}: {base_bpp:.4f} bpp, {base_psnr:.2f} dB", flush=True)
+
+    rows = []
+    for rate in rates:
+        for variant in args.variants:
+            name = f"probe-{variant}-{rate:g}"
+            cfg = RunConfig(
+                name=name, kind="prompts", model=args.model, init=str(init.path), rates=sorted([rate, base_rate]),
+                base_rate=base_rate, prompt={"latent_gain": variant == "gain"}, steps=args.steps, lr=args.lr,
+                lr_drops=[], checkpoint_every=max(args.steps, 1), log_every=max(1, args.steps // 10),
+                out_dir=str(out_root / stamp / name),
+                data={"set": "bsds500", "splits": ["train", "val", "test"], "fraction": args.fraction,
+                      "crop": args.crop, "batch": args.batch},
+            )
+            t0 = time.time()
+            (path, *_) = Runner(cfg, data_dir=args.data_dir, device=args.device, progress=False).run()
+            minutes = (time.time() - t0) / 60
+            ck = load_codec(path)
+            res = evaluate_codec(ck, images, [rate], progress=False)["results"]
+            bpp, psnr = res["bpp"][0], res["psnr-rgb"][0]
+            row = {
+                "rate": rate, "variant": variant, "bpp": bpp, "psnr": psnr,
+                "bpp_change_vs_base_rate": bpp / base_bpp - 1, "psnr_change_db": psnr - base_psnr,
+                "rd_cost": rd_cost(rate, psnr, bpp), "rd_cost_base_alone": rd_cost(rate, base_psnr, base_bpp),
+                "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget,
+            }
+            rows.append(row)
+            print(f"  λ={rate:g} {variant:7s}: {bpp:.4f} bpp ({100 * row['bpp_change_vs_base_rate']:+.1f} % vs base "
+                  f"rate), {psnr:.2f} dB ({row['psnr_change_db']:+.2f}); RD cost at this λ {row['rd_cost']:.4f} vs "
+                  f"{row['rd_cost_base_alone']:.4f} for the base alone; {minutes:.1f} min", flush=True)
+    if args.json:
+        from lpm.provenance import environment
+
+        dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "meta": {**environment(dev), "init": str(init.path), "init_sha256": init.sha256,
+                     "init_budget": init.budget_label(), "base_rate": base_rate, "budget": budget,
+                     "images": args.images, "n_images": len(images)},
+            "base": {"bpp": base_bpp, "psnr": base_psnr},
+            "rows": rows,
+        }, indent=2, allow_nan=False, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""bench/reach_probe.py: prompt modules one notch away from a frozen base, measured with real bitstreams."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from lpm.checkpoints import load_codec
+from lpm.paths import PROJECT_ROOT
+from lpm.train.runner import Runner, RunConfig
+
+from conftest import write_fake_bsds500
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+spec = importlib.util.spec_from_file_location("reach_probe", PROJECT_ROOT / "bench" / "reach_probe.py")
+probe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(probe)
+
+
+def test_neighbours_are_one_notch_each_side():
+    assert probe.neighbours(0.013, probe.LADDER) == [0.0067, 0.025]
+    assert probe.neighbours(0.0483, probe.LADDER) == [0.025]
+    assert probe.neighbours(0.0018, probe.LADDER) == [0.0035]
+
+
+def test_rd_cost_matches_the_training_loss_scale():
+    # PSNR 20 dB: MSE 0.01 of [0, 1] images; λ·255²·MSE + bpp
+    assert probe.rd_cost(0.01, 20.0, 0.5) == pytest.approx(0.01 * 65025 * 0.01 + 0.5)
+
+
+def test_probe_trains_both_variants_and_measures_real_bytes(tmp_path):
+    write_fake_bsds500(tmp_path, {"train": 6, "val": 2, "test": 2})
+    base = tmp_path / "base"
+    Runner(RunConfig(name="b", kind="base", model="tiny", lmbda=0.013, steps=2, out_dir=str(base),
+                     data={"dir": str(tmp_path), "crop": 32, "batch": 2, "on_device": False}), progress=False).run()
+    out = tmp_path / "probe.json"
+    rc = probe.main(["--init", str(base / "model.safetensors"), "--model", "tiny", "--data-dir", str(tmp_path),
+                     "--images", str(tmp_path / "bsds500" / "val"), "--steps", "2", "--batch", "2", "--crop", "32",
+                     "--fraction", "0.5", "--device", "cpu", "--out-dir", str(tmp_path / "runs"), "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["base_rate"] == 0.013 and data["base"]["bpp"] > 0
+    assert [(r["rate"], r["variant"]) for r in data["rows"]] == [(0.0067, "prompts"), (0.0067, "gain"),
+                                                                 (0.025, "prompts"), (0.025, "gain")]
+    for r in data["rows"]:
+        ck = load_codec(r["checkpoint"])
+        assert ck.kind == "prompted" and sorted(ck.model.rates) == sorted([r["rate"], 0.013])
+        assert (ck.model.module(r["rate"]).log_gain is not None) == (r["variant"] == "gain")
+        assert r["bpp"] > 0 and "2 steps" in data["meta"]["budget"]
