@@ -133,3 +133,20 @@ def test_commit_from_the_environment_where_there_is_no_git(monkeypatch):
         assert provenance.git_commit() == "unknown"
     finally:
         provenance.git_commit.cache_clear()
+
+
+def test_codec_evaluation_and_training_import_without_imagecodecs(setup, tmp_path):
+    """What the GPU machine runs (training, the evaluation of learned codecs on PNGs, the CLI) needs no
+    imagecodecs; the classical codecs then say why they are missing."""
+    code = (
+        "import lpm.cli, lpm.train.runner, lpm.eval, lpm.codec\n"
+        "from lpm import zoo\n"
+        "from lpm.eval import evaluate_codec, UNAVAILABLE_CODECS, available_classical_codecs\n"
+        "assert available_classical_codecs() == [] and 'not installed' in UNAVAILABLE_CODECS['jpeg']\n"
+        f"r = evaluate_codec(zoo.load('tiny-smoke'), [{str(setup / 'data' / 'bsds500' / 'val' / 'val00.png')!r}], [0.0483, 0.005], progress=False)\n"
+        "assert all(b > 0 for b in r['results']['bpp'])\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(setup / "block"), str(PROJECT_ROOT)]), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -48,8 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import imagecodecs
 import numpy as np
+
+try:
+    import imagecodecs
+except ImportError:  # e.g. a GPU machine without the wheel: the learned codec's evaluation still works
+    imagecodecs = None
 
 from lpm.data import find_images, read_image, to_uint8
 from lpm.eval.metrics import MS_SSIM_MIN_SIDE, PSNR_CAP_DB, ms_ssim_rgb, psnr
@@ -180,6 +184,8 @@ _SPECS: tuple[_Spec, ...] = (
 
 def _availability(spec: _Spec) -> str | None:
     """``None`` if the imagecodecs build can encode and decode with ``spec``, else the reason."""
+    if imagecodecs is None:
+        return "imagecodecs is not installed (pip install imagecodecs)"
     feature = getattr(imagecodecs, spec.feature, None)
     if feature is None:
         return f"imagecodecs {imagecodecs.__version__} has no {spec.feature} codec"
@@ -222,7 +228,7 @@ def available_classical_codecs() -> list[str]:
 def classical_library_version(name: str) -> str | None:
     """Version string of the library behind codec ``name`` (e.g. ``"libjpeg_turbo 3.1.3/8.0"``), or ``None``."""
     spec = lookup_spec(name)
-    func = getattr(imagecodecs, spec.version_func, None)
+    func = getattr(imagecodecs, spec.version_func, None) if imagecodecs is not None else None
     if func is None:
         return None
     try:
