@@ -175,7 +175,6 @@ def test_notebook_with_nothing_named_writes_only_under_cache(no_env, tmp_path):
     assert (RESULTS / "cache" / "sample-photos" / "figures" / "savings.png").is_file()
 
 
-@pytest.mark.slow
 @pytest.mark.skipif((PROJECT_ROOT / "data" / "kodak").is_dir(), reason="data/kodak exists: nothing-named means Kodak")
 def test_rd_curves_with_nothing_named_writes_only_under_cache(no_env, tmp_path):
     before = _tracked_results()
