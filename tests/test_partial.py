@@ -201,3 +201,16 @@ def test_cli_continue_from(tmp_path, data_dir, stopped_base, capsys):
                "--continue-from", str(tmp_path / "missing.safetensors"), "--device", "cpu"])
     assert rc == 2 and "missing.safetensors" in capsys.readouterr().err
     assert read_metadata(stopped_base / PARTIAL_FILE)["kind"] == "tic"
+
+
+def test_a_state_saved_before_the_continue_fields_existed_still_resumes(tmp_path, data_dir, stopped_base):
+    """Runs stopped by an older lpm (no continue_from / restart_warmup / partial_half in the saved config)."""
+    path = stopped_base / "state.pt"
+    state = torch.load(path, weights_only=True)
+    saved = json.loads(state["config"])
+    for key in ("continue_from", "restart_warmup", "partial_half"):
+        saved.pop(key)
+    state["config"] = json.dumps(saved)
+    torch.save(state, path)
+    cfg = _cfg(stopped_base, data_dir, restart_warmup=100)  # the default: what the old run used
+    assert [p.name for p in Runner(cfg, progress=False).run(resume=True)] == ["model.safetensors"]

@@ -10,6 +10,7 @@ written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -168,7 +169,9 @@ def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
             and 0 <= state["stage_start"] <= state["elapsed"]):
         raise bad("its elapsed times are not 0 <= stage start <= elapsed")
     now = cfg.to_dict()
-    diff = sorted(k for k in now if k not in VOLATILE and saved.get(k) != now[k])
+    # a key the saved config lacks was added to RunConfig later: the state was made with its default
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    diff = sorted(k for k in now if k not in VOLATILE and saved.get(k, defaults.get(k)) != now[k])
     if diff:
         raise TrainingStateError(f"{path}: cannot resume, the config changed in {diff}")
     if not 0 <= state["step"] <= cfg.steps:
