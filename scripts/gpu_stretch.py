@@ -10,8 +10,8 @@ each come back. This script spends such a command well and brings back everythin
 3. ``--train CONFIG``: ``lpm train CONFIG --max-minutes M`` (``--continue-from PARTIAL`` to go on from a
    committed partial checkpoint), M chosen so that everything ends inside ``--minutes``;
 4. the harvest, into ``--out`` (the machine's ``$OUT``): the run's weights in half precision (the partial
-   checkpoint after a stop, else each finished model re-saved with ``half=True``), split into parts of at
-   most ``--part-mib`` when larger, and one ``stretch.json`` with the environment, each step's exit status,
+   checkpoint after a stop, else each finished model re-saved with ``half=True``, and its float32 original
+   where room is left), split into parts of at most ``--part-mib`` when larger, and one ``stretch.json`` with the environment, each step's exit status,
    duration and output tail, the throughput rows, the cross-device counts, the run's ledger, config and
    trimmed training log, and the sha256 of every weight file and part.
 
@@ -54,6 +54,8 @@ TAIL_CHARS = 4000
 HARVEST_MIN = 0.5
 #: Minutes a training process needs before its first step (imports, data onto the GPU, model build).
 STARTUP_MIN = 0.75
+#: Files that come back from the machine's $OUT (the device tool's limit).
+MAX_FILES = 8
 
 
 def _run(cmd: list[str], log: Path, timeout_s: float, env: Optional[dict] = None) -> dict[str, Any]:
@@ -99,22 +101,25 @@ def _split(path: Path, out: Path, part_bytes: int) -> list[dict[str, Any]]:
     return parts
 
 
-def _harvest_weights(run_dir: Path, work: Path) -> list[Path]:
-    """The run's weights to bring back, in half precision: the partial checkpoint if the run stopped, else
-    every finished model re-saved with ``half=True`` (same metadata)."""
+def _harvest_weights(run_dir: Path, work: Path) -> tuple[list[Path], list[Path]]:
+    """The run's weights to bring back: first (in half precision) the partial checkpoint if the run stopped,
+    else every finished model re-saved with ``half=True`` (same metadata); then, where room is left, the
+    finished models' float32 originals (so that ``bench/half_check.py`` can verify the half-precision copies
+    on the full evaluation set at home)."""
     partial = run_dir / "partial.safetensors"
     if partial.exists():
-        return [partial]
+        return [partial], []
     from lpm.checkpoints import load_codec, save_codec
 
-    out = []
+    halves, originals = [], []
     for p in sorted(run_dir.glob("model*.safetensors")):
         ck = load_codec(p)
         half = work / (p.stem + "-fp16.safetensors")
         save_codec(half, ck.model, meta={**ck.meta, "base_rate": ck.base_rate, "saved_from_sha256": ck.sha256},
                    half=True)
-        out.append(half)
-    return out
+        halves.append(half)
+        originals.append(p)
+    return halves, originals
 
 
 def stretch(args: argparse.Namespace) -> int:
@@ -185,14 +190,17 @@ def stretch(args: argparse.Namespace) -> int:
         cfg = run_dir / "config.yaml"
         report["config_yaml"] = cfg.read_text() if cfg.exists() else None
         try:
-            weights = _harvest_weights(run_dir, work) if run_dir.exists() else []
+            halves, originals = _harvest_weights(run_dir, work) if run_dir.exists() else ([], [])
             report["weights"], report["weights_left_behind"], room = {}, [], args.total_mib * 2**20
-            for w in weights:  # what comes back is bounded: keep the first that fit, say which did not
-                if w.stat().st_size > room:
+            part = int(args.part_mib * 2**20)
+            files_left = MAX_FILES - 1  # stretch.json is one
+            for w in halves + originals:  # what comes back is bounded: keep what fits, say what did not
+                size, pieces = w.stat().st_size, -(-w.stat().st_size // part)
+                if size > room or pieces > files_left:
                     report["weights_left_behind"].append(w.name)
                     continue
-                room -= w.stat().st_size
-                report["weights"][w.name] = _split(w, out, int(args.part_mib * 2**20))
+                room, files_left = room - size, files_left - pieces
+                report["weights"][w.name] = _split(w, out, part)
         except Exception as e:  # noqa: BLE001
             report["weights_error"] = f"{type(e).__name__}: {e}"
 

@@ -72,8 +72,9 @@ def test_a_finished_run_comes_back_in_half_precision_with_its_records(setup, tmp
     assert {row["what"] for row in report["throughput"]} == {"base training", "prompt learning"}
     assert report["environment"]["git_commit"] != "unknown"
     assert [rec["model"] for rec in report["ledger"]] == ["base"] and "step" in report["log_csv"][0].split(",")
-    (name,) = report["weights"]
-    assert name == "model-fp16.safetensors" and (out / name).exists()
+    assert list(report["weights"]) == ["model-fp16.safetensors", "model.safetensors"]  # fp16, then the original
+    name = "model-fp16.safetensors"
+    assert (out / name).exists() and (out / "model.safetensors").exists()
     ck = load_codec(out / name)
     assert ck.kind == "tic" and "CPU-minutes" in ck.budget and ck.meta["saved_from_sha256"]
     # and back on this machine
@@ -150,3 +151,27 @@ def test_codec_evaluation_and_training_import_without_imagecodecs(setup, tmp_pat
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(setup / "block"), str(PROJECT_ROOT)]), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_half_check_compares_a_half_copy_with_its_original(tmp_path):
+    import importlib.util
+
+    from lpm import zoo
+    from lpm.checkpoints import save_codec
+
+    spec = importlib.util.spec_from_file_location("half_check", PROJECT_ROOT / "bench" / "half_check.py")
+    half_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(half_check)
+    write_fake_bsds500(tmp_path, {"val": 2})
+    ck = zoo.load("tiny-smoke")
+    save_codec(tmp_path / "h.safetensors", ck.model, meta=ck.meta, half=True)
+    out = tmp_path / "half.json"
+    assert half_check.main([str(ck.path), str(tmp_path / "h.safetensors"), "--images", str(tmp_path / "bsds500" / "val"),
+                            "--rates", "0.0483", "0.005", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["n_images"] == 2 and [r["rate"] for r in d["rows"]] == [0.0483, 0.005]
+    assert all(abs(r["bpp_change_percent"]) < 2 and abs(r["psnr_change_db"]) < 0.1 for r in d["rows"])
+    other = tmp_path / "other.safetensors"
+    save_codec(other, ck.model.base, meta={"base_rate": 0.0483})  # the bare base: one rate only
+    with pytest.raises(SystemExit, match="not the same codec"):
+        half_check.main([str(ck.path), str(other), "--images", str(tmp_path / "bsds500" / "val")])
