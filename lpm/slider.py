@@ -13,7 +13,7 @@ Data flow of one slider move (all on the kernel's thread, so a CPU-only kernel s
 
 Results are cached per (λ rounded to 4 significant digits, preview/full): going back to a rate costs
 nothing, and the widget then says "cached" instead of a coding time. The target-bpp box searches, with
-:func:`lpm.models.find_rate` (bisection in log λ), the largest rate whose full-resolution *file* fits the target.
+:func:`lpm.models.find_rate` (false position in log λ and log size), the largest rate whose full-resolution *file* fits the target.
 
 While a rate is being coded, the numbers, the image and the zoom still on screen are those of the previous
 rate: they carry the CSS class ``lpm-stale`` (greyed out) until the new result replaces them. A small RD plot
@@ -356,7 +356,7 @@ class RateSlider:
     def find_rate_for_bpp(self, target_bpp: float, full: bool = True) -> dict[str, Any]:
         """The largest (rounded) rate whose real file fits ``target_bpp``, coded with :meth:`code_at`.
 
-        Bisection in log λ (:func:`lpm.models.find_rate`) over rounded rates, so the returned result's
+        A search in log λ (:func:`lpm.models.find_rate`, safeguarded false position) over rounded rates, so the returned result's
         ``bpp`` is the measured one. If even the lowest rate is over the target, the lowest rate's result is
         returned (its ``bpp`` then exceeds the target; the widget says so).
         """
