@@ -27,6 +27,7 @@ manifests and ``data/download.py``; :func:`locate_dataset` finds a local copy an
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 import warnings
@@ -355,7 +356,8 @@ def _quantise(x: torch.Tensor, bit_depth: int) -> np.ndarray:
     """Float64 ``(C, H, W)`` -> ``(H, W, C)`` integers of ``bit_depth`` bits (clamp, scale, round)."""
     peak = 255.0 if bit_depth == 8 else 65535.0
     dtype = np.uint8 if bit_depth == 8 else np.uint16
-    q = torch.round(x.clamp(0.0, 1.0) * peak)
+    q = x.clamp(0.0, 1.0)  # a new tensor: the in-place steps below touch no caller's data
+    q.mul_(peak).round_()  # in place: one float64 copy of the image at a time, not three (24-MP photos)
     return np.ascontiguousarray(q.numpy().transpose(1, 2, 0).astype(dtype))
 
 
@@ -401,7 +403,21 @@ def write_image(
     array = _quantise(x, bit_depth)
     if channels == 1:
         array = array[:, :, 0]
-    atomic_write(path, _imagecodecs().png_encode(array), overwrite=overwrite)
+    atomic_write(path, _encode_png(path, array), overwrite=overwrite)
+
+
+def _encode_png(path: Path, array: np.ndarray) -> bytes:
+    """PNG bytes through imagecodecs, or through PIL where imagecodecs is missing (8-bit images and 16-bit
+    grey; 16-bit colour needs imagecodecs and says so)."""
+    try:
+        codecs = _imagecodecs()
+    except ImportError:
+        if array.dtype == np.uint16 and array.ndim == 3:
+            raise ValueError(f"{path}: writing a 16-bit colour PNG needs imagecodecs (pip install imagecodecs)") from None
+        buf = io.BytesIO()
+        Image.fromarray(array.astype("<u2") if array.dtype == np.uint16 else array).save(buf, format="PNG")
+        return buf.getvalue()
+    return codecs.png_encode(array)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -556,3 +556,27 @@ def test_16bit_colour_png_without_imagecodecs_is_refused_clearly(tmp_path, monke
     path = write_png(tmp_path / "c.png", (257 * rng().integers(0, 255, (4, 5, 3))).astype(np.uint16))
     with pytest.raises(ImageReadError, match="16-bit colour or alpha PNG needs imagecodecs"):
         read_image(path)
+
+
+@pytest.mark.parametrize("kind", ["rgb8", "gray8", "gray16"])
+def test_png_written_without_imagecodecs_reads_back_the_same(tmp_path, monkeypatch, kind):
+    """decompress on a machine without imagecodecs: PIL writes the PNG, every sample as imagecodecs would."""
+    r = rng(6)
+    shape = (3, 7, 9) if kind == "rgb8" else (1, 7, 9)
+    x = torch.from_numpy(r.random(shape))
+    info = ImageInfo(height=7, width=9, channels=shape[0], bit_depth=16 if kind == "gray16" else 8, had_alpha=False)
+    write_image(tmp_path / "a.png", x, info)  # imagecodecs
+    monkeypatch.setattr(data, "_imagecodecs", _missing_imagecodecs)
+    write_image(tmp_path / "b.png", x, info)  # PIL
+    monkeypatch.undo()
+    a, ia = read_image(tmp_path / "a.png")
+    b, ib = read_image(tmp_path / "b.png")
+    assert torch.equal(a, b) and ia == ib
+
+
+def test_16bit_colour_png_write_without_imagecodecs_is_refused_clearly(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_imagecodecs", _missing_imagecodecs)
+    info = ImageInfo(height=4, width=5, channels=3, bit_depth=16, had_alpha=False)
+    with pytest.raises(ValueError, match="16-bit colour PNG needs imagecodecs"):
+        write_image(tmp_path / "c.png", torch.rand(3, 4, 5), info)
+    assert not (tmp_path / "c.png").exists()
