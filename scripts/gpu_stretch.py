@@ -21,7 +21,7 @@ step does not waste the lease. On this machine afterwards::
     python scripts/gpu_stretch.py join FILES_AT --into results/runs/reduced-base
 
 reassembles the parts, checks every sha256, and writes ``ledger.jsonl``, ``log.csv``, ``config.yaml`` and
-``stretch.json`` beside the weights. On the GPU machine (after the wheel install line of
+``stretch.json`` beside the weights (float32 originals go to ``fp32/``, which git ignores). On the GPU machine (after the wheel install line of
 ``../shared/gpu/prepare``)::
 
     python3 scripts/gpu_stretch.py --out $OUT --data-dir .gpu_data --minutes 8.5 --throughput \\
@@ -201,6 +201,7 @@ def stretch(args: argparse.Namespace) -> int:
                     continue
                 room, files_left = room - size, files_left - pieces
                 report["weights"][w.name] = _split(w, out, part)
+            report["fp32_originals"] = [w.name for w in originals if w.name in report["weights"]]
         except Exception as e:  # noqa: BLE001
             report["weights_error"] = f"{type(e).__name__}: {e}"
 
@@ -237,6 +238,7 @@ def join(args: argparse.Namespace) -> int:
     src, dst = Path(args.files), Path(args.into)
     report = json.loads((src / "stretch.json").read_text())
     dst.mkdir(parents=True, exist_ok=True)
+    originals = set(report.get("fp32_originals") or [])
     for name, parts in (report.get("weights") or {}).items():
         data = bytearray()
         for part in parts:
@@ -244,8 +246,11 @@ def join(args: argparse.Namespace) -> int:
             if hashlib.sha256(chunk).hexdigest() != part["sha256"] or len(chunk) != part["bytes"]:
                 raise SystemExit(f"{src / part['file']}: sha256 or size differs from stretch.json: not joined")
             data += chunk
-        (dst / name).write_bytes(bytes(data))
-        print(f"wrote {dst / name} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}…)")
+        # float32 originals are for bench/half_check.py, not for the repository: fp32/ is git-ignored
+        target = dst / "fp32" / name if name in originals else dst / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(bytes(data))
+        print(f"wrote {target} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}…)")
     if report.get("ledger"):
         (dst / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in report["ledger"]))
     if report.get("log_csv"):

@@ -81,6 +81,8 @@ def test_a_finished_run_comes_back_in_half_precision_with_its_records(setup, tmp
     into = tmp_path / "joined"
     subprocess.run([sys.executable, str(SCRIPT), "join", str(out), "--into", str(into)], check=True, timeout=120)
     assert file_sha256(into / name) == file_sha256(out / name)
+    assert file_sha256(into / "fp32" / "model.safetensors") == file_sha256(out / "model.safetensors")
+    assert not (into / "model.safetensors").exists()
     assert (into / "ledger.jsonl").exists() and (into / "config.yaml").exists() and (into / "log.csv").exists()
 
 
