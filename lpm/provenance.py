@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 
@@ -20,8 +21,6 @@ _ROOT = PROJECT_ROOT
 def git_commit() -> str:
     """The project's git commit (with ``-dirty`` if the work tree has changes); where there is no git
     repository (a copy of the work tree on a lent GPU machine) ``$LPM_GIT_COMMIT`` if set, else ``"unknown"``."""
-    import os
-
     try:
         rev = subprocess.run(
             ["git", "-C", str(_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True

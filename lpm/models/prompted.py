@@ -233,12 +233,11 @@ def find_rate(
     if s_hi <= target:
         return hi, s_hi
     best = (lo, s_lo)
-    tiny = 1e-300
-
-    aim = target * (1 - tol / 2)  # interpolate toward the middle of the accepted window [target·(1-tol), target]
+    # interpolate toward the middle of the accepted window [target·(1-tol), target]
+    log_aim = math.log(max(target * (1 - tol / 2), 1e-300))
 
     def gap(size: float) -> float:  # < 0 below the aim
-        return math.log(max(size, tiny)) - math.log(max(aim, tiny))
+        return math.log(max(size, 1e-300)) - log_aim
 
     a, b, fa, fb = math.log(lo), math.log(hi), gap(s_lo), gap(s_hi)
     kept = ""  # which end was kept by the last step (Illinois)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from lpm.checkpoints import CheckpointError, load_codec, save_codec
+from lpm.checkpoints import CheckpointError, load_codec
 from lpm.train.state import TrainingStateError
 
 if TYPE_CHECKING:
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from lpm.train.config import RunConfig
     from lpm.train.stages import Stage
 
-__all__ = ["PARTIAL_FILE", "Restart", "partial_record", "save_partial", "read_partial", "load_partial_weights",
-           "warmup_factor", "restart_seed"]
+__all__ = ["PARTIAL_FILE", "Restart", "partial_record", "read_partial", "load_partial_weights", "warmup_factor",
+           "restart_seed"]
 
 #: The partial checkpoint's name in a run's out_dir.
 PARTIAL_FILE = "partial.safetensors"
@@ -62,9 +62,6 @@ class Restart:
     restarts: list[dict] = field(default_factory=list)
     warmup: int = 0
 
-    def applies_to(self, stage_index: int) -> bool:
-        return stage_index == self.stage
-
 
 def warmup_factor(step: int, restart: Optional[Restart]) -> float:
     """The learning-rate factor of (1-based) ``step`` of the restarted stage: a linear ramp over
@@ -85,13 +82,6 @@ def partial_record(cfg: "RunConfig", *, stage: int, stage_name: str, step: int, 
     return {"run": cfg.name, "kind": cfg.kind, "stage": stage, "stage_name": stage_name, "step": step,
             "steps": cfg.steps, "elapsed": elapsed, "stage_start": stage_start, "finished": finished,
             "restarts": restarts}
-
-
-def save_partial(path: Path, model: "nn.Module", meta: dict[str, Any], *, half: bool = True) -> str:
-    """Write the partial checkpoint (``meta`` must hold ``partial``); returns its sha256."""
-    if "partial" not in meta:
-        raise ValueError("a partial checkpoint needs meta['partial']")
-    return save_codec(path, model, meta=meta, half=half)
 
 
 def _fail(path: Path, why: str) -> TrainingStateError:

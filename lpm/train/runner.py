@@ -60,7 +60,7 @@ from lpm.data import find_images, locate_dataset, manifest_checksum, manifest_pa
 from lpm.train.config import DataConfig, RunConfig, load_config
 from lpm.train.ledger import LEDGER_FIELDS, append_record, budget_string, stage_record
 from lpm.train.partial import (PARTIAL_FILE, Restart, load_partial_weights, partial_record, read_partial,
-                               restart_seed, save_partial, warmup_factor)
+                               restart_seed, warmup_factor)
 from lpm.train.progress import StageLog
 from lpm.train.sampler import CropSampler, subset
 from lpm.train.stages import STAGE_KINDS, Stage, StageContext, initial_base, ladder
@@ -163,7 +163,7 @@ class Runner:
         return path
 
     def _restart_of(self, stage_index: int) -> Optional[Restart]:
-        return self.restart if self.restart is not None and self.restart.applies_to(stage_index) else None
+        return self.restart if self.restart is not None and self.restart.stage == stage_index else None
 
     def _save_partial(self, i: int, step: int, stage: Stage) -> None:
         """The stopped stage's weights in half precision with where it stopped (see :mod:`lpm.train.partial`)."""
@@ -173,8 +173,8 @@ class Runner:
         record = partial_record(self.cfg, stage=i, stage_name=stage.name, step=step, elapsed=self.elapsed,
                                 stage_start=self.stage_start, finished=self.finished,
                                 restarts=restart.restarts if restart else [])
-        save_partial(self.out / PARTIAL_FILE, stage.model, {**self._meta(stage), "partial": record},
-                     half=self.cfg.partial_half)
+        save_codec(self.out / PARTIAL_FILE, stage.model, meta={**self._meta(stage), "partial": record},
+                   half=self.cfg.partial_half)
 
     def _record_stage(self, i: int, stage: Stage) -> None:
         """Book the finished stage in the ledger (and ``ledger.jsonl``)."""
