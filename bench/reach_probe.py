@@ -9,6 +9,11 @@ rate and at each probed rate, and reports per probe: bpp and PSNR, the bpp chang
 (the *reach*), and the RD cost ``λ·255²·MSE + bpp`` at the probed λ against what the base itself achieves
 there (a prompt module that lowers the cost at its λ is doing its job even when the bpp moves little).
 
+``--variants … separate`` adds the control: a copy of the base fine-tuned with *all* its parameters at the
+probed λ (a ``kind: separate`` run) on the same images for the same steps — how far the rate can move at
+all in that budget from that base. Prompts that move the rate little while the control moves it far point
+at the prompts; both moving little point at the budget.
+
     python bench/reach_probe.py --init BASE.safetensors --data-dir DIR --images DIR/kodak --steps 300
     python bench/reach_probe.py --init … --rates 0.0067 0.025 --variants prompts --json out.json
 
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", required=True, help="evaluation images (e.g. DIR/kodak)")
     ap.add_argument("--limit", type=int, default=0, help="first N evaluation images only")
     ap.add_argument("--rates", type=float, nargs="+", help="probed λ (default: one notch each side)")
-    ap.add_argument("--variants", nargs="+", default=["prompts", "gain"], choices=["prompts", "gain"])
+    ap.add_argument("--variants", nargs="+", default=["prompts", "gain"], choices=["prompts", "gain", "separate"])
     ap.add_argument("--model", default="tic", help="zoo config whose prompt-module sizes are used")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
@@ -63,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from lpm import zoo
-    from lpm.checkpoints import load_codec
     from lpm.data import find_images
     from lpm.eval.rd import evaluate_codec
     from lpm.paths import PROJECT_ROOT
@@ -88,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     for rate in rates:
         for variant in args.variants:
             name = f"probe-{variant}-{rate:g}"
+            prompt = {} if variant == "separate" else {"prompt": {"latent_gain": variant == "gain"}}
             cfg = RunConfig(
-                name=name, kind="prompts", model=args.model, init=str(init.path), rates=sorted([rate, base_rate]),
-                base_rate=base_rate, prompt={"latent_gain": variant == "gain"}, steps=args.steps, lr=args.lr,
+                name=name, kind="separate" if variant == "separate" else "prompts", model=args.model,
+                init=str(init.path), rates=sorted([rate, base_rate]), base_rate=base_rate, **prompt,
+                steps=args.steps, lr=args.lr,
                 lr_drops=[], checkpoint_every=max(args.steps, 1), log_every=max(1, args.steps // 10),
                 out_dir=str(out_root / stamp / name),
                 data={"set": "bsds500", "splits": ["train", "val", "test"], "fraction": args.fraction,
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             (path, *_) = Runner(cfg, data_dir=args.data_dir, device=args.device, progress=False).run()
             minutes = (time.time() - t0) / 60
-            ck = load_codec(path)
+            ck = zoo.load(str(path))  # a separate model is a bare base: wrapped as a one-rate codec
             res = evaluate_codec(ck, images, [rate], progress=False)["results"]
             bpp, psnr = res["bpp"][0], res["psnr-rgb"][0]
             row = {
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget,
             }
             rows.append(row)
-            print(f"  λ={rate:g} {variant:7s}: {bpp:.4f} bpp ({100 * row['bpp_change_vs_base_rate']:+.1f} % vs base "
+            print(f"  λ={rate:g} {variant:8s}: {bpp:.4f} bpp ({100 * row['bpp_change_vs_base_rate']:+.1f} % vs base "
                   f"rate), {psnr:.2f} dB ({row['psnr_change_db']:+.2f}); RD cost at this λ {row['rd_cost']:.4f} vs "
                   f"{row['rd_cost_base_alone']:.4f} for the base alone; {minutes:.1f} min", flush=True)
     if args.json:

@@ -50,3 +50,24 @@ def test_probe_trains_both_variants_and_measures_real_bytes(tmp_path):
         assert ck.kind == "prompted" and sorted(ck.model.rates) == sorted([r["rate"], 0.013])
         assert (ck.model.module(r["rate"]).log_gain is not None) == (r["variant"] == "gain")
         assert r["bpp"] > 0 and "2 steps" in data["meta"]["budget"]
+
+
+def test_separate_control_fine_tunes_all_parameters_of_a_base_copy(tmp_path):
+    write_fake_bsds500(tmp_path, {"train": 6, "val": 2, "test": 2})
+    base = tmp_path / "base"
+    Runner(RunConfig(name="b", kind="base", model="tiny", lmbda=0.013, steps=2, out_dir=str(base),
+                     data={"dir": str(tmp_path), "crop": 32, "batch": 2, "on_device": False}), progress=False).run()
+    out = tmp_path / "probe.json"
+    rc = probe.main(["--init", str(base / "model.safetensors"), "--model", "tiny", "--data-dir", str(tmp_path),
+                     "--images", str(tmp_path / "bsds500" / "val"), "--steps", "2", "--batch", "2", "--crop", "32",
+                     "--fraction", "0.5", "--device", "cpu", "--rates", "0.025", "--variants", "separate",
+                     "--out-dir", str(tmp_path / "runs"), "--json", str(out)])
+    assert rc == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["variant"] == "separate" and row["rate"] == 0.025
+    ck = load_codec(row["checkpoint"])
+    assert ck.kind == "tic" and ck.base_rate == pytest.approx(0.025)
+    before = load_codec(base / "model.safetensors").model.state_dict()
+    after = ck.model.state_dict()
+    changed = [k for k in before if not before[k].equal(after[k].to(before[k].dtype))]
+    assert len(changed) > len(before) // 2  # all parameters trained, not a frozen base

@@ -33,10 +33,10 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*"))}
 
 
-def _write_config(tmp_path: Path, data_dir: Path, out: Path, **kw) -> Path:
+def _write_config(tmp_path: Path, data_folder: Path, out: Path, **kw) -> Path:
     cfg = {"name": "safe", "kind": "base", "model": "tiny", "steps": 6, "lr": 1e-3, "log_every": 1,
            "checkpoint_every": 3, "out_dir": str(out),
-           "data": {"dir": str(data_dir), "crop": 32, "batch": 2, "on_device": False}, **kw}
+           "data": {"dir": str(data_folder), "crop": 32, "batch": 2, "on_device": False}, **kw}
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
