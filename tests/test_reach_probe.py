@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,8 @@ def test_rd_cost_matches_the_training_loss_scale():
     assert probe.rd_cost(0.01, 20.0, 0.5) == pytest.approx(0.01 * 65025 * 0.01 + 0.5)
 
 
-def test_probe_trains_both_variants_and_measures_real_bytes(tmp_path):
+def _probe(tmp_path, *extra: str) -> tuple[Path, Path]:
+    """A 2-step tiny base at λ=0.013 on fake images, then the probe with 2-step runs; (base file, JSON)."""
     write_fake_bsds500(tmp_path, {"train": 6, "val": 2, "test": 2})
     base = tmp_path / "base"
     Runner(RunConfig(name="b", kind="base", model="tiny", lmbda=0.013, steps=2, out_dir=str(base),
@@ -39,8 +41,14 @@ def test_probe_trains_both_variants_and_measures_real_bytes(tmp_path):
     out = tmp_path / "probe.json"
     rc = probe.main(["--init", str(base / "model.safetensors"), "--model", "tiny", "--data-dir", str(tmp_path),
                      "--images", str(tmp_path / "bsds500" / "val"), "--steps", "2", "--batch", "2", "--crop", "32",
-                     "--fraction", "0.5", "--device", "cpu", "--out-dir", str(tmp_path / "runs"), "--json", str(out)])
+                     "--fraction", "0.5", "--device", "cpu", "--out-dir", str(tmp_path / "runs"), "--json", str(out),
+                     *extra])
     assert rc == 0
+    return base / "model.safetensors", out
+
+
+def test_probe_trains_both_variants_and_measures_real_bytes(tmp_path):
+    _, out = _probe(tmp_path)
     data = json.loads(out.read_text())
     assert data["meta"]["base_rate"] == 0.013 and data["base"]["bpp"] > 0
     assert [(r["rate"], r["variant"]) for r in data["rows"]] == [(0.0067, "prompts"), (0.0067, "gain"),
@@ -53,21 +61,12 @@ def test_probe_trains_both_variants_and_measures_real_bytes(tmp_path):
 
 
 def test_separate_control_fine_tunes_all_parameters_of_a_base_copy(tmp_path):
-    write_fake_bsds500(tmp_path, {"train": 6, "val": 2, "test": 2})
-    base = tmp_path / "base"
-    Runner(RunConfig(name="b", kind="base", model="tiny", lmbda=0.013, steps=2, out_dir=str(base),
-                     data={"dir": str(tmp_path), "crop": 32, "batch": 2, "on_device": False}), progress=False).run()
-    out = tmp_path / "probe.json"
-    rc = probe.main(["--init", str(base / "model.safetensors"), "--model", "tiny", "--data-dir", str(tmp_path),
-                     "--images", str(tmp_path / "bsds500" / "val"), "--steps", "2", "--batch", "2", "--crop", "32",
-                     "--fraction", "0.5", "--device", "cpu", "--rates", "0.025", "--variants", "separate",
-                     "--out-dir", str(tmp_path / "runs"), "--json", str(out)])
-    assert rc == 0
+    base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "separate")
     (row,) = json.loads(out.read_text())["rows"]
     assert row["variant"] == "separate" and row["rate"] == 0.025
     ck = load_codec(row["checkpoint"])
     assert ck.kind == "tic" and ck.base_rate == pytest.approx(0.025)
-    before = load_codec(base / "model.safetensors").model.state_dict()
+    before = load_codec(base).model.state_dict()
     after = ck.model.state_dict()
     changed = [k for k in before if not before[k].equal(after[k].to(before[k].dtype))]
     assert len(changed) > len(before) // 2  # all parameters trained, not a frozen base
