@@ -4,7 +4,8 @@ A lent GPU comes for minutes at a time (one command of at most 10 minutes, a ses
 start-up and transfers included), its files vanish 30 s after the command, and at most 8 files of 16 MiB
 each come back. This script spends such a command well and brings back everything the next stretch needs:
 
-1. ``--throughput``: ``bench/train_throughput.py`` (eager, batch 16 and 32 at 256², short timed windows);
+1. ``--throughput``: ``bench/train_throughput.py`` (eager and channels-last, batch 16 and 32 at 256², short
+   timed windows; ``--throughput-variants`` for others, e.g. ``compile``);
 2. ``--cross-device DIR``: ``bench/cross_device.py`` on the images in DIR (GPU-encoded files decoded on the
    CPU and the reverse), in a background process on the CPU cores while the GPU trains;
 3. ``--train CONFIG``: ``lpm train CONFIG --max-minutes M`` (``--continue-from PARTIAL`` to go on from a
@@ -162,7 +163,7 @@ def stretch(args: argparse.Namespace) -> int:
         for batch in args.throughput_batches:
             js = work / f"throughput-{batch}.json"
             r = _run([py, "bench/train_throughput.py", "--batch", str(batch), "--steps", str(args.throughput_steps),
-                      "--config", args.throughput_config, "--json", str(js)],
+                      "--config", args.throughput_config, "--variants", *args.throughput_variants, "--json", str(js)],
                      work / f"throughput-{batch}.log", min(args.throughput_timeout, left() - 60))
             if js.exists():
                 data = json.loads(js.read_text())
@@ -226,7 +227,7 @@ def stretch(args: argparse.Namespace) -> int:
           + ", ".join(f"{k}={v.get('rc', v.get('skipped'))}" for k, v in report["steps"].items()))
     if report.get("throughput"):
         for row in report["throughput"]:
-            print(f"  {row['what']:16s} batch {row['batch']:3d} {'compiled' if row['compiled'] else 'eager':8s} "
+            print(f"  {row['what']:16s} batch {row['batch']:3d} {row.get('variant', 'eager'):18s} "
                   f"{row['img_per_s']:8.1f} img/s")
     for line in (report["steps"].get("train", {}).get("tail") or "").splitlines()[-4:]:
         print("  train:", line[-300:])
@@ -278,6 +279,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--throughput-batches", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--throughput-steps", type=int, default=30)
     ap.add_argument("--throughput-config", default="tic")
+    ap.add_argument("--throughput-variants", nargs="+", default=["eager", "channels-last"],
+                    help="bench/train_throughput.py variants (eager, channels-last, compile, compile-cudagraphs)")
     ap.add_argument("--throughput-timeout", type=float, default=150.0, help="seconds per batch size")
     ap.add_argument("--cross-device", metavar="DIR", help="images for bench/cross_device.py (needs CUDA)")
     ap.add_argument("--cross-model", default="tiny-smoke")

@@ -69,7 +69,9 @@ def test_a_finished_run_comes_back_in_half_precision_with_its_records(setup, tmp
     report = json.loads((out / "stretch.json").read_text())
     assert report["steps"]["train"]["rc"] == 0 and report["steps"]["throughput-2"]["rc"] == 0
     assert report["steps"]["cross_device"] == {"skipped": "no CUDA GPU here"}
-    assert {row["what"] for row in report["throughput"]} == {"base training", "prompt learning"}
+    assert {(row["what"], row["variant"]) for row in report["throughput"]} == {
+        (what, v) for what in ("base training", "prompt learning") for v in ("eager", "channels-last")}
+    assert all(row["img_per_s"] > 0 and row["batch"] == 2 for row in report["throughput"])
     assert report["environment"]["git_commit"] != "unknown"
     assert [rec["model"] for rec in report["ledger"]] == ["base"] and "step" in report["log_csv"][0].split(",")
     assert list(report["weights"]) == ["model-fp16.safetensors", "model.safetensors"]  # fp16, then the original

@@ -228,3 +228,46 @@ def test_variable_rate_baseline_runs(tmp_path, data_dir, kind):
     assert (y - model(x, 0.007)["x_hat"].clamp(0, 1)).abs().max() <= 1e-5
     ledger = json.loads((tmp_path / kind / "ledger.jsonl").read_text())
     assert ledger["rate"] is None and ledger["crops_seen"] == 6
+
+
+@pytest.mark.parametrize("kind", ["base", "prompts"])
+def test_channels_last_trains_the_same_model_and_resumes(tmp_path, data_dir, kind, monkeypatch):
+    """``channels_last: true`` is a speed setting: the weights it trains match the default's up to float
+    rounding, it saves and resumes (also from a state written without it) and the checkpoint loads as usual."""
+    from lpm.train.step import TrainStep
+
+    seen = []  # (crops in channels-last, every 4-d trained weight in channels-last) per step
+    real_call = TrainStep.__call__
+
+    def spy(self, x):
+        four_d = [p for p in self.params if p.dim() == 4]
+        seen.append((x.is_contiguous(memory_format=torch.channels_last),
+                     all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d) and bool(four_d)))
+        return real_call(self, x)
+
+    monkeypatch.setattr(TrainStep, "__call__", spy)
+    extra = {}
+    if kind == "prompts":
+        Runner(_cfg(tmp_path, data_dir, out_dir=str(tmp_path / "b"), steps=2), progress=False).run()
+        extra = dict(init=str(tmp_path / "b" / "model.safetensors"), rates=[0.025, 0.0483], steps=4)
+    ref = Runner(_cfg(tmp_path, data_dir, kind=kind, out_dir=str(tmp_path / "ref"), **extra), progress=False).run()
+    assert seen and not any(x for x, _ in seen)
+    seen.clear()
+    cl_dir = tmp_path / "cl"
+    assert Runner(_cfg(tmp_path, data_dir, kind=kind, out_dir=str(cl_dir), channels_last=True, max_minutes=0.0,
+                       **extra), progress=False).run() == []
+    # resumed with the setting on; the stop above saved a state without any steps
+    got = Runner(_cfg(tmp_path, data_dir, kind=kind, out_dir=str(cl_dir), channels_last=True, **extra),
+                 progress=False).run(resume=True)
+    assert seen and all(x and w for x, w in seen)
+    a, b = load_codec(ref[0]).model.state_dict(), load_codec(got[0]).model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(b[k].is_contiguous() for k in b)
+    # Adam moves a weight by about lr per step whatever the size of its gradient, so a rounding difference
+    # in a near-zero gradient can show as up to steps x lr in that weight; the losses must agree closely
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+    assert worst <= 1.5 * 1e-3 * 6
+    ref_log, cl_log = _log(tmp_path / "ref"), _log(cl_dir)
+    assert [r["step"] for r in ref_log] == [r["step"] for r in cl_log]
+    for r, s in zip(ref_log, cl_log):
+        assert float(s["loss"]) == pytest.approx(float(r["loss"]), rel=2e-3), (r, s)

@@ -47,6 +47,7 @@ class RunConfig:
     metric: str = "mse"
     bf16: bool = True  # on CUDA only
     compile: bool = False
+    channels_last: bool = False  # model and crops in channels-last memory (a speed setting; same numbers up to rounding)
     checkpoint_every: int = 500
     log_every: int = 50
     max_minutes: Optional[float] = None  # training minutes of this invocation (each --resume gets its own)

@@ -33,7 +33,7 @@ stop ``partial.safetensors``: the cut stage's weights in half precision with whe
 to leave a machine that keeps nothing; ``--continue-from`` starts a run there on another machine with a fresh
 optimizer and a learning-rate warm-up, and the ledger says so (:mod:`lpm.train.partial`).
 
-Speed: bf16 autocast on CUDA, optional ``torch.compile``, training set held on the device, no host sync
+Speed: bf16 autocast on CUDA, optional ``torch.compile`` and channels-last memory, training set held on the device, no host sync
 inside the step except every ``log_every`` steps. Scale-out: the same command under ``torchrun`` uses
 DistributedDataParallel (NCCL on GPUs, gloo on CPUs); every rank draws its own crops.
 """
@@ -370,6 +370,9 @@ class Runner:
         # a continued stage already holds its (partly trained) weights: no neighbour initialisation
         stage.prepare((state is None or int(state["step"]) == 0) and restart is None)
         stage.model.train()
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        if cfg.channels_last:  # the parameters stay the same objects (the optimizer's); only their strides change
+            stage.model.to(memory_format=fmt)
         train_step = TrainStep(
             self._wrap(stage), stage.params, lmbda=stage.rate or cfg.base_rate, lr=cfg.lr, aux=stage.aux,
             aux_lr=cfg.aux_lr, clip=cfg.clip, metric=cfg.metric, bf16=cfg.bf16 and self.device.type == "cuda",
@@ -405,7 +408,7 @@ class Runner:
                     return False
                 lr = lr_at(step + 1, lr=cfg.lr, steps=cfg.steps, drops=cfg.lr_drops) * warmup_factor(step + 1, restart)
                 train_step.set_lr(lr)
-                losses = train_step(sampler.next())
+                losses = train_step(sampler.next().contiguous(memory_format=fmt))
                 step += 1
                 self._live = (stage.name, step)
                 self.elapsed = elapsed0 + time.perf_counter() - t0

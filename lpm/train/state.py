@@ -39,7 +39,7 @@ STATE_FIELDS: dict[str, Any] = {
     "torch_rng": Tensor, "cuda_rng": Tensor, "finished_models": str, "rate_generator": Tensor,
 }
 #: Config keys that may change between a run and its resumption.
-VOLATILE = frozenset({"max_minutes", "checkpoint_every", "log_every", "out_dir"})
+VOLATILE = frozenset({"max_minutes", "checkpoint_every", "log_every", "out_dir", "channels_last"})
 
 
 class TrainingStateError(ValueError):
