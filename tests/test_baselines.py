@@ -183,6 +183,19 @@ def test_log_lambda_map_normalisation(models):
     assert wide.normalized_log_rate(0.01).item() == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(ValueError):
         RateConditionedCodec(make_tiny_base(), TINY_RATES, lambda_range=(0.01, 0.1))
+
+
+def test_log_lambda_map_does_not_depend_on_the_batch_around_it(models):
+    """The normalised log-λ feeds the hyper-decoder's prompts: the encoder (a batch) and the decoder (one
+    image) must get the same float32 number for a λ, the correctly rounded value of the formula."""
+    m = models["conditioned"]
+    g = torch.Generator().manual_seed(3)
+    rates = torch.exp(math.log(LO) + torch.rand(37, generator=g, dtype=torch.float64) * math.log(HI / LO)).clamp(LO, HI)
+    batch = m.normalized_log_rate(rates)
+    for i, r in enumerate(rates.tolist()):
+        one = m.normalized_log_rate(r)
+        assert one.dtype == torch.float32 and one.item() == batch[i].item()
+        assert one.item() == torch.tensor((math.log(r) - math.log(LO)) / (math.log(HI) - math.log(LO))).float().item()
     # the map is one extra constant input channel of every prompt net
     N, M = m.base.config.N, m.base.config.M
     assert m.prompts.encoder.stem[0].in_channels == 3 + 1

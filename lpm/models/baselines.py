@@ -157,8 +157,11 @@ class RateConditionedCodec(VariableRateCodec):
             batch = rate.numel()
         lo, hi = self.rate_range
         r = self.check_rate(rate, batch)
-        t = (r.log() - math.log(lo)) / (math.log(hi) - math.log(lo))
-        return t.clamp(0.0, 1.0).to(torch.float32)
+        # Python's log per image, not torch's vectorised one: the value feeds the hyper-decoder's prompt net,
+        # whose output must be the same on the encoding and the decoding machine
+        span = math.log(hi) - math.log(lo)
+        t = [min(max((math.log(v) - math.log(lo)) / span, 0.0), 1.0) for v in r.double().cpu().tolist()]
+        return torch.tensor(t, dtype=torch.float64).to(torch.float32)
 
     def sample_rates(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """λ drawn log-uniformly in ``lambda_range``, one per image (float32 ``(batch_size,)``, CPU)."""
