@@ -17,6 +17,10 @@ at the prompts; both moving little point at the budget.
     python bench/reach_probe.py --init BASE.safetensors --data-dir DIR --images DIR/kodak --steps 300
     python bench/reach_probe.py --init … --rates 0.0067 0.025 --variants prompts --json out.json
 
+``--prompt KEY=VALUE`` (repeatable) changes the prompt modules' sizes for the prompts/gain probes — the levers
+against a short reach, e.g. ``--prompt enc_head_hidden=32`` (more capacity where the rate is decided) or
+``--prompt head_init_scale=1`` (a less timid start); the JSON records them.
+
 ``--steps``, ``--batch``, ``--crop``, ``--lr`` and ``--fraction`` set the budget of every probe (the same for
 all); the printed lines and the JSON say it. On a GPU (``--device cuda``) the probes train there and the
 evaluation codes on the CPU (entropy coding is on the CPU anyway).
@@ -42,6 +46,28 @@ def neighbours(base_rate: float, ladder: list[float]) -> list[float]:
     return ([below[-1]] if below else []) + ([above[0]] if above else [])
 
 
+def parse_prompt_settings(ap: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``["enc_head_hidden=32", ...]`` → ``{"enc_head_hidden": 32, ...}``, checked against :class:`PromptConfig`
+    (an unknown key, a bad value or ``latent_gain``, which the variants set, stop with a usage error)."""
+    from lpm.models import PromptConfig
+
+    fields = {k: type(v) for k, v in PromptConfig().to_dict().items() if k != "latent_gain"}
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            ap.error(f"--prompt {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        try:
+            out[key] = fields[key](value)
+        except ValueError:
+            ap.error(f"--prompt {item!r}: {value!r} is not a valid {fields[key].__name__}")
+    try:
+        PromptConfig.from_dict(out)
+    except ValueError as e:
+        ap.error(f"--prompt: {e}")
+    return out
+
+
 def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
     """``λ·255²·MSE + bpp`` (MSE of [0, 1] images, from the PSNR), the training loss's scale."""
     mse = 10 ** (-psnr / 10)
@@ -57,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", type=float, nargs="+", help="probed λ (default: one notch each side)")
     ap.add_argument("--variants", nargs="+", default=["prompts", "gain"], choices=["prompts", "gain", "separate"])
     ap.add_argument("--model", default="tic", help="zoo config whose prompt-module sizes are used")
+    ap.add_argument("--prompt", action="append", default=[], metavar="KEY=VALUE",
+                    help="prompt-module setting for the prompts/gain probes (PromptConfig field), repeatable")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--crop", type=int, default=256)
@@ -66,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=None, help="run folders (default: results/runs/reach-probe)")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args(argv)
+    prompt_set = parse_prompt_settings(ap, args.prompt)
 
     from lpm import zoo
     from lpm.data import find_images
@@ -81,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     budget = (f"{args.steps} steps x {args.batch} crops of {args.crop}px per probe on {args.fraction:.0%} of "
               f"bsds500 (lr {args.lr:g})")
+    if prompt_set:
+        budget += "; prompt modules with " + ", ".join(f"{k}={v}" for k, v in prompt_set.items())
     print(f"base {init.path.name} (λ={base_rate:g}; {init.budget_label()}); probes at λ {rates}; {budget}; "
           f"{len(images)} evaluation images", flush=True)
 
@@ -92,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for rate in rates:
         for variant in args.variants:
             name = f"probe-{variant}-{rate:g}"
-            prompt = {} if variant == "separate" else {"prompt": {"latent_gain": variant == "gain"}}
+            prompt = {} if variant == "separate" else {"prompt": {**prompt_set, "latent_gain": variant == "gain"}}
             cfg = RunConfig(
                 name=name, kind="separate" if variant == "separate" else "prompts", model=args.model,
                 init=str(init.path), rates=sorted([rate, base_rate]), base_rate=base_rate, **prompt,
@@ -113,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bpp_change_vs_base_rate": bpp / base_bpp - 1, "psnr_change_db": psnr - base_psnr,
                 "rd_cost": rd_cost(rate, psnr, bpp), "rd_cost_base_alone": rd_cost(rate, base_psnr, base_bpp),
                 "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget,
+                "prompt_settings": {} if variant == "separate" else prompt_set,
             }
             rows.append(row)
             print(f"  λ={rate:g} {variant:8s}: {bpp:.4f} bpp ({100 * row['bpp_change_vs_base_rate']:+.1f} % vs base "

@@ -70,3 +70,18 @@ def test_separate_control_fine_tunes_all_parameters_of_a_base_copy(tmp_path):
     after = ck.model.state_dict()
     changed = [k for k in before if not before[k].equal(after[k].to(before[k].dtype))]
     assert len(changed) > len(before) // 2  # all parameters trained, not a frozen base
+
+
+def test_prompt_settings_reach_the_probed_modules_and_bad_ones_stop_first(tmp_path, capsys):
+    _, out = _probe(tmp_path, "--rates", "0.025", "--variants", "prompts", "--prompt", "enc_head_hidden=4",
+                    "--prompt", "head_init_scale=1.0")
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert row["prompt_settings"] == {"enc_head_hidden": 4, "head_init_scale": 1.0}
+    assert "enc_head_hidden=4" in data["meta"]["budget"]
+    ck = load_codec(row["checkpoint"])
+    assert ck.model.prompt_config.enc_head_hidden == 4 and ck.model.prompt_config.head_init_scale == 1.0
+    for bad in ("latent_gain=1", "enc_head_hidden", "enc_head_hidden=x", "enc_channels=0"):
+        with pytest.raises(SystemExit) as e:
+            probe.main(["--init", "nowhere", "--data-dir", "x", "--images", "x", "--prompt", bad])
+        assert e.value.code == 2 and "--prompt" in capsys.readouterr().err
