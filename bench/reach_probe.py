@@ -29,6 +29,7 @@ evaluation codes on the CPU (entropy coding is on the CPU anyway).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import time
@@ -66,6 +67,15 @@ def parse_prompt_settings(ap: argparse.ArgumentParser, items: list[str]) -> dict
     except ValueError as e:
         ap.error(f"--prompt: {e}")
     return out
+
+
+def training_log(path: Path) -> list[dict]:
+    """The run's logged steps as ``{"step", "loss", "bpp", "psnr"}`` (estimated from likelihoods on the
+    training crops: how the rate moved during the probe, not real bytes)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{"step": int(r["step"]), **{k: float(r[k]) for k in ("loss", "bpp", "psnr")}} for r in csv.DictReader(f)]
 
 
 def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
@@ -145,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rd_cost": rd_cost(rate, psnr, bpp), "rd_cost_base_alone": rd_cost(rate, base_psnr, base_bpp),
                 "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget,
                 "prompt_settings": {} if variant == "separate" else prompt_set,
+                "training_log": training_log(Path(cfg.out_dir) / "log.csv"),
             }
             rows.append(row)
             print(f"  λ={rate:g} {variant:8s}: {bpp:.4f} bpp ({100 * row['bpp_change_vs_base_rate']:+.1f} % vs base "
