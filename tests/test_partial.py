@@ -214,3 +214,67 @@ def test_a_state_saved_before_the_continue_fields_existed_still_resumes(tmp_path
     torch.save(state, path)
     cfg = _cfg(stopped_base, data_dir, restart_warmup=100)  # the default: what the old run used
     assert [p.name for p in Runner(cfg, progress=False).run(resume=True)] == ["model.safetensors"]
+
+
+def _repartial(src: Path, dst: Path, **changes) -> dict:
+    """``src`` saved again with its ``partial`` record changed (as if that part had run elsewhere)."""
+    ck = load_codec(src)
+    meta = dict(ck.meta)
+    meta["partial"] = {**meta["partial"], **changes}
+    save_codec(dst, ck.model, meta=meta, half=True)
+    return meta["partial"]
+
+
+def test_a_stage_continued_on_another_kind_of_device_books_each_part_by_its_device(tmp_path, data_dir, stopped_base):
+    """The first 3 steps claim to have run on a GPU (the partial's GPU clock), the last 3 run here on the CPU:
+    the ledger books both, and the budget line names both."""
+    p = load_codec(stopped_base / PARTIAL_FILE).meta["partial"]
+    assert p["gpu_elapsed"] == 0.0 and p["stage_gpu_start"] == 0.0 and p["elapsed"] > 0  # a CPU run says so
+    gpu_part = _repartial(stopped_base / PARTIAL_FILE, tmp_path / "from-gpu.safetensors",
+                          gpu_elapsed=p["elapsed"], stage_gpu_start=p["stage_start"])
+    out = tmp_path / "b"
+    (model_path,) = Runner(_cfg(out, data_dir, continue_from=str(tmp_path / "from-gpu.safetensors")),
+                           progress=False).run()
+    (rec,) = _ledger(out)
+    assert rec["gpu_minutes"] == pytest.approx((gpu_part["elapsed"] - gpu_part["stage_start"]) / 60)
+    assert rec["cpu_minutes"] > 0
+    budget = load_codec(model_path).budget
+    assert f"{rec['gpu_minutes']:.2f} GPU-minutes + {rec['cpu_minutes']:.2f} CPU-minutes" in budget
+
+
+def test_partials_without_gpu_clocks_continue_and_bad_gpu_clocks_are_refused(tmp_path, data_dir, stopped_base):
+    ck = load_codec(stopped_base / PARTIAL_FILE)
+    old = dict(ck.meta)
+    old["partial"] = {k: v for k, v in old["partial"].items() if k not in ("gpu_elapsed", "stage_gpu_start")}
+    save_codec(tmp_path / "old.safetensors", ck.model, meta=old, half=True)
+    Runner(_cfg(tmp_path / "o", data_dir, continue_from=str(tmp_path / "old.safetensors")), progress=False).run()
+    (rec,) = _ledger(tmp_path / "o")
+    assert rec["gpu_minutes"] == 0.0 and rec["cpu_minutes"] > 0  # an old file: all on this (CPU) device
+    elapsed, refused = ck.meta["partial"]["elapsed"], 0
+    for bad in (dict(gpu_elapsed=elapsed + 1.0), dict(gpu_elapsed=-1.0), dict(stage_gpu_start=elapsed + 5),
+                dict(gpu_elapsed="1"), dict(gpu_elapsed=float("nan"))):
+        try:
+            _repartial(stopped_base / PARTIAL_FILE, tmp_path / "bad.safetensors", **bad)
+        except ValueError:  # NaN does not even make it into the JSON metadata
+            continue
+        out = tmp_path / "never"
+        with pytest.raises(TrainingStateError, match="GPU clocks"):
+            Runner(_cfg(out, data_dir, continue_from=str(tmp_path / "bad.safetensors")), progress=False).run()
+        assert not out.exists() or not any(out.iterdir()), bad
+        refused += 1
+    assert refused >= 4
+
+
+def test_training_states_carry_the_gpu_clock_and_older_ones_still_resume(tmp_path, data_dir, stopped_base):
+    path = stopped_base / "state.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["gpu_elapsed"] == 0.0 and state["stage_gpu_start"] == 0.0
+    bad = {**state, "gpu_elapsed": state["elapsed"] + 10.0}
+    torch.save(bad, path)
+    with pytest.raises(TrainingStateError, match="GPU clocks"):
+        Runner(_cfg(stopped_base, data_dir), progress=False).run(resume=True)
+    del state["gpu_elapsed"], state["stage_gpu_start"]
+    torch.save(state, path)
+    assert [p.name for p in Runner(_cfg(stopped_base, data_dir), progress=False).run(resume=True)] == ["model.safetensors"]
+    (rec,) = _ledger(stopped_base)
+    assert rec["gpu_minutes"] == 0.0 and rec["cpu_minutes"] > 0

@@ -27,16 +27,19 @@ LEDGER_FIELDS = (
 def stage_record(
     *, run: str, kind: str, model: str, rate: Optional[float], steps: int, batch: int, crop: int,
     images_in_set: int, images_seen: int, minutes: float, device: torch.device, world_size: int,
-    restarts: Optional[list[dict[str, Any]]] = None,
+    restarts: Optional[list[dict[str, Any]]] = None, gpu_minutes: Optional[float] = None,
 ) -> dict[str, Any]:
-    """The record of a finished stage; ``minutes`` is wall time × processes, booked as GPU or CPU minutes
-    by the device; ``restarts``: the times the stage was continued from a partial checkpoint with a fresh
-    optimizer (:mod:`lpm.train.partial`), empty for one uninterrupted optimisation."""
-    on_gpu = device.type == "cuda"
+    """The record of a finished stage; ``minutes`` is wall time × processes, of which ``gpu_minutes`` ran on
+    GPUs (default: all of it if ``device`` is one, none otherwise; a stage continued on another kind of
+    device has both) and the rest on CPUs; ``restarts``: the times the stage was continued from a partial
+    checkpoint with a fresh optimizer (:mod:`lpm.train.partial`), empty for one uninterrupted optimisation."""
+    if gpu_minutes is None:
+        gpu_minutes = minutes if device.type == "cuda" else 0.0
+    gpu_minutes = min(max(gpu_minutes, 0.0), minutes)
     return {
         "run": run, "kind": kind, "model": model, "rate": rate, "steps": steps, "batch": batch, "crop": crop,
         "images_in_set": images_in_set, "images_seen": images_seen, "crops_seen": steps * batch * world_size,
-        "gpu_minutes": minutes if on_gpu else 0.0, "cpu_minutes": 0.0 if on_gpu else minutes,
+        "gpu_minutes": gpu_minutes, "cpu_minutes": minutes - gpu_minutes,
         "device": environment(device)["device"], "world_size": world_size, "restarts": list(restarts or []),
     }
 
@@ -61,19 +64,27 @@ def totals(records: Iterable[dict[str, Any]]) -> dict[str, float]:
 def budget_string(
     records: Iterable[dict[str, Any]], *, run: str, kind: str, on_gpu: bool, world_size: int, crop: int,
     data_set: str, live: Optional[tuple[str, int, int, float, int]] = None, live_restarts: int = 0,
+    live_gpu_minutes: Optional[float] = None,
 ) -> str:
     """One line: the run's minutes and crops so far. ``live``: ``(stage, step, steps, minutes, crops)`` of a
-    stage stopped before its end, added and named. Restarts from partial checkpoints (fresh optimizer) of the
-    finished stages and ``live_restarts`` of the live one are counted."""
+    stage stopped before its end, added and named; ``live_gpu_minutes`` of its minutes ran on GPUs (default:
+    all if ``on_gpu``). Minutes are named by the device they ran on (``on_gpu``: this process's device), both
+    kinds when a run used both. Restarts from partial checkpoints (fresh optimizer) of the finished stages and
+    ``live_restarts`` of the live one are counted."""
     records = list(records)
     t = totals(records)
-    minutes, crops, partial = t["minutes"], t["crops"], ""
+    gpu, cpu, crops, partial = t["gpu_minutes"], t["cpu_minutes"], t["crops"], ""
     if live is not None:
         name, step, steps, live_minutes, live_crops = live
-        minutes += live_minutes
+        live_gpu = live_minutes if live_gpu_minutes is None and on_gpu else min(live_gpu_minutes or 0.0, live_minutes)
+        gpu, cpu = gpu + live_gpu, cpu + live_minutes - live_gpu
         crops += live_crops
         partial = f" (stopped at step {step} of {steps} in stage {name})"
     n = sum(len(r.get("restarts") or []) for r in records) + live_restarts
     again = f", continued {n}x from half-precision weights with a fresh optimizer" if n else ""
-    return (f"{kind} run '{run}': {minutes:.2f} {'GPU' if on_gpu else 'CPU'}-minutes x {world_size} process(es), "
+    if gpu > 0 and cpu > 0:
+        clock = f"{gpu:.2f} GPU-minutes + {cpu:.2f} CPU-minutes"
+    else:
+        clock = f"{gpu + cpu:.2f} {'GPU' if gpu > 0 or (on_gpu and cpu == 0) else 'CPU'}-minutes"
+    return (f"{kind} run '{run}': {clock} x {world_size} process(es), "
             f"{crops} crops of {crop}px from {data_set}{partial}{again}")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from lpm.checkpoints import CheckpointError, load_codec
-from lpm.train.state import TrainingStateError
+from lpm.train.state import TrainingStateError, gpu_clocks_valid
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,6 +61,8 @@ class Restart:
     finished: list[str] = field(default_factory=list)
     restarts: list[dict] = field(default_factory=list)
     warmup: int = 0
+    gpu_elapsed: Optional[float] = None  # the GPU share of the clocks (None: a file from before they existed)
+    stage_gpu_start: Optional[float] = None
 
 
 def warmup_factor(step: int, restart: Optional[Restart]) -> float:
@@ -77,11 +79,12 @@ def restart_seed(seed: int, restart: Optional[Restart]) -> int:
 
 
 def partial_record(cfg: "RunConfig", *, stage: int, stage_name: str, step: int, elapsed: float,
-                   stage_start: float, finished: list[str], restarts: list[dict]) -> dict[str, Any]:
+                   stage_start: float, finished: list[str], restarts: list[dict], gpu_elapsed: float = 0.0,
+                   stage_gpu_start: float = 0.0) -> dict[str, Any]:
     """The ``partial`` entry of a partial checkpoint's ``meta``."""
     return {"run": cfg.name, "kind": cfg.kind, "stage": stage, "stage_name": stage_name, "step": step,
             "steps": cfg.steps, "elapsed": elapsed, "stage_start": stage_start, "finished": finished,
-            "restarts": restarts}
+            "restarts": restarts, "gpu_elapsed": gpu_elapsed, "stage_gpu_start": stage_gpu_start}
 
 
 def _fail(path: Path, why: str) -> TrainingStateError:
@@ -115,6 +118,9 @@ def read_partial(path: str | Path, cfg: "RunConfig", stages: list["Stage"],
     clocks = [p.get("elapsed"), p.get("stage_start")]
     if not all(isinstance(c, (int, float)) and math.isfinite(c) and c >= 0 for c in clocks) or clocks[1] > clocks[0]:
         raise _fail(path, "its clocks are not valid")
+    gpu_clocks = (p.get("gpu_elapsed"), p.get("stage_gpu_start"))
+    if gpu_clocks != (None, None) and not gpu_clocks_valid(*gpu_clocks, *clocks):
+        raise _fail(path, "its GPU clocks are not valid")
     ledger, finished, restarts = loaded.meta.get("ledger", []), p.get("finished", []), p.get("restarts", [])
     if not (isinstance(ledger, list) and all(isinstance(r, dict) for r in ledger)
             and isinstance(finished, list) and all(isinstance(f, str) for f in finished)
@@ -127,7 +133,8 @@ def read_partial(path: str | Path, cfg: "RunConfig", stages: list["Stage"],
         raise _fail(path, f"it holds a {type(loaded.model).__name__}, stage {name!r} trains a {type(model).__name__}")
     this = {"at_step": step, "from_sha256": loaded.sha256, "optimizer": "fresh", "warmup_steps": cfg.restart_warmup}
     restart = Restart(path, loaded.sha256, i, name, step, float(clocks[0]), float(clocks[1]), ledger, finished,
-                      [*restarts, this], cfg.restart_warmup)
+                      [*restarts, this], cfg.restart_warmup,
+                      *(None, None) if gpu_clocks == (None, None) else (float(gpu_clocks[0]), float(gpu_clocks[1])))
     return loaded.model, restart
 
 

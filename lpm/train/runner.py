@@ -117,6 +117,8 @@ class Runner:
         self._live_index: Optional[int] = None  # its index
         self.ledger: list[dict] = []
         self.elapsed = self.stage_start = self._elapsed_at_start = 0.0
+        # the share of those clocks spent on a GPU (a stage continued on another kind of device has both)
+        self.gpu_elapsed = self.stage_gpu_start = 0.0
         self.restart: Optional[Restart] = None  # where a --continue-from run picks up (lpm.train.partial)
 
     @property
@@ -172,7 +174,8 @@ class Runner:
         restart = self._restart_of(i)
         record = partial_record(self.cfg, stage=i, stage_name=stage.name, step=step, elapsed=self.elapsed,
                                 stage_start=self.stage_start, finished=self.finished,
-                                restarts=restart.restarts if restart else [])
+                                restarts=restart.restarts if restart else [], gpu_elapsed=self.gpu_elapsed,
+                                stage_gpu_start=self.stage_gpu_start)
         save_codec(self.out / PARTIAL_FILE, stage.model, meta={**self._meta(stage), "partial": record},
                    half=self.cfg.partial_half)
 
@@ -184,10 +187,11 @@ class Runner:
             crop=d.crop, images_in_set=len(self.all_images), images_seen=len(stage.paths),
             minutes=(self.elapsed - self.stage_start) / 60 * self.world, device=self.device, world_size=self.world,
             restarts=(restart.restarts if (restart := self._restart_of(i)) else []),
+            gpu_minutes=(self.gpu_elapsed - self.stage_gpu_start) / 60 * self.world,
         ))
         if self.rank == 0:
             append_record(self.out / "ledger.jsonl", self.ledger[-1])
-        self.stage_start = self.elapsed
+        self.stage_start, self.stage_gpu_start = self.elapsed, self.gpu_elapsed
 
     def budget_string(self) -> str:
         """The run's budget so far: finished stages (the ledger) plus the steps of a stage in progress."""
@@ -200,7 +204,8 @@ class Runner:
         restart = self._restart_of(self._live_index) if live is not None and self._live_index is not None else None
         return budget_string(self.ledger, run=cfg.name, kind=cfg.kind, on_gpu=self.device.type == "cuda",
                              world_size=self.world, crop=cfg.data.crop, data_set=cfg.data.set, live=live,
-                             live_restarts=len(restart.restarts) if restart else 0)
+                             live_restarts=len(restart.restarts) if restart else 0,
+                             live_gpu_minutes=(self.gpu_elapsed - self.stage_gpu_start) / 60 * self.world)
 
     def resume_command(self, elsewhere: bool = False) -> str:
         """The command that continues this run (its config as written to out_dir); ``elsewhere``: on another
@@ -217,6 +222,7 @@ class Runner:
         if self.rank == 0:
             state = training_state(
                 self.cfg, stage=stage_idx, step=step, elapsed=self.elapsed, stage_start=self.stage_start,
+                gpu_elapsed=self.gpu_elapsed, stage_gpu_start=self.stage_gpu_start,
                 ledger=self.ledger, finished=self.finished, device=self.device,
                 model=stage.model if keep_model else None, train_step=train_step, sampler=sampler,
                 rate_generator=stage.rate_generator,
@@ -259,6 +265,12 @@ class Runner:
         self.elapsed = float(state["elapsed"]) if state else restart.elapsed if restart else 0.0
         self.stage_start = float(state["stage_start"]) if state else restart.stage_start if restart else 0.0
         first_stage = int(state["stage"]) if state else restart.stage if restart else 0
+        # states and partial files written before the GPU clock existed: all on the device that resumes them
+        here = lambda clock: clock if self.device.type == "cuda" else 0.0  # noqa: E731
+        clocks = (state.get("gpu_elapsed"), state.get("stage_gpu_start")) if state else (
+            (restart.gpu_elapsed, restart.stage_gpu_start) if restart else (0.0, 0.0))
+        self.gpu_elapsed = float(here(self.elapsed) if clocks[0] is None else clocks[0])
+        self.stage_gpu_start = float(here(self.stage_start) if clocks[1] is None else clocks[1])
         self._elapsed_at_start = self.elapsed  # max_minutes counts this invocation's training time only
         if restart is not None and self.rank == 0:
             print(f"continuing stage {restart.stage_name} at step {restart.step} of {cfg.steps} from "
@@ -389,7 +401,8 @@ class Runner:
         if state is not None:
             step = restore_state(self.state_path, state, train_step=train_step, sampler=sampler,
                                  rate_generator=stage.rate_generator, device=self.device)
-        t0, elapsed0 = time.perf_counter(), self.elapsed
+        t0, elapsed0, gpu0 = time.perf_counter(), self.elapsed, self.gpu_elapsed
+        on_gpu = self.device.type == "cuda"
         self._live, self._live_index = (stage.name, step), i
         log = StageLog(self.out / "log.csv" if self.rank == 0 else None, stage.name, stage.rate, steps=cfg.steps,
                        start=step, log_every=cfg.log_every, images_per_step=d.batch * self.world,
@@ -412,6 +425,8 @@ class Runner:
                 step += 1
                 self._live = (stage.name, step)
                 self.elapsed = elapsed0 + time.perf_counter() - t0
+                if on_gpu:
+                    self.gpu_elapsed = gpu0 + self.elapsed - elapsed0
                 log.update(step, losses, lr, self.elapsed)
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     self._save_state(i, step, stage, train_step, sampler)

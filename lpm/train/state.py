@@ -42,6 +42,15 @@ STATE_FIELDS: dict[str, Any] = {
 VOLATILE = frozenset({"max_minutes", "checkpoint_every", "log_every", "out_dir", "channels_last"})
 
 
+def gpu_clocks_valid(gpu_elapsed: Any, stage_gpu_start: Any, elapsed: float, stage_start: float) -> bool:
+    """The GPU share of a run's clocks fits them: finite, ``0 <= stage_gpu_start <= gpu_elapsed``, at most the
+    elapsed time, and the stage's GPU time at most the stage's time (1 ms of float slack)."""
+    ok = all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0
+             for c in (gpu_elapsed, stage_gpu_start))
+    return ok and stage_gpu_start <= gpu_elapsed <= elapsed + 1e-3 and (
+        gpu_elapsed - stage_gpu_start <= elapsed - stage_start + 1e-3)
+
+
 class TrainingStateError(ValueError):
     """A ``state.pt`` that cannot be resumed (foreign, truncated, empty, garbage or of another run), or an
     out_dir whose outputs a run would overwrite. Nothing is written when it is raised."""
@@ -51,6 +60,7 @@ def training_state(
     cfg: "RunConfig", *, stage: int, step: int, elapsed: float, stage_start: float, ledger: list[dict],
     finished: list[str], device: torch.device, model: Optional[nn.Module], train_step: Optional[TrainStep],
     sampler: Optional["CropSampler"], rate_generator: Optional[torch.Generator],
+    gpu_elapsed: float = 0.0, stage_gpu_start: float = 0.0,
 ) -> dict[str, Any]:
     """The state after ``step`` steps of stage ``stage``. ``model=None`` leaves the model out (the next stage
     starts from what is on disk); ``train_step``/``sampler`` are ``None`` at a stage boundary."""
@@ -62,6 +72,8 @@ def training_state(
         "step": step,
         "elapsed": elapsed,
         "stage_start": stage_start,
+        "gpu_elapsed": gpu_elapsed,  # the GPU share of elapsed and stage_start (optional: older states lack it)
+        "stage_gpu_start": stage_gpu_start,
         "ledger": json.dumps(ledger),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()} if model is not None else {},
         **opts,
@@ -168,6 +180,9 @@ def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
     if not (math.isfinite(state["elapsed"]) and math.isfinite(state["stage_start"])
             and 0 <= state["stage_start"] <= state["elapsed"]):
         raise bad("its elapsed times are not 0 <= stage start <= elapsed")
+    if ("gpu_elapsed" in state or "stage_gpu_start" in state) and not gpu_clocks_valid(
+            state.get("gpu_elapsed"), state.get("stage_gpu_start"), state["elapsed"], state["stage_start"]):
+        raise bad("its GPU clocks are not 0 <= stage start <= elapsed within the elapsed times")
     now = cfg.to_dict()
     # a key the saved config lacks was added to RunConfig later: the state was made with its default
     defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
