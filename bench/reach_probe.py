@@ -78,6 +78,40 @@ def training_log(path: Path) -> list[dict]:
         return [{"step": int(r["step"]), **{k: float(r[k]) for k in ("loss", "bpp", "psnr")}} for r in csv.DictReader(f)]
 
 
+def against_control(rows: list[dict]) -> list[dict]:
+    """Each prompts/gain row with its share of what the ``separate`` control reached at the same λ:
+    ``reach_share`` = its bpp change / the control's, ``rd_gain_share`` = its RD-cost gain over the base alone
+    / the control's (``None`` without a control, or where the control's own change is zero)."""
+    control = {r["rate"]: r for r in rows if r["variant"] == "separate"}
+    out = []
+    for r in rows:
+        c = control.get(r["rate"])
+        share = lambda a, b: a / b if c is not None and b != 0 else None  # noqa: E731
+        r = dict(r)
+        if r["variant"] != "separate":
+            r["reach_share"] = share(r["bpp_change_vs_base_rate"], c and c["bpp_change_vs_base_rate"])
+            r["rd_gain_share"] = share(r["rd_cost_base_alone"] - r["rd_cost"],
+                                       c and c["rd_cost_base_alone"] - c["rd_cost"])
+        out.append(r)
+    return out
+
+
+def markdown_table(data: dict) -> str:
+    """The probe's rows as a Markdown table (with the control shares where a ``separate`` row exists)."""
+    base = data["base"]
+    lines = [f"| probe | bpp | vs base rate ({base['bpp']:.4f} bpp, {base['psnr']:.2f} dB) | PSNR change | "
+             "RD cost at its λ (base alone) | share of the control's bpp change | share of its RD gain |",
+             "|---|---|---|---|---|---|---|"]
+    names = {"prompts": "prompts alone", "gain": "prompts + latent gain", "separate": "separate model (control)"}
+    pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
+    for r in against_control(data["rows"]):
+        lines.append(f"| λ={r['rate']:g}, {names[r['variant']]} | {r['bpp']:.4f} | "
+                     f"{100 * r['bpp_change_vs_base_rate']:+.1f} % | {r['psnr_change_db']:+.2f} dB | "
+                     f"{r['rd_cost']:.4f} ({r['rd_cost_base_alone']:.4f}) | {pct(r.get('reach_share'))} | "
+                     f"{pct(r.get('rd_gain_share'))} |")
+    return "\n".join(lines)
+
+
 def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
     """``λ·255²·MSE + bpp`` (MSE of [0, 1] images, from the PSNR), the training loss's scale."""
     mse = 10 ** (-psnr / 10)
@@ -86,9 +120,10 @@ def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--init", required=True, help="base checkpoint (.safetensors)")
-    ap.add_argument("--data-dir", required=True, help="folder holding bsds500/")
-    ap.add_argument("--images", required=True, help="evaluation images (e.g. DIR/kodak)")
+    ap.add_argument("--table", metavar="JSON", help="print the Markdown table of an earlier probe's JSON and stop")
+    ap.add_argument("--init", help="base checkpoint (.safetensors)")
+    ap.add_argument("--data-dir", help="folder holding bsds500/")
+    ap.add_argument("--images", help="evaluation images (e.g. DIR/kodak)")
     ap.add_argument("--limit", type=int, default=0, help="first N evaluation images only")
     ap.add_argument("--rates", type=float, nargs="+", help="probed λ (default: one notch each side)")
     ap.add_argument("--variants", nargs="+", default=["prompts", "gain"], choices=["prompts", "gain", "separate"])
@@ -104,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=None, help="run folders (default: results/runs/reach-probe)")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return 0
+    missing = [f"--{k.replace('_', '-')}" for k in ("init", "data_dir", "images") if not getattr(args, k)]
+    if missing:
+        ap.error(f"the following arguments are required: {', '.join(missing)}")
     prompt_set = parse_prompt_settings(ap, args.prompt)
 
     from lpm import zoo
@@ -161,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  λ={rate:g} {variant:8s}: {bpp:.4f} bpp ({100 * row['bpp_change_vs_base_rate']:+.1f} % vs base "
                   f"rate), {psnr:.2f} dB ({row['psnr_change_db']:+.2f}); RD cost at this λ {row['rd_cost']:.4f} vs "
                   f"{row['rd_cost_base_alone']:.4f} for the base alone; {minutes:.1f} min", flush=True)
+    if any(r["variant"] == "separate" for r in rows):
+        for r in against_control(rows):
+            if r["variant"] != "separate" and r["reach_share"] is not None:
+                print(f"  λ={r['rate']:g} {r['variant']:8s}: {100 * r['reach_share']:.0f} % of the control's bpp change, "
+                      f"{100 * (r['rd_gain_share'] or 0):.0f} % of its RD-cost gain", flush=True)
     if args.json:
         from lpm.provenance import environment
 
@@ -171,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                      "init_budget": init.budget_label(), "base_rate": base_rate, "budget": budget,
                      "images": args.images, "n_images": len(images)},
             "base": {"bpp": base_bpp, "psnr": base_psnr},
-            "rows": rows,
+            "rows": against_control(rows),
         }, indent=2, allow_nan=False, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v))
     return 0
 

@@ -86,3 +86,22 @@ def test_prompt_settings_reach_the_probed_modules_and_bad_ones_stop_first(tmp_pa
         with pytest.raises(SystemExit) as e:
             probe.main(["--init", "nowhere", "--data-dir", "x", "--images", "x", "--prompt", bad])
         assert e.value.code == 2 and "--prompt" in capsys.readouterr().err
+
+
+def test_shares_of_the_control_and_the_table():
+    rows = [
+        {"rate": 0.025, "variant": "prompts", "bpp": 0.11, "psnr": 30.0, "bpp_change_vs_base_rate": 0.1,
+         "psnr_change_db": 0.5, "rd_cost": 9.0, "rd_cost_base_alone": 10.0},
+        {"rate": 0.025, "variant": "separate", "bpp": 0.14, "psnr": 30.5, "bpp_change_vs_base_rate": 0.4,
+         "psnr_change_db": 1.0, "rd_cost": 6.0, "rd_cost_base_alone": 10.0},
+        {"rate": 0.0067, "variant": "gain", "bpp": 0.09, "psnr": 29.0, "bpp_change_vs_base_rate": -0.1,
+         "psnr_change_db": -0.5, "rd_cost": 3.0, "rd_cost_base_alone": 3.1},
+    ]
+    out = probe.against_control(rows)
+    assert out[0]["reach_share"] == pytest.approx(0.25) and out[0]["rd_gain_share"] == pytest.approx(0.25)
+    assert "reach_share" not in out[1]
+    assert out[2]["reach_share"] is None and out[2]["rd_gain_share"] is None  # no control at that rate
+    table = probe.markdown_table({"base": {"bpp": 0.1, "psnr": 29.5}, "rows": rows})
+    lines = table.splitlines()
+    assert len(lines) == 5 and "| λ=0.025, prompts alone | 0.1100 | +10.0 % | +0.50 dB |" in lines[2]
+    assert lines[2].endswith("| 25 % | 25 % |") and lines[4].endswith("| — | — |")
