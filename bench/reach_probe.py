@@ -48,25 +48,13 @@ def neighbours(base_rate: float, ladder: list[float]) -> list[float]:
 
 
 def parse_prompt_settings(ap: argparse.ArgumentParser, items: list[str]) -> dict:
-    """``["enc_head_hidden=32", ...]`` → ``{"enc_head_hidden": 32, ...}``, checked against :class:`PromptConfig`
-    (an unknown key, a bad value or ``latent_gain``, which the variants set, stop with a usage error)."""
-    from lpm.models import PromptConfig
+    """``--prompt`` items as PromptConfig overrides (:func:`lpm.models.prompt_settings`); a usage error if bad."""
+    from lpm.models import prompt_settings
 
-    fields = {k: type(v) for k, v in PromptConfig().to_dict().items() if k != "latent_gain"}
-    out: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            ap.error(f"--prompt {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
-        try:
-            out[key] = fields[key](value)
-        except ValueError:
-            ap.error(f"--prompt {item!r}: {value!r} is not a valid {fields[key].__name__}")
     try:
-        PromptConfig.from_dict(out)
+        return prompt_settings(items)
     except ValueError as e:
-        ap.error(f"--prompt: {e}")
-    return out
+        ap.error(f"--prompt {e}")
 
 
 def training_log(path: Path) -> list[dict]:

@@ -19,6 +19,7 @@ from .prompted import (
     PromptedCodec,
     RateMix,
     find_rate,
+    prompt_settings,
 )
 from .variable_rate import RATE_REL_TOL, Rate, VariableRateCodec, check_ladder
 from .baselines import (
@@ -49,6 +50,7 @@ __all__ = [
     "PromptedCodec",
     "RateMix",
     "find_rate",
+    "prompt_settings",
     "GainUnitCodec",
     "RateConditionedCodec",
     "RateConditionedPrompts",

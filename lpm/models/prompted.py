@@ -33,7 +33,7 @@ from lpm.layers import PromptNet
 from lpm.models.base import CONFIG_LIMITS, TICCodec, _int_in, config_from_dict, _real
 from lpm.models.variable_rate import RATE_REL_TOL, Rate, VariableRateCodec
 
-__all__ = ["PromptConfig", "LayerAdaptivePromptModule", "PromptedCodec", "RateMix", "find_rate"]
+__all__ = ["PromptConfig", "LayerAdaptivePromptModule", "PromptedCodec", "RateMix", "find_rate", "prompt_settings"]
 
 #: compressai's λ ladder for MSE models (qualities 1–6); the default rates of the variable-rate codec.
 DEFAULT_RATES = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483)
@@ -71,6 +71,26 @@ class PromptConfig:
     def from_dict(cls, d: dict[str, Any]) -> "PromptConfig":
         """A config from :meth:`to_dict` output (e.g. parsed JSON); ``ValueError`` for anything else."""
         return config_from_dict(cls, d, "prompt")
+
+
+def prompt_settings(items: Sequence[str], allow: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """``["enc_head_hidden=32", "head_init_scale=1"]`` → ``{"enc_head_hidden": 32, "head_init_scale": 1.0}``:
+    command-line overrides of :class:`PromptConfig` fields (``allow``: the fields that may be set; default
+    all but ``latent_gain``), typed like the field and checked by :class:`PromptConfig` itself.
+    ``ValueError`` naming the item for anything else."""
+    defaults = PromptConfig().to_dict()
+    fields = {k: type(defaults[k]) for k in (allow or [k for k in defaults if k != "latent_gain"])}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        try:
+            out[key] = fields[key](value)
+        except ValueError:
+            raise ValueError(f"{item!r}: {value!r} is not a valid {fields[key].__name__}") from None
+    PromptConfig.from_dict(out)
+    return out
 
 
 class LayerAdaptivePromptModule(nn.Module):
