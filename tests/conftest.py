@@ -38,6 +38,18 @@ def write_fake_bsds500(root, counts: dict[str, int], seed: int = 0) -> None:
             Image.fromarray(img).save(d / f"{split}{i:02d}.png")
 
 
+def tiny_base_checkpoint(root, lmbda: float = 0.013, steps: int = 2):
+    """Fake BSDS500 images under ``root`` and a tiny base trained on them for ``steps`` steps by ``lpm train``'s
+    engine; the path of its ``model.safetensors``."""
+    from lpm.train.runner import Runner, RunConfig
+
+    write_fake_bsds500(root, {"train": 6, "val": 2, "test": 2})
+    out = root / "base"
+    Runner(RunConfig(name="b", kind="base", model="tiny", lmbda=lmbda, steps=steps, out_dir=str(out),
+                     data={"dir": str(root), "crop": 32, "batch": 2, "on_device": False}), progress=False).run()
+    return out / "model.safetensors"
+
+
 def make_tiny_base(seed: int = 0) -> TICCodec:
     """A tiny base codec. The entropy bottleneck's medians are moved off zero (a fresh one has all-zero
     medians, so ``ẑ`` would be integer-valued, which a trained model's is not)."""

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from lpm.paths import PROJECT_ROOT
-from lpm.train.runner import Runner, RunConfig
 
-from conftest import write_fake_bsds500
+from conftest import tiny_base_checkpoint
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -28,12 +27,9 @@ def test_normalised_error_is_the_share_of_the_change_left():
 
 
 def test_both_halves_train_and_report(tmp_path):
-    write_fake_bsds500(tmp_path, {"train": 6, "val": 2, "test": 2})
-    base = tmp_path / "base"
-    Runner(RunConfig(name="b", kind="base", model="tiny", lmbda=0.013, steps=2, out_dir=str(base),
-                     data={"dir": str(tmp_path), "crop": 32, "batch": 2, "on_device": False}), progress=False).run()
+    base = tiny_base_checkpoint(tmp_path)
     out = tmp_path / "a.json"
-    rc = authority.main(["--init", str(base / "model.safetensors"), "--model", "tiny", "--data-dir", str(tmp_path),
+    rc = authority.main(["--init", str(base), "--model", "tiny", "--data-dir", str(tmp_path),
                          "--steps", "3", "--batch", "2", "--crop", "64", "--fraction", "0.5", "--scales", "2",
                          "--prompt", "head_init_scale=1.0", "--json", str(out)])
     assert rc == 0

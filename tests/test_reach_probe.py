@@ -10,9 +10,8 @@ import pytest
 
 from lpm.checkpoints import load_codec
 from lpm.paths import PROJECT_ROOT
-from lpm.train.runner import Runner, RunConfig
 
-from conftest import write_fake_bsds500
+from conftest import tiny_base_checkpoint
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -34,17 +33,14 @@ def test_rd_cost_matches_the_training_loss_scale():
 
 def _probe(tmp_path, *extra: str) -> tuple[Path, Path]:
     """A 2-step tiny base at λ=0.013 on fake images, then the probe with 2-step runs; (base file, JSON)."""
-    write_fake_bsds500(tmp_path, {"train": 6, "val": 2, "test": 2})
-    base = tmp_path / "base"
-    Runner(RunConfig(name="b", kind="base", model="tiny", lmbda=0.013, steps=2, out_dir=str(base),
-                     data={"dir": str(tmp_path), "crop": 32, "batch": 2, "on_device": False}), progress=False).run()
+    base = tiny_base_checkpoint(tmp_path)
     out = tmp_path / "probe.json"
-    rc = probe.main(["--init", str(base / "model.safetensors"), "--model", "tiny", "--data-dir", str(tmp_path),
+    rc = probe.main(["--init", str(base), "--model", "tiny", "--data-dir", str(tmp_path),
                      "--images", str(tmp_path / "bsds500" / "val"), "--steps", "2", "--batch", "2", "--crop", "32",
                      "--fraction", "0.5", "--device", "cpu", "--out-dir", str(tmp_path / "runs"), "--json", str(out),
                      *extra])
     assert rc == 0
-    return base / "model.safetensors", out
+    return base, out
 
 
 def test_probe_trains_both_variants_and_measures_real_bytes(tmp_path):
