@@ -12,7 +12,9 @@ there (a prompt module that lowers the cost at its λ is doing its job even when
 ``--variants … separate`` adds the control: a copy of the base fine-tuned with *all* its parameters at the
 probed λ (a ``kind: separate`` run) on the same images for the same steps — how far the rate can move at
 all in that budget from that base. Prompts that move the rate little while the control moves it far point
-at the prompts; both moving little point at the budget.
+at the prompts; both moving little point at the budget. The control trains at ``--control-lr`` (default
+1e-4): a learning rate made for fresh prompt nets (``--lr``) wrecks a converged base when it reaches all of its
+weights (measured: lr 2e-3 gave the smoke base a *worse* RD cost than it started with).
 
     python bench/reach_probe.py --init BASE.safetensors --data-dir DIR --images DIR/kodak --steps 300
     python bench/reach_probe.py --init … --rates 0.0067 0.025 --variants prompts --json out.json
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--control-lr", type=float, default=1e-4, help="learning rate of the separate control")
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--device", default=None, help="training device (default: cuda if available)")
     ap.add_argument("--out-dir", default=None, help="run folders (default: results/runs/reach-probe)")
@@ -148,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     out_root = Path(args.out_dir) if args.out_dir else PROJECT_ROOT / "results" / "runs" / "reach-probe"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     budget = (f"{args.steps} steps x {args.batch} crops of {args.crop}px per probe on {args.fraction:.0%} of "
-              f"bsds500 (lr {args.lr:g})")
+              f"bsds500 (lr {args.lr:g}" + (f"; separate control lr {args.control_lr:g})" if "separate" in args.variants
+                                            else ")"))
     if prompt_set:
         budget += "; prompt modules with " + ", ".join(f"{k}={v}" for k, v in prompt_set.items())
     print(f"base {init.path.name} (λ={base_rate:g}; {init.budget_label()}); probes at λ {rates}; {budget}; "
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = RunConfig(
                 name=name, kind="separate" if variant == "separate" else "prompts", model=args.model,
                 init=str(init.path), rates=sorted([rate, base_rate]), base_rate=base_rate, **prompt,
-                steps=args.steps, lr=args.lr,
+                steps=args.steps, lr=args.control_lr if variant == "separate" else args.lr,
                 lr_drops=[], checkpoint_every=max(args.steps, 1), log_every=max(1, args.steps // 10),
                 out_dir=str(out_root / stamp / name),
                 data={"set": "bsds500", "splits": ["train", "val", "test"], "fraction": args.fraction,
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rate": rate, "variant": variant, "bpp": bpp, "psnr": psnr,
                 "bpp_change_vs_base_rate": bpp / base_bpp - 1, "psnr_change_db": psnr - base_psnr,
                 "rd_cost": rd_cost(rate, psnr, bpp), "rd_cost_base_alone": rd_cost(rate, base_psnr, base_bpp),
-                "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget,
+                "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget, "lr": cfg.lr,
                 "prompt_settings": {} if variant == "separate" else prompt_set,
                 "training_log": training_log(Path(cfg.out_dir) / "log.csv"),
             }

@@ -57,9 +57,9 @@ def test_probe_trains_both_variants_and_measures_real_bytes(tmp_path):
 
 
 def test_separate_control_fine_tunes_all_parameters_of_a_base_copy(tmp_path):
-    base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "separate")
+    base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "separate", "--control-lr", "3e-4")
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["variant"] == "separate" and row["rate"] == 0.025
+    assert row["variant"] == "separate" and row["rate"] == 0.025 and row["lr"] == 3e-4
     assert [e["step"] for e in row["training_log"]] == [1, 2] and all(e["bpp"] > 0 for e in row["training_log"])
     ck = load_codec(row["checkpoint"])
     assert ck.kind == "tic" and ck.base_rate == pytest.approx(0.025)
