@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{args.mode}-{rate:g}.safetensors"
     budget = (f"prompt-takeover {args.mode}: {args.steps} steps x {args.batch} crops of {args.crop}px on "
-              f"{args.fraction:.0%} of bsds500 (lr {args.lr:g}), {minutes:.2f} CPU/GPU-minutes")
+              f"{args.fraction:.0%} of bsds500 (lr {args.lr:g}), {minutes:.2f} CPU-minutes")
     save_codec(path, student, meta={"base_rate": r0, "budget": budget})
     images = find_images(args.images)
     ck = zoo.load(str(path))
@@ -154,9 +154,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{row['psnr']:.2f} dB ({row['psnr'] - row['base_psnr']:+.2f}); {len(images)} images, real bytes")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        dev = "cuda" if next(base.parameters()).is_cuda else "cpu"
         Path(args.json).write_text(json.dumps({
-            "meta": {**environment(torch.device(dev)), "init_sha256": loaded.sha256, "init": str(loaded.path),
+            "meta": {**environment(torch.device("cpu")), "init_sha256": loaded.sha256, "init": str(loaded.path),
                      "budget": budget, "args": {k: v for k, v in vars(args).items() if k != "json"}},
             "row": row}, indent=2, allow_nan=False))
     return 0

@@ -194,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  λ={rate:g} {variant:8s}: {bpp:.4f} bpp ({100 * row['bpp_change_vs_base_rate']:+.1f} % vs base "
                   f"rate), {psnr:.2f} dB ({row['psnr_change_db']:+.2f}); RD cost at this λ {row['rd_cost']:.4f} vs "
                   f"{row['rd_cost_base_alone']:.4f} for the base alone; {minutes:.1f} min", flush=True)
+    rows = against_control(rows)
     if any(r["variant"] == "separate" for r in rows):
-        for r in against_control(rows):
+        for r in rows:
             if r["variant"] != "separate" and r["reach_share"] is not None:
                 print(f"  λ={r['rate']:g} {r['variant']:8s}: {100 * r['reach_share']:.0f} % of the control's bpp change, "
                       f"{100 * (r['rd_gain_share'] or 0):.0f} % of its RD-cost gain", flush=True)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                      "init_budget": init.budget_label(), "base_rate": base_rate, "budget": budget,
                      "images": args.images, "n_images": len(images)},
             "base": {"bpp": base_bpp, "psnr": base_psnr},
-            "rows": against_control(rows),
+            "rows": rows,
         }, indent=2, allow_nan=False, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v))
     return 0
 

@@ -161,7 +161,7 @@ class RateConditionedCodec(VariableRateCodec):
         # whose output must be the same on the encoding and the decoding machine
         span = math.log(hi) - math.log(lo)
         t = [min(max((math.log(v) - math.log(lo)) / span, 0.0), 1.0) for v in r.double().cpu().tolist()]
-        return torch.tensor(t, dtype=torch.float64).to(torch.float32)
+        return torch.tensor(t, dtype=torch.float32)
 
     def sample_rates(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """λ drawn log-uniformly in ``lambda_range``, one per image (float32 ``(batch_size,)``, CPU)."""

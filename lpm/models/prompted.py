@@ -73,13 +73,11 @@ class PromptConfig:
         return config_from_dict(cls, d, "prompt")
 
 
-def prompt_settings(items: Sequence[str], allow: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def prompt_settings(items: Sequence[str]) -> dict[str, Any]:
     """``["enc_head_hidden=32", "head_init_scale=1"]`` → ``{"enc_head_hidden": 32, "head_init_scale": 1.0}``:
-    command-line overrides of :class:`PromptConfig` fields (``allow``: the fields that may be set; default
-    all but ``latent_gain``), typed like the field and checked by :class:`PromptConfig` itself.
-    ``ValueError`` naming the item for anything else."""
-    defaults = PromptConfig().to_dict()
-    fields = {k: type(defaults[k]) for k in (allow or [k for k in defaults if k != "latent_gain"])}
+    command-line overrides of :class:`PromptConfig` fields (all but ``latent_gain``), typed like the field and
+    checked by :class:`PromptConfig` itself. ``ValueError`` naming the item for anything else."""
+    fields = {k: type(v) for k, v in PromptConfig().to_dict().items() if k != "latent_gain"}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -133,8 +133,7 @@ def read_partial(path: str | Path, cfg: "RunConfig", stages: list["Stage"],
         raise _fail(path, f"it holds a {type(loaded.model).__name__}, stage {name!r} trains a {type(model).__name__}")
     this = {"at_step": step, "from_sha256": loaded.sha256, "optimizer": "fresh", "warmup_steps": cfg.restart_warmup}
     restart = Restart(path, loaded.sha256, i, name, step, float(clocks[0]), float(clocks[1]), ledger, finished,
-                      [*restarts, this], cfg.restart_warmup,
-                      *(None, None) if gpu_clocks == (None, None) else (float(gpu_clocks[0]), float(gpu_clocks[1])))
+                      [*restarts, this], cfg.restart_warmup, *(None if c is None else float(c) for c in gpu_clocks))
     return loaded.model, restart
 
 

@@ -265,12 +265,12 @@ class Runner:
         self.elapsed = float(state["elapsed"]) if state else restart.elapsed if restart else 0.0
         self.stage_start = float(state["stage_start"]) if state else restart.stage_start if restart else 0.0
         first_stage = int(state["stage"]) if state else restart.stage if restart else 0
+        gpu, gpu_start = ((state.get("gpu_elapsed"), state.get("stage_gpu_start")) if state
+                          else (restart.gpu_elapsed, restart.stage_gpu_start) if restart else (0.0, 0.0))
         # states and partial files written before the GPU clock existed: all on the device that resumes them
-        here = lambda clock: clock if self.device.type == "cuda" else 0.0  # noqa: E731
-        clocks = (state.get("gpu_elapsed"), state.get("stage_gpu_start")) if state else (
-            (restart.gpu_elapsed, restart.stage_gpu_start) if restart else (0.0, 0.0))
-        self.gpu_elapsed = float(here(self.elapsed) if clocks[0] is None else clocks[0])
-        self.stage_gpu_start = float(here(self.stage_start) if clocks[1] is None else clocks[1])
+        on_gpu = self.device.type == "cuda"
+        self.gpu_elapsed = float(gpu) if gpu is not None else (self.elapsed if on_gpu else 0.0)
+        self.stage_gpu_start = float(gpu_start) if gpu_start is not None else (self.stage_start if on_gpu else 0.0)
         self._elapsed_at_start = self.elapsed  # max_minutes counts this invocation's training time only
         if restart is not None and self.rank == 0:
             print(f"continuing stage {restart.stage_name} at step {restart.step} of {cfg.steps} from "
