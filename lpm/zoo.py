@@ -64,6 +64,21 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
         description="made by scripts/make_smoke_checkpoint.py (lpm train: configs/tiny-smoke-base.yaml, then "
         "configs/tiny-smoke-prompts.yaml from that base); both runs' ledgers are in its meta",
     ),
+    # The paper's method at the same budget: prompt modules alone (no latent gain) on the SAME frozen base as
+    # tiny-smoke (its base tensors, bit for bit), the same steps, lr, crops and subset. The notebooks' "ours".
+    "tiny-smoke-prompts-only": CheckpointEntry(
+        file="tiny-smoke-prompts-only.safetensors",
+        sha256="ab91a67ad7690aa57e7240265006eeffe8f1475dc54e18587d24264bc11885fa",
+        config="tiny",
+        budget=(
+            "smoke checkpoint, NOT the paper's model or budget: tiny config, the paper's method: prompts alone (no "
+            "latent gain), trained with `lpm train` on the CPU (1 thread), 14.8 CPU-minutes; base 1000 steps x 8 "
+            "crops of 128px on 500 BSDS500 images (10.9 min); prompts 150 steps/rate x 5 rates x 8 crops of 128px "
+            "on 50 images (3.9 min); 14000 crops in all"
+        ),
+        description="made by scripts/make_smoke_checkpoint.py --prompts-only (lpm train: "
+        "configs/tiny-smoke-prompts-only.yaml on the frozen base inside tiny-smoke); both ledgers are in its meta",
+    ),
     # Issue 14: low-rank rate adapters (LoRACodec) on the SAME frozen tiny base as tiny-smoke, with the prompt
     # modules' steps, lr, crops and data subset; for the same-budget comparison (notebooks/comparison.ipynb).
     "tiny-smoke-lora": CheckpointEntry(

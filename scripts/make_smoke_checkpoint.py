@@ -24,6 +24,14 @@ crops and data subset as the prompts) -> ``results/runs/tiny-smoke-lora/`` ->
 not touched::
 
     OMP_NUM_THREADS=1 python scripts/make_smoke_checkpoint.py --data-dir DIR --resume --lora
+
+``--prompts-only`` makes the paper's method at the same budget: prompt modules alone, no latent gain
+(``configs/tiny-smoke-prompts-only.yaml``, the same steps, lr, crops and subset as tiny-smoke's prompts), on
+the frozen base *inside* ``results/checkpoints/tiny-smoke.safetensors`` (``--base-from``; bit for bit, so no
+base is trained and the base's ledger comes from that file's meta) -> ``results/runs/tiny-smoke-prompts-only/``
+-> ``results/checkpoints/tiny-smoke-prompts-only.safetensors`` (the ``tiny-smoke-prompts-only`` zoo entry)::
+
+    OMP_NUM_THREADS=1 python scripts/make_smoke_checkpoint.py --data-dir DIR --prompts-only
 """
 
 from __future__ import annotations
@@ -57,10 +65,11 @@ def _ledger(runner: Runner) -> list[dict]:
     return [json.loads(line) for line in (runner.out / "ledger.jsonl").read_text().splitlines() if line.strip()]
 
 
-def budget(base: Runner, prompts: Runner, threads: int) -> str:
-    """The smoke budget line, from the two runs' ledgers (the second run: prompts, or low-rank adapters)."""
-    b, p = totals(_ledger(base)), totals(_ledger(prompts))
-    bd, pd, pc = base.cfg.data, prompts.cfg.data, prompts.cfg
+def budget(base_records: list[dict], prompts: Runner, threads: int) -> str:
+    """The smoke budget line, from the base's ledger records and the second run (prompts, or low-rank adapters)."""
+    b, p = totals(base_records), totals(_ledger(prompts))
+    first = base_records[0]
+    pd, pc = prompts.cfg.data, prompts.cfg
     n_rates = len(_ledger(prompts))
     if pc.kind == "lora":
         from lpm.models import LoRAConfig
@@ -69,16 +78,26 @@ def budget(base: Runner, prompts: Runner, threads: int) -> str:
         what, part = (f" + low-rank rate adapters (LoRACodec, rank {lc.rank} on {'/'.join(lc.targets)} of every "
                       f"Swin block)"), "adapters"
     else:
-        what = " + per-rate latent gain (beyond the paper)" if pc.prompt.get("latent_gain") else ", prompts only"
+        what = (" + per-rate latent gain (beyond the paper)" if pc.prompt.get("latent_gain")
+                else ", the paper's method: prompts alone (no latent gain)")
         part = "prompts"
     return (
         f"smoke checkpoint, NOT the paper's model or budget: tiny config{what}, trained with `lpm train` on the "
         f"CPU ({threads} thread{'s' if threads > 1 else ''}), {b['cpu_minutes'] + p['cpu_minutes']:.1f} CPU-minutes; "
-        f"base {base.cfg.steps} steps x {bd.batch} crops of {bd.crop}px on {len(base.stages[0].paths)} BSDS500 "
+        f"base {int(b['steps'])} steps x {first['batch']} crops of {first['crop']}px on {first['images_seen']} BSDS500 "
         f"images ({b['cpu_minutes']:.1f} min); {part} {pc.steps} steps/rate x {n_rates} rates x {pd.batch} crops "
         f"of {pd.crop}px on {len(prompts.stages[0].paths)} images ({p['cpu_minutes']:.1f} min); "
         f"{b['crops'] + p['crops']} crops in all"
     )
+
+
+def _base_from(path: Path) -> tuple[list[dict], dict]:
+    """The base ledger records and base run config carried in a shipped smoke checkpoint's meta."""
+    meta = load_codec(path).meta
+    records = [r for r in meta.get("ledger", []) if r.get("kind") == "base"]
+    if not records or "base" not in meta.get("runs", {}):
+        raise SystemExit(f"{path} carries no base ledger/run config in its meta; it cannot serve as --prompts-only base")
+    return records, meta["runs"]["base"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="make the low-rank-adapter smoke checkpoint (--lora-config, --lora-out) instead of tiny-smoke")
     ap.add_argument("--lora-config", default=str(CONFIGS / "tiny-smoke-lora.yaml"))
     ap.add_argument("--lora-out", default=str(zoo.CHECKPOINT_DIR / "tiny-smoke-lora.safetensors"))
+    ap.add_argument("--prompts-only", action="store_true",
+                    help="make the prompts-alone smoke checkpoint (the paper's method; --prompts-only-config, "
+                    "--prompts-only-out) on the base inside --base-from, instead of tiny-smoke")
+    ap.add_argument("--prompts-only-config", default=str(CONFIGS / "tiny-smoke-prompts-only.yaml"))
+    ap.add_argument("--prompts-only-out", default=str(zoo.CHECKPOINT_DIR / "tiny-smoke-prompts-only.safetensors"))
+    ap.add_argument("--base-from", default=str(zoo.CHECKPOINT_DIR / "tiny-smoke.safetensors"),
+                    help="--prompts-only: the shipped checkpoint whose frozen base (and base ledger) is reused")
     ap.add_argument("--runs-dir", default=str(zoo.PROJECT_ROOT / "results" / "runs"), help="where the run folders go")
     ap.add_argument("--base-steps", type=int, help="override the base config's steps")
     ap.add_argument("--prompt-steps", type=int, help="override the prompts config's steps (per rate)")
@@ -98,28 +124,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue both runs where they stopped")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.lora and args.prompts_only:
+        ap.error("--lora and --prompts-only make different checkpoints; pick one")
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    base, (base_model,) = _run(Path(args.base_config), args, steps=args.base_steps)
-    second = Path(args.lora_config if args.lora else args.prompts_config)
-    prompts, written = _run(second, args, steps=args.prompt_steps, init=str(base_model))
+    if args.prompts_only:
+        # the base shipped inside tiny-smoke, bit for bit: no base training, its ledger from that file's meta
+        base_file = Path(args.base_from)
+        base_records, base_run = _base_from(base_file)
+        second, out = Path(args.prompts_only_config), args.prompts_only_out
+        prompts, written = _run(second, args, steps=args.prompt_steps, init=str(base_file.resolve()))
+        base_name = f"the base inside {base_file.name}"
+    else:
+        base, (base_model,) = _run(Path(args.base_config), args, steps=args.base_steps)
+        base_records, base_run, base_name = _ledger(base), base.cfg.to_dict(), Path(args.base_config).name
+        second = Path(args.lora_config if args.lora else args.prompts_config)
+        out = args.lora_out if args.lora else args.out
+        prompts, written = _run(second, args, steps=args.prompt_steps, init=str(base_model))
     wall = (time.perf_counter() - t0) / 60
-    out = args.lora_out if args.lora else args.out
 
     ck = load_codec(written[-1])
-    line = budget(base, prompts, args.threads)
+    line = budget(base_records, prompts, args.threads)
+    flag = " --lora" if args.lora else " --prompts-only" if args.prompts_only else ""
     meta = {
         **ck.meta,
         "budget": line,
-        "ledger": _ledger(base) + _ledger(prompts),
-        "made_by": f"scripts/make_smoke_checkpoint.py{' --lora' if args.lora else ''} (lpm train: "
-                   f"{Path(args.base_config).name}, {second.name})",
-        "runs": {"base": base.cfg.to_dict(), "prompts": prompts.cfg.to_dict()},
+        "ledger": base_records + _ledger(prompts),
+        "made_by": f"scripts/make_smoke_checkpoint.py{flag} (lpm train: {base_name}, {second.name})",
+        "runs": {"base": base_run, "prompts": prompts.cfg.to_dict()},
         "config": "tiny",
         "latent_gain": bool(prompts.cfg.prompt.get("latent_gain")),
-        "cpu_minutes": round(sum(r["cpu_minutes"] for r in _ledger(base) + _ledger(prompts)), 2),
-        "base_steps": base.cfg.steps,
+        "cpu_minutes": round(sum(r["cpu_minutes"] for r in base_records + _ledger(prompts)), 2),
+        "base_steps": int(totals(base_records)["steps"]),
         "prompt_steps_per_rate": prompts.cfg.steps,
         "batch": prompts.cfg.data.batch,
         "crop": prompts.cfg.data.crop,
@@ -130,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["adapter_steps_per_rate"] = meta.pop("prompt_steps_per_rate")
         meta["adapter_images"] = meta.pop("prompt_images")
         meta.pop("latent_gain")
-        meta["runs"] = {"base": base.cfg.to_dict(), "lora": prompts.cfg.to_dict()}
+        meta["runs"] = {"base": base_run, "lora": prompts.cfg.to_dict()}
     sha = save_codec(out, ck.model, meta=meta)
     print(f"wrote {out} sha256={sha} ({wall:.1f} min wall)\n{line}")
     return 0

@@ -333,7 +333,10 @@ def test_rate_slider_in_jupyterlab(tmp_path):
     for d in (data, results, root):
         d.mkdir()
     _write_test_image(data / "test.png")
-    _prepare_notebook(root, {"SMOKE": True, "DATA_DIR": str(data), "RESULTS_DIR": str(results)})
+    # one slider, the checkpoint whose rate visibly moves (the latent-gain variant): this test drives the
+    # widget; the notebook's default (prompts alone first, then this one) is run by test_slider
+    _prepare_notebook(root, {"SMOKE": True, "DATA_DIR": str(data), "RESULTS_DIR": str(results),
+                             "CHECKPOINTS": ["tiny-smoke"]})
     env = _lab_env(tmp_path / "jupyter")
     with _jupyterlab(tmp_path, root, env, notes, t0) as (driver, base, token):
         wait = _waiter(driver, deadline)

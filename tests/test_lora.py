@@ -412,13 +412,14 @@ def test_comparison_notebook_records_what_the_library_measures(tmp_path):
                         parameters=dict(SMOKE=True, RESULTS_DIR=str(results), DATA_DIR=os.path.relpath(data, zoo.PROJECT_ROOT)),
                         kernel_name="python3", progress_bar=False, cwd=str(nb_dir))
     rec = json.loads((results / "records" / "comparison.json").read_text())
-    assert rec["smoke"] is True and rec["checkpoint"]["name"] == "tiny-smoke" and "NOT the paper's" in rec["checkpoint"]["budget"]
+    assert rec["smoke"] is True and rec["checkpoint"]["name"] == "tiny-smoke-prompts-only"
+    assert "NOT the paper's" in rec["checkpoint"]["budget"]
     for name in ("comparison", "comparison_full", "comparison_points"):
         assert (results / "tables" / f"{name}.md").is_file()
     assert (results / "figures" / "comparison_rd.png").is_file()
     n = rec["numbers"]
 
-    ctx = figures.setup(["tiny-smoke", "tiny-smoke-lora"], data, tmp_path / "direct", True)
+    ctx = figures.setup(["tiny-smoke-prompts-only", "tiny-smoke", "tiny-smoke-lora"], data, tmp_path / "direct", True)
     direct = compare_methods(ctx.checkpoints, ctx.images, ctx.results_dir, smoke=True, per_gap=1)
     rows, want = n["table"], direct.table.to_dict(orient="records")
     assert [r["method"] for r in rows] == [w["method"] for w in want] == [m.title for m in METHODS]
@@ -436,13 +437,17 @@ def test_comparison_notebook_records_what_the_library_measures(tmp_path):
         assert r["encode_time_vs_base"] > 0 and r["decode_time_vs_base"] > 0
         assert r["same_base"] is True and r["K_rates"] == 6 and r["bd_rate_vs_vtm_percent"] is None  # not Kodak
     by = {r["checkpoint"]: r for r in rows if r["checkpoint"]}
-    lora, prompts = by["tiny-smoke-lora"], by["tiny-smoke"]
+    lora, prompts, gain = by["tiny-smoke-lora"], by["tiny-smoke-prompts-only"], by["tiny-smoke"]
+    assert (prompts["method"], gain["method"]) == ("LPM prompt modules", "LPM prompt modules + latent gain")
     # the same budget: same shared base, the same images and crops for the rate-specific part
-    assert (lora["train_images"], lora["train_crops"]) == (prompts["train_images"], prompts["train_crops"]) == (50, 6000)
-    assert lora["params_per_extra_rate"] == 16_128 and prompts["params_per_extra_rate"] == 6_984
-    assert prompts["bd_rate_vs_lpm_percent"] == 0.0 and math.isfinite(lora["bd_rate_vs_lpm_percent"])
+    assert (lora["train_images"], lora["train_crops"]) == (prompts["train_images"], prompts["train_crops"]) \
+        == (gain["train_images"], gain["train_crops"]) == (50, 6000)
+    assert lora["params_per_extra_rate"] == 16_128 and gain["params_per_extra_rate"] == 6_984
+    assert prompts["params_per_extra_rate"] == 6_960  # the gain's 24 log-gains (M=24) per rate fewer
+    # the paper's method (prompts alone) is the LPM reference, not the gain variant listed after it
+    assert prompts["bd_rate_vs_lpm_percent"] == 0.0 and gain["vs_lpm_note"] != "reference itself"
     assert [p["bpp"] for p in n["points"]] == [p["bpp"] for p in direct.points.to_dict(orient="records")]
-    assert sum(p["trained"] for p in n["points"]) == 12 and len(n["points"]) == 22  # 6 trained + 5 in-between, x2
+    assert sum(p["trained"] for p in n["points"]) == 18 and len(n["points"]) == 33  # 6 trained + 5 in-between, x3
     # merged vs unmerged decoding of one stream: the same tables, pixels within float32 rounding
     assert n["merge"]["tiny-smoke-lora"]["max_abs_diff"] < 1e-4 and n["merge"]["tiny-smoke-lora"]["max_abs_diff_8bit"] <= 1
 

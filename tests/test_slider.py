@@ -326,24 +326,29 @@ def test_notebook_runs_and_records(tmp_path):
         cwd=str(tmp_path),
     )
     rec = json.loads((results / "records" / "rate_slider.json").read_text())
-    entry = zoo.CHECKPOINTS["tiny-smoke"]
+    # the defaults: the paper's method (prompts alone) first, the latent-gain variant beside it, one slider each
+    first, entry = zoo.CHECKPOINTS["tiny-smoke-prompts-only"], zoo.CHECKPOINTS["tiny-smoke"]
     assert rec["notebook"] == "rate_slider" and rec["smoke"] is True
-    assert rec["checkpoint"]["sha256"] == entry.sha256 and "NOT the paper" in rec["checkpoint"]["budget"]
+    assert rec["checkpoint"]["sha256"] == first.sha256 and "NOT the paper" in rec["checkpoint"]["budget"]
     nums = rec["numbers"]
     assert nums["image"] == "kodak_like.png" and nums["coded_size"] == [128, 192]  # the SMOKE crop
-    ck = nums["checkpoints"]["tiny-smoke"]
-    assert ck["checkpoint_sha256"] == entry.sha256 and "NOT the paper" in ck["budget"]
-    assert ck["lowest"]["rate"] == 0.0018 and ck["highest"]["rate"] == 0.0483
-    for end in ("lowest", "highest"):
-        assert ck[end]["bpp"] == pytest.approx(8.0 * ck[end]["bytes"] / (128 * 192))
-        assert 12.0 < ck[end]["psnr"] < 60.0
-    assert ck["lowest"]["bytes"] < ck["highest"]["bytes"]
-    # the static strip: one panel per trained rate, the figure written where the record says
-    assert [p["rate"] for p in ck["strip"]] == [0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483]
-    assert ck["strip"][0] == ck["lowest"] and ck["strip"][-1] == ck["highest"]
-    assert ck["strip_figure"] == "figures/rate_slider_strip.png"
-    png = imagecodecs.png_decode((results / ck["strip_figure"]).read_bytes())
-    assert png.shape[1] > 3 * png.shape[0] > 300  # a wide strip of panels
+    assert list(nums["checkpoints"]) == ["tiny-smoke-prompts-only", "tiny-smoke"]
+    figures_written = {"tiny-smoke-prompts-only": "figures/rate_slider_strip.png",
+                       "tiny-smoke": "figures/rate_slider_strip_tiny-smoke.png"}
+    for name, want in (("tiny-smoke-prompts-only", first), ("tiny-smoke", entry)):
+        ck = nums["checkpoints"][name]
+        assert ck["checkpoint_sha256"] == want.sha256 and "NOT the paper" in ck["budget"] == want.budget
+        assert ck["lowest"]["rate"] == 0.0018 and ck["highest"]["rate"] == 0.0483
+        for end in ("lowest", "highest"):
+            assert ck[end]["bpp"] == pytest.approx(8.0 * ck[end]["bytes"] / (128 * 192))
+            assert 12.0 < ck[end]["psnr"] < 60.0
+        # the static strip: one panel per trained rate, the figure written where the record says
+        assert [p["rate"] for p in ck["strip"]] == [0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483]
+        assert ck["strip"][0] == ck["lowest"] and ck["strip"][-1] == ck["highest"]
+        assert ck["strip_figure"] == figures_written[name]
+        png = imagecodecs.png_decode((results / ck["strip_figure"]).read_bytes())
+        assert png.shape[1] > 3 * png.shape[0] > 300  # a wide strip of panels
+    assert ck["lowest"]["bytes"] < ck["highest"]["bytes"]  # the gain variant's rate moves (prompts alone barely)
     # the record's numbers are those code_at gives for the same crop
     model, info = zoo.load("tiny-smoke")
     a = kodak_like(160, 240, seed=1)

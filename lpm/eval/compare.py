@@ -349,7 +349,8 @@ def compare_methods(checkpoints: Sequence[Any], images: Any, results_dir: Any, *
                                    rates=[p["rate"] for p in tr], budget=ckpt.budget)
 
     separate = next((c for c in checkpoints if method_of(c).key == "separate"), None)
-    lpm_ref = next((c for c in checkpoints if method_of(c).key in ("prompts", "prompts_gain")), None)
+    # the paper's method (prompts alone) is the LPM reference wherever it is measured; else prompts + gain
+    lpm_ref = next((c for key in ("prompts", "prompts_gain") for c in checkpoints if method_of(c).key == key), None)
     for method in METHODS:
         entries = measured.get(method.key) or []
         if not entries:
