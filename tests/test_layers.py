@@ -518,3 +518,36 @@ def test_window_partition_merge_inverse(window):
     assert parts.shape == (2, (8 // window) * (12 // window), window * window, 5)
     torch.testing.assert_close(parts[0, 0].reshape(window, window, 5), x[0, :window, :window])
     torch.testing.assert_close(window_merge(parts, window, 8, 12), x, atol=0, rtol=0)
+
+
+def test_swin_block_additive_prompt_half_adds_to_the_tokens_and_fades():
+    """A ``2C``-channel prompt map: the first ``C`` are prompt tokens, the last ``C`` are added (nearest ×s)
+    to the block's input tokens, scaled by the prompt strength."""
+    blk = make_block(8, 4)
+    x = torch.randn(1, 13, 9, DIM)
+    tokens = torch.randn(1, DIM, 7, 5)
+    add = torch.randn(1, DIM, 7, 5)
+    with torch.no_grad():
+        kv_only = blk(x, tokens)
+        zero_add = blk(x, torch.cat([tokens, torch.zeros_like(add)], 1))
+        both = blk(x, torch.cat([tokens, add], 1))
+        # the same as adding the upsampled map to the input by hand
+        up = add.repeat_interleave(2, 2).repeat_interleave(2, 3)[..., :13, :9].permute(0, 2, 3, 1)
+        by_hand = blk(x + up, tokens)
+        half = blk(x, torch.cat([tokens, add], 1), math.log(0.5))
+        half_by_hand = blk(x + 0.5 * up, tokens, math.log(0.5))
+    torch.testing.assert_close(zero_add, kv_only, atol=1e-6, rtol=0)
+    assert (both - kv_only).abs().max() > 1e-2
+    torch.testing.assert_close(both, by_hand, atol=1e-5, rtol=0)
+    torch.testing.assert_close(half, half_by_hand, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="additive"):
+        blk(x, torch.randn(1, 3 * DIM, 7, 5))
+
+
+def test_prompt_net_additive_heads_make_twice_the_channels_and_start_at_zero():
+    targets = [PromptTarget("g_a.0", 1, 8, 2)]
+    torch.manual_seed(0)
+    net = PromptNet(3, 6, 0, targets, additive=True)
+    out = net(torch.randn(2, 3, 32, 48))["g_a.0"]
+    assert all(m.shape == (2, 16, 16, 24) for m in out)
+    assert all(m[:, 8:].abs().max() == 0 and m[:, :8].abs().max() > 0 for m in out)

@@ -477,3 +477,44 @@ def test_latent_gain_option_round_trips_and_interpolates():
     assert sum(len(s[0]) for s in model.compress(x, 0.0035)["strings"]) < sum(
         len(s[0]) for s in model.compress(x, 0.0483)["strings"]
     )
+
+
+def test_additive_prompts_code_round_trip_save_load_and_start_from_the_kv_prompts(tmp_path):
+    """``PromptConfig(additive=True)`` (beyond the paper): heads make tokens + an added map; the added half
+    starts at zero (the model at init is the kv-only one with the same weights), codes through real
+    bitstreams at trained and interpolated rates, and survives a checkpoint round trip."""
+    from lpm.checkpoints import load_codec, save_codec
+
+    base = make_tiny_base()
+    rates = (0.0035, 0.013, 0.0483)
+    torch.manual_seed(3)
+    add = PromptedCodec(base, rates, 0.0483, PromptConfig(8, 0, 8, 0, additive=True)).eval()
+    kv = PromptedCodec(base, rates, 0.0483, PromptConfig(8, 0, 8, 0)).eval()
+    # copy the shared weights into the kv-only model: the token half of every last head layer, all the rest
+    state = {}
+    for k, v in add.prompts.state_dict().items():
+        want = kv.prompts.state_dict()[k]
+        state[k] = v[: want.shape[0]] if v.shape != want.shape else v
+    kv.prompts.load_state_dict(state)
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(add(x, 0.013)["x_hat"], kv(x, 0.013)["x_hat"], atol=1e-6, rtol=0)
+        for p in add.module(0.013).parameters():  # now give the added maps something to do
+            p.add_(0.05 * torch.randn_like(p))
+        assert (add(x, 0.013)["x_hat"] - kv(x, 0.013)["x_hat"]).abs().max() > 1e-3
+    add.update(force=True)
+    for rate in (0.0483, 0.013, 0.006, 0.02):
+        c = add.compress(x, rate)
+        y = add.decompress(c["strings"], c["shape"], rate, size=(40, 56))["x_hat"]
+        assert (y - add(x, rate)["x_hat"].clamp(0, 1)).abs().max() <= 1e-5
+    path = tmp_path / "additive.safetensors"
+    save_codec(path, add)
+    back = load_codec(path).model.eval()
+    assert back.prompt_config.additive is True
+    c = add.compress(x, 0.013)
+    torch.testing.assert_close(back.decompress(c["strings"], c["shape"], 0.013, size=(40, 56))["x_hat"],
+                               add.decompress(c["strings"], c["shape"], 0.013, size=(40, 56))["x_hat"])
+    # older checkpoints (no "additive" key in their prompt config) still load as kv-only
+    assert PromptConfig.from_dict({k: v for k, v in PromptConfig().to_dict().items() if k != "additive"}).additive is False
+    with pytest.raises(ValueError, match="additive"):
+        PromptConfig(additive="yes")

@@ -78,7 +78,11 @@ def test_prompt_settings_reach_the_probed_modules_and_bad_ones_stop_first(tmp_pa
     assert "enc_head_hidden=4" in data["meta"]["budget"]
     ck = load_codec(row["checkpoint"])
     assert ck.model.prompt_config.enc_head_hidden == 4 and ck.model.prompt_config.head_init_scale == 1.0
-    for bad in ("latent_gain=1", "enc_head_hidden", "enc_head_hidden=x", "enc_channels=0"):
+    from lpm.models import prompt_settings
+
+    assert prompt_settings(["additive=true", "additive=0"]) == {"additive": False}  # the last one counts
+    assert prompt_settings(["additive=True"]) == {"additive": True}
+    for bad in ("latent_gain=1", "enc_head_hidden", "enc_head_hidden=x", "enc_channels=0", "additive=yes"):
         with pytest.raises(SystemExit) as e:
             probe.main(["--init", "nowhere", "--data-dir", "x", "--images", "x", "--prompt", bad])
         assert e.value.code == 2 and "--prompt" in capsys.readouterr().err

@@ -55,6 +55,8 @@ class PromptNet(nn.Module):
         head_hidden: if > 0, each head is conv3x3(channels→head_hidden)+GELU+conv1x1(→dim); else conv1x1.
         stem_kernel: kernel of the first convolution (1 keeps wide latent inputs cheap).
         head_init_scale: multiplies the initial weights of each head's last layer (small ⇒ gentle start).
+        additive: each head makes ``2 * dim`` channels, prompt tokens and a map added to the block's tokens
+            (see :meth:`lpm.layers.swin.SwinBlock.forward`; beyond the paper).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class PromptNet(nn.Module):
         head_hidden: int = 0,
         stem_kernel: int = 3,
         head_init_scale: float = 0.1,
+        additive: bool = False,
     ) -> None:
         super().__init__()
         if not targets:
@@ -86,16 +89,19 @@ class PromptNet(nn.Module):
         self.heads = nn.ModuleDict()
         for t in targets:
             heads = nn.ModuleList()
+            out = t.dim * (2 if additive else 1)
             for _ in range(t.depth):
                 if head_hidden > 0:
                     head = nn.Sequential(
-                        nn.Conv2d(channels, head_hidden, 3, padding=1), nn.GELU(), nn.Conv2d(head_hidden, t.dim, 1)
+                        nn.Conv2d(channels, head_hidden, 3, padding=1), nn.GELU(), nn.Conv2d(head_hidden, out, 1)
                     )
                 else:
-                    head = nn.Sequential(nn.Conv2d(channels, t.dim, 1))
+                    head = nn.Sequential(nn.Conv2d(channels, out, 1))
                 last = head[-1]
                 last.weight.data.mul_(head_init_scale)
                 last.bias.data.zero_()
+                if additive:
+                    last.weight.data[t.dim:].zero_()  # the added maps start at zero: the tokens start unchanged
                 heads.append(head)
             self.heads[t.name.replace(".", "_")] = heads
 

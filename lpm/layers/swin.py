@@ -155,20 +155,32 @@ class SwinBlock(nn.Module):
         return self._plan_cache[key]
 
     def forward(self, x: Tensor, prompt: Optional[Tensor] = None, prompt_logit: Optional[float] = None) -> Tensor:
-        """``x``: ``(B, H, W, C)``; ``prompt``: ``(B, C, ⌈H/s⌉, ⌈W/s⌉)`` or ``None``."""
+        """``x``: ``(B, H, W, C)``; ``prompt``: ``(B, C, ⌈H/s⌉, ⌈W/s⌉)`` or ``None``.
+
+        A prompt map of ``2C`` channels (an *additive* prompt module, beyond the paper) is split: the first
+        ``C`` channels are the prompt tokens as above, the last ``C`` are added to the block's input tokens
+        (the residual stream), each prompt pixel to the ``s × s`` tokens it covers, scaled by the prompt
+        strength ``exp(prompt_logit)``."""
         b, h, w, c = x.shape
         s = self.prompt_stride
+        if prompt is not None:
+            ph, pw = math.ceil(h / s), math.ceil(w / s)
+            if prompt.shape[0] != b or prompt.shape[1] not in (c, 2 * c) or tuple(prompt.shape[-2:]) != (ph, pw):
+                raise ValueError(
+                    f"prompt map of shape {tuple(prompt.shape)} does not fit a {h}x{w}x{c} block "
+                    f"(expected ({b}, {c}, {ph}, {pw}), or {2 * c} channels with an additive part)"
+                )
+            if prompt.shape[1] == 2 * c:
+                prompt, add = prompt[:, :c], prompt[:, c:]
+                add = add.repeat_interleave(s, 2).repeat_interleave(s, 3)[..., :h, :w].permute(0, 2, 3, 1)
+                if prompt_logit is not None:
+                    add = add * math.exp(prompt_logit)
+                x = x + add.to(x.dtype)
         mask, masked, fwd, inv, pfwd = self._plan(h, w, prompt is not None, x.device)
         n = self.window * self.window
         tokens = self.norm1(x).reshape(b, h * w, c).index_select(1, fwd).reshape(b, -1, n, c)
         ptokens = None
         if prompt is not None:
-            ph, pw = math.ceil(h / s), math.ceil(w / s)
-            if prompt.shape[0] != b or prompt.shape[1] != c or tuple(prompt.shape[-2:]) != (ph, pw):
-                raise ValueError(
-                    f"prompt map of shape {tuple(prompt.shape)} does not fit a {h}x{w}x{c} block "
-                    f"(expected ({b}, {c}, {ph}, {pw}))"
-                )
             p = prompt.to(tokens.dtype).flatten(2).transpose(1, 2)  # (B, ph*pw, C)
             ptokens = p.index_select(1, pfwd).reshape(b, tokens.shape[1], -1, c)
         y = self.attn(tokens, mask=mask, prompts=ptokens, prompt_logit=prompt_logit, masked_windows=masked)

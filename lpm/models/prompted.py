@@ -51,6 +51,9 @@ class PromptConfig:
     #: Beyond the paper (off by default): a learned per-channel log-gain on ``y`` per rate (Cui et al.,
     #: CVPR 2021 gain units), a direct quantisation-step lever for when prompts alone cannot reach a rate.
     latent_gain: bool = False
+    #: Beyond the paper (off by default): each head also makes a map added to its Swin block's tokens (the
+    #: residual stream), besides the prompt tokens of keys/values — a more direct lever on the features.
+    additive: bool = False
 
     def __post_init__(self) -> None:
         """Bounds: channels in ``CONFIG_LIMITS["channels"]``, hidden widths 0 (none) or within them, a finite
@@ -61,8 +64,9 @@ class PromptConfig:
         for name in ("enc_head_hidden", "dec_head_hidden"):
             _int_in(f"prompt config {name}", getattr(self, name), 0, hi)
         _real("prompt config head_init_scale", self.head_init_scale)
-        if not isinstance(self.latent_gain, bool):
-            raise ValueError(f"prompt config latent_gain must be true or false, got {self.latent_gain!r:.40}")
+        for name in ("latent_gain", "additive"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"prompt config {name} must be true or false, got {getattr(self, name)!r:.40}")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -74,7 +78,8 @@ class PromptConfig:
 
 
 def prompt_settings(items: Sequence[str]) -> dict[str, Any]:
-    """``["enc_head_hidden=32", "head_init_scale=1"]`` → ``{"enc_head_hidden": 32, "head_init_scale": 1.0}``:
+    """``["enc_head_hidden=32", "head_init_scale=1"]`` → ``{"enc_head_hidden": 32, "head_init_scale": 1.0}``
+    (booleans as ``true``/``false``/``1``/``0``):
     command-line overrides of :class:`PromptConfig` fields (all but ``latent_gain``), typed like the field and
     checked by :class:`PromptConfig` itself. ``ValueError`` naming the item for anything else."""
     fields = {k: type(v) for k, v in PromptConfig().to_dict().items() if k != "latent_gain"}
@@ -84,7 +89,12 @@ def prompt_settings(items: Sequence[str]) -> dict[str, Any]:
         if not sep or key not in fields:
             raise ValueError(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
         try:
-            out[key] = fields[key](value)
+            if fields[key] is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1")
+            else:
+                out[key] = fields[key](value)
         except ValueError:
             raise ValueError(f"{item!r}: {value!r} is not a valid {fields[key].__name__}") from None
     PromptConfig.from_dict(out)
@@ -100,11 +110,12 @@ class LayerAdaptivePromptModule(nn.Module):
         self.config = cfg
         t = base.prompt_targets()
         N, M = base.config.N, base.config.M
-        self.encoder = PromptNet(3, cfg.enc_channels, 0, t["encoder"], cfg.enc_head_hidden, 3, cfg.head_init_scale)
+        add = cfg.additive
+        self.encoder = PromptNet(3, cfg.enc_channels, 0, t["encoder"], cfg.enc_head_hidden, 3, cfg.head_init_scale, add)
         self.hyper_decoder = PromptNet(
-            N, cfg.dec_channels, 6, t["hyper_decoder"], cfg.dec_head_hidden, 1, cfg.head_init_scale
+            N, cfg.dec_channels, 6, t["hyper_decoder"], cfg.dec_head_hidden, 1, cfg.head_init_scale, add
         )
-        self.decoder = PromptNet(M, cfg.dec_channels, 4, t["decoder"], cfg.dec_head_hidden, 1, cfg.head_init_scale)
+        self.decoder = PromptNet(M, cfg.dec_channels, 4, t["decoder"], cfg.dec_head_hidden, 1, cfg.head_init_scale, add)
         self.log_gain = nn.Parameter(torch.zeros(M)) if cfg.latent_gain else None
 
     def num_parameters(self) -> int:
