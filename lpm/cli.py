@@ -1,7 +1,7 @@
 """The ``lpm`` command: ``main(argv) -> int``.
 
     lpm compress IN.png OUT.lpm --model CKPT [--rate λ | --target-bpp B] [--force] [--no-progress]
-    lpm decompress IN.lpm OUT.png --model CKPT [--force] [--no-progress]
+    lpm decompress IN.lpm OUT.png [--model CKPT] [--force] [--no-progress]  # default: the shipped one it names
     lpm info FILE.lpm
     lpm roundtrip --model CKPT [--data-dir DIR] [--rates λ ...] [--json F [--force]]  # real bpp and PSNR
     lpm models                                                  # the name table
@@ -142,9 +142,23 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shipped_checkpoint_of(path: str) -> Optional[str]:
+    """The zoo name of the shipped checkpoint whose id a ``.lpm`` file's header names, or None (the file is
+    unreadable, foreign, or from a checkpoint that is not shipped: decoding then reports why)."""
+    from lpm import fileformat, zoo
+
+    try:
+        mid = fileformat.read(path).header.model_id
+    except (OSError, ValueError):
+        return None
+    return next((n for n, e in zoo.CHECKPOINTS.items() if fileformat.model_id_from_sha256(e.sha256) == mid), None)
+
+
 def _cmd_decompress(args: argparse.Namespace) -> int:
     from lpm.codec import decompress_file
 
+    if not args.model:  # the header names its checkpoint: take that one when it is shipped
+        args.model = _shipped_checkpoint_of(args.input)
     ckpt = _model(args)
     bar = _TileProgress("decoding tiles", not args.no_progress)
     try:
@@ -373,7 +387,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "decompress", help=".lpm file -> PNG",
         description="Decode a .lpm file (a regular file) to a PNG. The output never replaces the input, nor "
-        "an existing file without --force; it appears atomically.",
+        "an existing file without --force; it appears atomically. Without --model, the shipped checkpoint "
+        "whose id the file's header names is used (else the default one, which then refuses a foreign file).",
     )
     p.add_argument("input")
     p.add_argument("output", help="the PNG to write (*.png)")

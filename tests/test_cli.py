@@ -290,3 +290,31 @@ def test_cli_eval_writes_results_and_classical(tmp_path, ckpt, capsys):
     jp = json.loads((tmp_path / "ev" / "classical-jpeg.json").read_text())
     assert jp["results"]["bpp"] == sorted(jp["results"]["bpp"])
     assert "BD-rate vs VTM" in out
+
+
+def test_decompress_without_model_uses_the_shipped_checkpoint_the_header_names(tmp_path, capsys):
+    """A file made by a shipped checkpoint that is not the default one decodes without ``--model``; a file
+    from an unshipped checkpoint falls back to the default one, which refuses it, naming both ids."""
+    from lpm import zoo
+
+    src = _png(tmp_path / "in.png", _rgb(40, 56))
+    name = "tiny-smoke-prompts-only"
+    assert sorted(zoo.CHECKPOINTS)[0] != name  # not the default: the header must be what picks it
+    assert _run(capsys, "compress", src, tmp_path / "a.lpm", "--model", name, "--rate", 0.005)[0] == 0
+    rc, out, err = _run(capsys, "decompress", tmp_path / "a.lpm", tmp_path / "a.png")
+    assert rc == 0, err
+    assert _run(capsys, "decompress", tmp_path / "a.lpm", tmp_path / "b.png", "--model", name)[0] == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    # an explicit --model still wins (and is refused for another checkpoint's file)
+    rc, _, err = _run(capsys, "decompress", tmp_path / "a.lpm", tmp_path / "c.png", "--model", "tiny-smoke")
+    assert rc != 0 and "made by checkpoint" in err and not (tmp_path / "c.png").exists()
+    # a file from a checkpoint that is not shipped: the default is tried and refuses it clearly
+    foreign = tmp_path / "foreign.safetensors"
+    save_codec(foreign, make_tiny_codec(seed=9), meta={"budget": "untrained test model"})
+    assert _run(capsys, "compress", src, tmp_path / "f.lpm", "--model", foreign, "--rate", 0.013)[0] == 0
+    rc, _, err = _run(capsys, "decompress", tmp_path / "f.lpm", tmp_path / "f.png")
+    assert rc != 0 and "made by checkpoint" in err and not (tmp_path / "f.png").exists()
+    # an unreadable file: the same error as with --model (no lookup error of its own)
+    (tmp_path / "junk.lpm").write_bytes(b"not an lpm file")
+    rc, _, err = _run(capsys, "decompress", tmp_path / "junk.lpm", tmp_path / "j.png")
+    assert rc != 0 and "junk.lpm" in err and not (tmp_path / "j.png").exists()

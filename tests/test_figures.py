@@ -308,3 +308,29 @@ def test_claims_table_verdicts(tmp_path):
     ctx = F.Context(weak.checkpoints, weak.images, tmp_path / "empty", smoke=False)
     t = F.claims_table(ctx).set_index("claim")
     assert "no evaluation cache" in t.loc["better RD than all variable-rate methods", "verdict"]
+
+
+def test_range_claim_verdicts():
+    """The range claim: a bpp that does not rise with λ fails; a rising one waits for separate models, then
+    passes with ≥ 80 % of their log-bpp span and fails below; continuous (untrained) points do not count."""
+    from lpm.figures.claims import RANGE_CLAIM, range_row
+    from lpm.figures.curves import Curve
+
+    rates = [0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483]
+    sep = Curve("sep", [0.1, 0.15, 0.23, 0.35, 0.52, 0.8], [0.0] * 6, kind="separate", rates=rates)
+    flat = Curve("ours", [0.20, 0.204, 0.203, 0.205, 0.202, 0.203], [0.0] * 6, rates=rates)
+    r = range_row(flat, sep, "b")
+    assert r["claim"] == RANGE_CLAIM and r["verdict"].startswith("not supported (at this budget)")
+    assert "3 of 5 steps" in r["measurement"] and r["value"] == pytest.approx(0.205 / 0.20)
+    wide = Curve("ours", [0.11, 0.16, 0.24, 0.36, 0.5, 0.75], [0.0] * 6, rates=rates)
+    assert range_row(wide, sep, "b")["verdict"] == "supported"
+    assert range_row(wide, None, "b")["verdict"].startswith("not measurable yet: no separately optimised")
+    narrow = Curve("ours", [0.2, 0.22, 0.24, 0.26, 0.28, 0.3], [0.0] * 6, rates=rates)
+    v = range_row(narrow, sep, "b")["verdict"]
+    assert v.startswith("not supported: ") and "of the separate models' span" in v
+    # a continuous point that breaks monotonicity is not a trained rate: it does not count
+    rates_c = sorted(rates + [0.004])
+    bpp_c = [0.11, 0.16, 0.05, 0.24, 0.36, 0.5, 0.75]
+    with_cont = Curve("ours", bpp_c, [0.0] * 7, rates=rates_c, trained=[r != 0.004 for r in rates_c])
+    assert range_row(with_cont, sep, "b")["verdict"] == "supported"
+    assert range_row(None, sep, "b", "no cache")["verdict"] == "not measurable yet: no cache"

@@ -191,7 +191,7 @@ def test_claims_record(executed, smoke_model):
 
     results, _, _ = executed
     claims = _record(results, "claims")["claims"]
-    assert len(claims) == 6
+    assert len(claims) == 7
     by = {c["claim"]: c for c in claims}
     for c in claims:
         assert c["verdict"].split(":")[0] in ("supported", "not supported", "not measurable yet") or \
@@ -204,3 +204,8 @@ def test_claims_record(executed, smoke_model):
     assert by["same RD as separately optimised models"]["verdict"].startswith("not measurable yet")
     data = by["90 % less training data than separate models"]
     assert data["value"] == pytest.approx(90.0) and "image count only" in data["verdict"]
+    # the range claim reads the same evaluation cache as rd_curves: its span is that of the recorded curve
+    span = by["one frozen base covers a wide range of rates"]
+    rd_rec = [p for p in _record(results, "rd_curves")["ours"] if p["trained"]]
+    bpps = [p["bpp"] for p in rd_rec]
+    assert span["value"] == pytest.approx(max(bpps) / min(bpps)) and "span" in span["measurement"]

@@ -259,8 +259,8 @@ class Comparison:
             pts = pts.sort_values("rate")
             method = pts["method"].iloc[0]
             kind = "separate" if method == "separate" else ("ours" if i == 0 else "checkpoint")
-            out.append(Curve(f"{label} ({_BY_KEY[method].title})", pts["bpp"].tolist(), pts["psnr_rgb"].tolist(),
-                             kind=kind, rates=pts["rate"].tolist(), trained=pts["trained"].tolist()))
+            out.append(Curve(str(label), pts["bpp"].tolist(), pts["psnr_rgb"].tolist(), kind=kind,
+                             rates=pts["rate"].tolist(), trained=pts["trained"].tolist(), source=_BY_KEY[method].title))
         return out
 
     def summary(self) -> pd.DataFrame:
@@ -346,7 +346,7 @@ def compare_methods(checkpoints: Sequence[Any], images: Any, results_dir: Any, *
         tr = [p for p in pts if p["trained"]]
         curves[ckpt.label] = Curve(ckpt.label, [p["bpp"] for p in tr], [p["psnr_rgb"] for p in tr],
                                    kind="separate" if method.key == "separate" else "checkpoint",
-                                   rates=[p["rate"] for p in tr], budget=ckpt.budget)
+                                   rates=[p["rate"] for p in tr], source=method.title, budget=ckpt.budget)
 
     separate = next((c for c in checkpoints if method_of(c).key == "separate"), None)
     # the paper's method (prompts alone) is the LPM reference wherever it is measured; else prompts + gain

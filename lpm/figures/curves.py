@@ -186,7 +186,18 @@ def checkpoint_curve(ckpt: Checkpoint, images: Any, results_dir: PathLike, *, ki
     tr_set = [float(t) for t in (trained if trained is not None else getattr(ckpt.model, "rates", []) or [])]
     flags = [any(math.isclose(r, t, rel_tol=1e-9) for t in tr_set) or ckpt.separate for r in pick(rr)]
     return Curve(ckpt.label, pick(bpp), pick(psnr_), pick(ms), "separate" if ckpt.separate else kind,
-                 pick(rr), flags, budget=ckpt.budget)
+                 pick(rr), flags, source=_method_title(ckpt), budget=ckpt.budget)
+
+
+def _method_title(ckpt: Any) -> str:
+    """The variable-rate method of a checkpoint as the comparison names it ("LPM prompt modules", "… + latent
+    gain", …), for legends; "" for anything that is not one (a bare base)."""
+    from lpm.eval.compare import method_of
+
+    try:
+        return method_of(ckpt).title
+    except ValueError:
+        return ""
 
 
 def _smoke_qualities(qualities: Sequence[float]) -> list[float]:

@@ -216,7 +216,8 @@ def plot_rd(curves: Sequence[Curve], anchors: Sequence[Curve] = (), metric: str 
             rates = np.array(c.rates if c.rates is not None else np.arange(len(x)), dtype=float)
             order = np.argsort(rates[ok], kind="stable")
             tr = np.array(c.trained if c.trained is not None else [True] * len(x), dtype=bool)
-            draw(x[ok][order], y[ok][order], _MEASURED, f"{c.label} (ours), in λ order", color=_OURS_COLOR,
+            what = f"ours: {c.source}" if c.source else "ours"
+            draw(x[ok][order], y[ok][order], _MEASURED, f"{c.label} ({what}), in λ order", color=_OURS_COLOR,
                  lw=2.2, zorder=5)
             draw(x[ok & tr], y[ok & tr], _MEASURED, "  ours at trained rates", linestyle="none", marker="o",
                  color=_OURS_COLOR, ms=6.5, zorder=6)
@@ -229,7 +230,7 @@ def plot_rd(curves: Sequence[Curve], anchors: Sequence[Curve] = (), metric: str 
             col = _CHECKPOINT_COLORS[n_ck % len(_CHECKPOINT_COLORS)]
             n_ck += 1
             order = np.argsort(x[ok])
-            lab = f"{c.label} ({'separate models' if c.kind == 'separate' else 'checkpoint'})"
+            lab = f"{c.label} ({'separate models' if c.kind == 'separate' else c.source or 'checkpoint'})"
             draw(x[ok][order], y[ok][order], _MEASURED, lab, linestyle="-", marker="s", color=col, lw=1.6, ms=4.5,
                  zorder=4)
         else:
