@@ -24,8 +24,10 @@ against a short reach, e.g. ``--prompt enc_head_hidden=32`` (more capacity where
 ``--prompt head_init_scale=1`` (a less timid start); the JSON records them.
 
 ``--steps``, ``--batch``, ``--crop``, ``--lr`` and ``--fraction`` set the budget of every probe (the same for
-all); the printed lines and the JSON say it. On a GPU (``--device cuda``) the probes train there and the
-evaluation codes on the CPU (entropy coding is on the CPU anyway).
+all); the printed lines and the JSON say it. On a GPU (``--device cuda``) the probes train there; the
+evaluation runs its transforms on ``--eval-device`` (default the CPU; ``cuda`` saves minutes there) and its
+entropy coding on the CPU. ``--json`` is rewritten after the base and after every probe (``meta.complete``
+false until the end), so a run cut short — a GPU stretch's deadline — keeps every probe it finished.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -127,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control-lr", type=float, default=1e-4, help="learning rate of the separate control")
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--device", default=None, help="training device (default: cuda if available)")
+    ap.add_argument("--eval-device", default="cpu",
+                    help="device of the transforms while coding the evaluation images (default cpu; cuda saves "
+                         "minutes on a GPU; the entropy coding runs on the CPU either way)")
     ap.add_argument("--out-dir", default=None, help="run folders (default: results/runs/reach-probe)")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args(argv)
@@ -158,9 +164,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"base {init.path.name} (λ={base_rate:g}; {init.budget_label()}); probes at λ {rates}; {budget}; "
           f"{len(images)} evaluation images", flush=True)
 
-    base_res = evaluate_codec(init, images, [base_rate], progress=False)["results"]
+    from lpm.provenance import environment
+
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    meta = {**environment(dev), "init": str(init.path), "init_sha256": init.sha256,
+            "init_budget": init.budget_label(), "base_rate": base_rate, "budget": budget,
+            "images": args.images, "n_images": len(images), "eval_device": args.eval_device,
+            "probes_planned": [[r, v] for r in rates for v in args.variants]}
+
+    def write(rows: list[dict], complete: bool) -> None:
+        """The JSON so far (after the base and after every probe: a cut run keeps what it measured)."""
+        if not args.json:
+            return
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"meta": {**meta, "complete": complete}, "base": {"bpp": base_bpp, "psnr": base_psnr},
+                                   "rows": rows}, indent=2, allow_nan=False,
+                                  default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v))
+        os.replace(tmp, path)
+
+    base_res = evaluate_codec(init, images, [base_rate], progress=False, device=args.eval_device)["results"]
     base_bpp, base_psnr = base_res["bpp"][0], base_res["psnr-rgb"][0]
     print(f"  base at λ={base_rate:g}: {base_bpp:.4f} bpp, {base_psnr:.2f} dB", flush=True)
+    write([], False)
 
     rows = []
     for rate in rates:
@@ -180,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             (path, *_) = Runner(cfg, data_dir=args.data_dir, device=args.device, progress=False).run()
             minutes = (time.time() - t0) / 60
             ck = zoo.load(str(path))  # a separate model is a bare base: wrapped as a one-rate codec
-            res = evaluate_codec(ck, images, [rate], progress=False)["results"]
+            res = evaluate_codec(ck, images, [rate], progress=False, device=args.eval_device)["results"]
             bpp, psnr = res["bpp"][0], res["psnr-rgb"][0]
             row = {
                 "rate": rate, "variant": variant, "bpp": bpp, "psnr": psnr,
@@ -194,24 +221,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  λ={rate:g} {variant:8s}: {bpp:.4f} bpp ({100 * row['bpp_change_vs_base_rate']:+.1f} % vs base "
                   f"rate), {psnr:.2f} dB ({row['psnr_change_db']:+.2f}); RD cost at this λ {row['rd_cost']:.4f} vs "
                   f"{row['rd_cost_base_alone']:.4f} for the base alone; {minutes:.1f} min", flush=True)
+            write(against_control(rows), False)
     rows = against_control(rows)
     if any(r["variant"] == "separate" for r in rows):
         for r in rows:
             if r["variant"] != "separate" and r["reach_share"] is not None:
                 print(f"  λ={r['rate']:g} {r['variant']:8s}: {100 * r['reach_share']:.0f} % of the control's bpp change, "
                       f"{100 * (r['rd_gain_share'] or 0):.0f} % of its RD-cost gain", flush=True)
-    if args.json:
-        from lpm.provenance import environment
-
-        dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "meta": {**environment(dev), "init": str(init.path), "init_sha256": init.sha256,
-                     "init_budget": init.budget_label(), "base_rate": base_rate, "budget": budget,
-                     "images": args.images, "n_images": len(images)},
-            "base": {"bpp": base_bpp, "psnr": base_psnr},
-            "rows": rows,
-        }, indent=2, allow_nan=False, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v))
+    write(rows, True)
     return 0
 
 

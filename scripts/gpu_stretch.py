@@ -10,7 +10,12 @@ each come back. This script spends such a command well and brings back everythin
    CPU and the reverse), in a background process on the CPU cores while the GPU trains;
 3. ``--train CONFIG``: ``lpm train CONFIG --max-minutes M`` (``--continue-from PARTIAL`` to go on from a
    committed partial checkpoint), M chosen so that everything ends inside ``--minutes``;
-4. the harvest, into ``--out`` (the machine's ``$OUT``): the run's weights in half precision (the partial
+4. ``--reach-images DIR``: ``bench/reach_probe.py`` (campaign step 3) on the weights the train step just
+   produced (or ``--reach-init``), ``--reach-minutes`` of the stretch kept for it (the train step gets the
+   rest): one prompt module one notch each side, prompts alone / with the gain / the all-weights control,
+   ``--reach-steps`` each, evaluated on the first ``--reach-limit`` images of DIR with the transforms on the
+   GPU; its JSON (written after every probe, so a cut run keeps what it finished) goes into stretch.json;
+5. the harvest, into ``--out`` (the machine's ``$OUT``): the run's weights in half precision (the partial
    checkpoint after a stop, else each finished model re-saved with ``half=True``, and its float32 original
    where room is left), split into parts of at most ``--part-mib`` when larger, and one ``stretch.json`` with the environment, each step's exit status,
    duration and output tail, the throughput rows, the cross-device counts, the run's ledger, config and
@@ -123,6 +128,34 @@ def _harvest_weights(run_dir: Path, work: Path) -> tuple[list[Path], list[Path]]
     return halves, originals
 
 
+def _reach(args: argparse.Namespace, run_dir: Path, work: Path, py: str, seconds: float,
+           cuda: bool) -> tuple[dict, Any]:
+    """The reach probe on ``--reach-init`` or on what the train step left in ``run_dir`` (its partial
+    checkpoint after a stop, else its finished model): (step record, the probe's JSON or None). Without
+    CUDA the evaluation runs on the CPU whatever ``--reach-eval-device`` says."""
+    init = args.reach_init
+    if not init:
+        found = [p for p in (run_dir / "partial.safetensors", run_dir / "model.safetensors") if p.exists()]
+        if not found:
+            return {"skipped": "no base to probe: no --reach-init and the train step left no weights"}, None
+        init = str(found[0])
+    js = work / "reach_probe.json"
+    cmd = [py, "bench/reach_probe.py", "--init", init, "--images", args.reach_images, "--limit", str(args.reach_limit),
+           "--steps", str(args.reach_steps), "--batch", str(args.reach_batch), "--crop", str(args.reach_crop),
+           "--variants", *args.reach_variants, "--model", args.reach_model,
+           "--eval-device", args.reach_eval_device if cuda else "cpu",
+           "--out-dir", str(work / "reach-runs"), "--json", str(js)]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    if args.reach_rates:
+        cmd += ["--rates", *map(str, args.reach_rates)]
+    for item in args.reach_prompt:
+        cmd += ["--prompt", item]
+    r = _run(cmd, work / "reach.log", seconds)
+    r["init"] = init
+    return r, json.loads(js.read_text()) if js.exists() else None
+
+
 def stretch(args: argparse.Namespace) -> int:
     t_start = time.time()
     deadline = t_start + args.minutes * 60
@@ -172,9 +205,10 @@ def stretch(args: argparse.Namespace) -> int:
             report["steps"][f"throughput-{batch}"] = r
         report["throughput"] = rows
 
+    reach_minutes = args.reach_minutes if args.reach_images else 0.0
+    run_dir = work / "run"
     if args.train:
-        run_dir = work / "run"
-        train_minutes = left() / 60 - HARVEST_MIN - STARTUP_MIN
+        train_minutes = left() / 60 - HARVEST_MIN - STARTUP_MIN - reach_minutes
         cmd = [py, "-m", "lpm.cli", "train", args.train, "--out-dir", str(run_dir), "--no-progress",
                "--max-minutes", f"{max(0.1, train_minutes):.2f}"]
         if args.data_dir:
@@ -182,7 +216,7 @@ def stretch(args: argparse.Namespace) -> int:
         if args.continue_from:
             cmd += ["--continue-from", args.continue_from]
         # SIGKILL only if the run overran its own clean stop by far (it saves at the next step after max_minutes)
-        r = _run(cmd, work / "train.log", left() - HARVEST_MIN * 60 / 2)
+        r = _run(cmd, work / "train.log", left() - HARVEST_MIN * 60 / 2 - reach_minutes * 60)
         r["max_minutes"] = round(train_minutes, 2)
         report["steps"]["train"] = r
         ledger = run_dir / "ledger.jsonl"
@@ -205,6 +239,10 @@ def stretch(args: argparse.Namespace) -> int:
             report["fp32_originals"] = [w.name for w in originals if w.name in report["weights"]]
         except Exception as e:  # noqa: BLE001
             report["weights_error"] = f"{type(e).__name__}: {e}"
+
+    if args.reach_images:
+        report["steps"]["reach"], report["reach"] = _reach(args, run_dir, work, py, left() - HARVEST_MIN * 30,
+                                                           dev == "cuda")
 
     if background is not None:
         proc, js, log, t0 = background
@@ -231,6 +269,8 @@ def stretch(args: argparse.Namespace) -> int:
                   f"{row['img_per_s']:8.1f} img/s")
     for line in (report["steps"].get("train", {}).get("tail") or "").splitlines()[-4:]:
         print("  train:", line[-300:])
+    for line in (report["steps"].get("reach", {}).get("tail") or "").splitlines()[-8:]:
+        print("  reach:", line[-300:])
     return 1 if failed else 0
 
 
@@ -285,6 +325,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--cross-device", metavar="DIR", help="images for bench/cross_device.py (needs CUDA)")
     ap.add_argument("--cross-model", default="tiny-smoke")
     ap.add_argument("--cpu-threads", type=int, default=8, help="CPU threads of the cross-device process")
+    ap.add_argument("--reach-images", metavar="DIR", help="run the reach probe (campaign step 3), evaluated on DIR")
+    ap.add_argument("--reach-init", help="base to probe (default: the weights the train step produced)")
+    ap.add_argument("--reach-minutes", type=float, default=4.0, help="minutes kept for the reach probe (default 4)")
+    ap.add_argument("--reach-steps", type=int, default=300, help="training steps per probe")
+    ap.add_argument("--reach-batch", type=int, default=16)
+    ap.add_argument("--reach-crop", type=int, default=256)
+    ap.add_argument("--reach-limit", type=int, default=8, help="evaluation images (the first N of DIR)")
+    ap.add_argument("--reach-rates", type=float, nargs="+", help="probed λ (default: one notch each side)")
+    ap.add_argument("--reach-variants", nargs="+", default=["prompts", "separate", "gain"],
+                    choices=["prompts", "gain", "separate"], help="in this order, per rate")
+    ap.add_argument("--reach-prompt", action="append", default=[], metavar="KEY=VALUE",
+                    help="prompt-module setting for the probes (e.g. additive=true), repeatable")
+    ap.add_argument("--reach-model", default="tic", help="zoo config of the prompt-module sizes")
+    ap.add_argument("--reach-eval-device", default="cuda", help="transforms' device while evaluating (default cuda)")
     ap.add_argument("--part-mib", type=float, default=15.0, help="largest file brought back (MiB)")
     ap.add_argument("--total-mib", type=float, default=56.0, help="most weight bytes brought back (MiB)")
     return stretch(ap.parse_args(argv))

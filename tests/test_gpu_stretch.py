@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,32 @@ def test_a_cut_run_brings_back_its_partial_checkpoint_in_parts_and_continues(set
     r = subprocess.run([sys.executable, str(SCRIPT), "join", str(bad), "--into", str(tmp_path / "j2")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "sha256" in r.stderr and not (tmp_path / "j2" / "partial.safetensors").exists()
+
+
+def test_the_reach_probe_runs_on_the_weights_the_train_step_just_left(setup, tmp_path):
+    """``--reach-images``: the train step (cut at its share of the minutes) leaves a partial base; the reach
+    probe trains its probes from it and its JSON comes back inside stretch.json, the weights as before."""
+    root = tmp_path / "root"  # the probes read all three splits, as the real bsds500 has
+    (root / "data").mkdir(parents=True)
+    write_fake_bsds500(root / "data", {"train": 6, "val": 2, "test": 2}, seed=3)
+    shutil.copytree(setup / "block", root / "block")
+    out = tmp_path / "OUT"
+    r = _stretch(root, out, "--minutes", "3", "--train", str(_config(setup, 100000)), "--reach-minutes", "1.5",
+                 "--reach-images", str(root / "data" / "bsds500" / "val"), "--reach-model", "tiny",
+                 "--reach-steps", "2", "--reach-batch", "2", "--reach-crop", "32", "--reach-limit", "1",
+                 "--reach-rates", "0.025", "--reach-variants", "prompts", "separate", "--reach-prompt", "additive=true")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "stretch.json").read_text())
+    assert report["steps"]["train"]["rc"] == 0 and report["steps"]["reach"]["rc"] == 0
+    assert report["steps"]["train"]["max_minutes"] <= 3 - 1.5  # the probe's minutes were kept back
+    assert report["steps"]["reach"]["init"].endswith("partial.safetensors")
+    reach = report["reach"]
+    assert reach["meta"]["complete"] is True and reach["meta"]["eval_device"] == "cpu"  # no CUDA here
+    # the probed base is the partial checkpoint that came back (one file: the tiny model is under --part-mib)
+    assert reach["meta"]["init_sha256"] == file_sha256(out / "partial.safetensors")
+    assert [(row["rate"], row["variant"]) for row in reach["rows"]] == [(0.025, "prompts"), (0.025, "separate")]
+    assert reach["rows"][0]["prompt_settings"] == {"additive": True} and reach["rows"][0]["bpp"] > 0
+    assert "reach:" in r.stdout
 
 
 def test_commit_from_the_environment_where_there_is_no_git(monkeypatch):

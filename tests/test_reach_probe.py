@@ -56,6 +56,46 @@ def test_probe_trains_both_variants_and_measures_real_bytes(tmp_path):
         assert r["bpp"] > 0 and "2 steps" in data["meta"]["budget"]
 
 
+def test_json_is_complete_at_the_end_and_keeps_finished_probes_when_cut(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "prompts")
+    data = json.loads(out.read_text())
+    assert data["meta"]["complete"] is True and data["meta"]["probes_planned"] == [[0.025, "prompts"]]
+    assert data["meta"]["eval_device"] == "cpu" and len(data["rows"]) == 1
+    # cut after the first probe (a stretch's deadline): the JSON holds that probe, marked incomplete
+    cut = tmp_path / "cut.json"
+    cmd = [sys.executable, str(PROJECT_ROOT / "bench" / "reach_probe.py"), "--init", str(base),
+           "--model", "tiny", "--data-dir", str(tmp_path), "--images", str(tmp_path / "bsds500" / "val"),
+           "--rates", "0.0067", "0.025", "--variants", "prompts", "--steps", "2", "--batch", "2", "--crop", "32",
+           "--fraction", "0.5", "--device", "cpu", "--out-dir", str(tmp_path / "runs-cut"), "--json", str(cut)]
+    # the second probe is slowed down by a sitecustomize that sleeps in the Runner's second construction
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import time\nimport lpm.train.runner as r\n_init = r.Runner.__init__\n_n = [0]\n"
+        "def _slow(self, *a, **k):\n    _n[0] += 1\n    if _n[0] == 2:\n        time.sleep(60)\n"
+        "    _init(self, *a, **k)\nr.Runner.__init__ = _slow\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(slow), str(PROJECT_ROOT)]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        until = time.time() + 300
+        while time.time() < until and proc.poll() is None:
+            if cut.exists() and json.loads(cut.read_text())["rows"]:
+                break
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        err = proc.communicate()[1].decode(errors="replace")
+    data = json.loads(cut.read_text())
+    assert data["meta"]["complete"] is False, err[-2000:]
+    assert [(r["rate"], r["variant"]) for r in data["rows"]] == [(0.0067, "prompts")]
+    assert not list(tmp_path.glob("cut.json.tmp"))
+
+
 def test_separate_control_fine_tunes_all_parameters_of_a_base_copy(tmp_path):
     base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "separate", "--control-lr", "3e-4")
     (row,) = json.loads(out.read_text())["rows"]
