@@ -446,6 +446,8 @@ class RateSlider:
             f"{self.preview_size} px on its long side, coded as its own file.</small>"
         )
         footer.add_class("lpm-budget")
+        header = w.HTML(f"<b>{html.escape(self.name)}</b> {html.escape(self._method())}" if self.name else "")
+        header.add_class("lpm-title")
         pair = w.HBox([zoom, zoom_ref], layout=w.Layout(max_width="100%"))
         pair.add_class("lpm-zoom-pair")
         zoom_box = w.VBox([
@@ -468,6 +470,7 @@ class RateSlider:
         find.on_click(lambda _b: self._safely(self._on_find))
         self._box = w.VBox([
             style,
+            header,
             row([slider, full]),
             row([target, find, w.HTML("<small>&nbsp;trained λ:</small>"), *jumps]),
             shown,
@@ -476,6 +479,16 @@ class RateSlider:
             footer,
         ], layout=w.Layout(max_width="100%"))
         self._box.add_class("lpm-rate-slider-box")
+
+    def _method(self) -> str:
+        """What kind of variable-rate codec this is, in a few words (for the title above the slider)."""
+        cfg = getattr(self.model, "prompt_config", None)
+        if cfg is not None:
+            if not (cfg.additive or cfg.latent_gain):
+                return "— prompt modules alone (the paper's method)"
+            return (f"— {'additive ' if cfg.additive else ''}prompt modules{' + latent gain' if cfg.latent_gain else ''}"
+                    " (beyond the paper)")
+        return f"— {type(self.model).__name__}"
 
     def _safely(self, fn, *args) -> None:
         """Run a UI callback; errors go to the status line instead of the (hidden) widget log."""

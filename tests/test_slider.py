@@ -186,6 +186,12 @@ def test_widget_builds_headless_and_follows_the_slider(smoke, image):
     # the budget string is under the widget
     footer = box.children[-1]
     assert isinstance(footer, w.HTML) and "NOT the paper" in footer.value and "tiny-smoke" in footer.value
+    # and its name and kind above it (two sliders side by side must be told apart at a glance)
+    header = box.children[1]
+    assert "lpm-title" in header._dom_classes and "<b>tiny-smoke</b>" in header.value
+    assert "+ latent gain (beyond the paper)" in header.value  # tiny-smoke carries the gain
+    plain = RateSlider(zoo.load("tiny-smoke-prompts-only").model, model_id, *image, name="p")
+    assert plain._method() == "— prompt modules alone (the paper's method)"
     # moving the slider re-codes and shows the new rate
     sl.value = model.rates[0]
     low = s.code_at(model.rates[0], full=True)
