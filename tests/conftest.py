@@ -60,17 +60,18 @@ def make_tiny_base(seed: int = 0) -> TICCodec:
     return base
 
 
-def make_tiny_codec(seed: int = 0, strong_prompts: bool = True, ready: bool = True) -> PromptedCodec:
+def make_tiny_codec(seed: int = 0, strong_prompts: bool = True, ready: bool = True,
+                    additive: bool = False) -> PromptedCodec:
     """A tiny :class:`PromptedCodec`. ``strong_prompts`` re-draws the prompt heads' last layers (which start
     at 0.1x scale with zero bias) at full scale, so prompts change the output visibly, as trained ones do.
-    ``ready`` puts it in eval mode with entropy-coder tables built."""
+    ``ready`` puts it in eval mode with entropy-coder tables built. ``additive``: additive prompt modules."""
     base = make_tiny_base(seed)
     torch.manual_seed(seed + 1)
     model = PromptedCodec(
         base,
         rates=list(TINY_RATES),
         base_rate=TINY_BASE_RATE,
-        prompt_config=PromptConfig(enc_channels=8, dec_channels=8),
+        prompt_config=PromptConfig(enc_channels=8, dec_channels=8, additive=additive),
     )
     if strong_prompts:
         g = torch.Generator().manual_seed(seed + 2)
