@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
-import os
 import time
 from pathlib import Path
 
@@ -164,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"base {init.path.name} (λ={base_rate:g}; {init.budget_label()}); probes at λ {rates}; {budget}; "
           f"{len(images)} evaluation images", flush=True)
 
+    from lpm.jsonio import write_json
     from lpm.provenance import environment
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -174,15 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(rows: list[dict], complete: bool) -> None:
         """The JSON so far (after the base and after every probe: a cut run keeps what it measured)."""
-        if not args.json:
-            return
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"meta": {**meta, "complete": complete}, "base": {"bpp": base_bpp, "psnr": base_psnr},
-                                   "rows": rows}, indent=2, allow_nan=False,
-                                  default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v))
-        os.replace(tmp, path)
+        if args.json:
+            write_json(args.json, {"meta": {**meta, "complete": complete},
+                                   "base": {"bpp": base_bpp, "psnr": base_psnr}, "rows": rows})
 
     base_res = evaluate_codec(init, images, [base_rate], progress=False, device=args.eval_device)["results"]
     base_bpp, base_psnr = base_res["bpp"][0], base_res["psnr-rgb"][0]

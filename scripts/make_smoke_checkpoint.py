@@ -67,10 +67,11 @@ def _ledger(runner: Runner) -> list[dict]:
 
 def budget(base_records: list[dict], prompts: Runner, threads: int) -> str:
     """The smoke budget line, from the base's ledger records and the second run (prompts, or low-rank adapters)."""
-    b, p = totals(base_records), totals(_ledger(prompts))
+    prompt_records = _ledger(prompts)
+    b, p = totals(base_records), totals(prompt_records)
     first = base_records[0]
     pd, pc = prompts.cfg.data, prompts.cfg
-    n_rates = len(_ledger(prompts))
+    n_rates = len(prompt_records)
     if pc.kind == "lora":
         from lpm.models import LoRAConfig
 
@@ -147,15 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     ck = load_codec(written[-1])
     line = budget(base_records, prompts, args.threads)
     flag = " --lora" if args.lora else " --prompts-only" if args.prompts_only else ""
+    ledger = base_records + _ledger(prompts)
     meta = {
         **ck.meta,
         "budget": line,
-        "ledger": base_records + _ledger(prompts),
+        "ledger": ledger,
         "made_by": f"scripts/make_smoke_checkpoint.py{flag} (lpm train: {base_name}, {second.name})",
         "runs": {"base": base_run, "prompts": prompts.cfg.to_dict()},
         "config": "tiny",
         "latent_gain": bool(prompts.cfg.prompt.get("latent_gain")),
-        "cpu_minutes": round(sum(r["cpu_minutes"] for r in base_records + _ledger(prompts)), 2),
+        "cpu_minutes": round(sum(r["cpu_minutes"] for r in ledger), 2),
         "base_steps": int(totals(base_records)["steps"]),
         "prompt_steps_per_rate": prompts.cfg.steps,
         "batch": prompts.cfg.data.batch,
