@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             (path, *_) = Runner(cfg, data_dir=args.data_dir, device=args.device, progress=False).run()
             minutes = (time.time() - t0) / 60
             ck = zoo.load(str(path))  # a separate model is a bare base: wrapped as a one-rate codec
+            trained = json.loads((Path(cfg.out_dir) / "ledger.jsonl").read_text().splitlines()[-1])
             res = evaluate_codec(ck, images, [rate], progress=False, device=args.eval_device)["results"]
             bpp, psnr = res["bpp"][0], res["psnr-rgb"][0]
             row = {
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bpp_change_vs_base_rate": bpp / base_bpp - 1, "psnr_change_db": psnr - base_psnr,
                 "rd_cost": rd_cost(rate, psnr, bpp), "rd_cost_base_alone": rd_cost(rate, base_psnr, base_bpp),
                 "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget, "lr": cfg.lr,
+                "images_seen": trained["images_seen"], "images_in_set": trained["images_in_set"],
                 "prompt_settings": {} if variant == "separate" else prompt_set,
                 "training_log": training_log(Path(cfg.out_dir) / "log.csv"),
             }

@@ -302,8 +302,38 @@ def join(args: argparse.Namespace) -> int:
     return 0
 
 
+def make_subset(args: argparse.Namespace) -> int:
+    """Copy only the seeded subset a run trains on (prompt modules, LoRA, reach probes: 10 %) for travel."""
+    sys.path.insert(0, str(ROOT))
+    from lpm.train.sampler import write_declared_subset
+
+    source = Path(args.data_dir) / args.set
+    dest = Path(args.into) / args.set
+    try:
+        declared = write_declared_subset(source, dest, set_name=args.set, splits=args.splits,
+                                         fraction=args.fraction, seed=args.seed)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        print(f"gpu_stretch.py subset: {e}", file=sys.stderr)
+        return 2
+    size = sum(p.stat().st_size for p in declared.paths)
+    print(f"wrote {len(declared.files)} of {declared.images_in_set} images of {args.set} ({size / 2**20:.1f} MiB) to "
+          f"{dest}: serves runs with splits {args.splits}, data fraction {args.fraction:g}, seed {args.seed} only")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["subset"]:
+        ap = argparse.ArgumentParser(prog="gpu_stretch.py subset", description=make_subset.__doc__ + (
+            " The copy holds a marker (LPM_SUBSET.json) with every file's sha256; a run whose splits, data "
+            "fraction or seed differ is refused by the trainer, never given a smaller set."))
+        ap.add_argument("--data-dir", required=True, help="folder holding the whole set (e.g. ../shared/data)")
+        ap.add_argument("--into", required=True, help="folder to create SET/ in (e.g. .gpu_data); SET/ must not exist")
+        ap.add_argument("--set", default="bsds500")
+        ap.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+        ap.add_argument("--fraction", type=float, default=0.1, help="data fraction of the runs it serves (0.1)")
+        ap.add_argument("--seed", type=int, default=0, help="seed of those runs (configs' seed; 0)")
+        return make_subset(ap.parse_args(argv[1:]))
     if argv[:1] == ["join"]:
         ap = argparse.ArgumentParser(prog="gpu_stretch.py join", description=join.__doc__)
         ap.add_argument("files", help="the folder the harvest came back to (the device tool's files_at)")

@@ -149,6 +149,38 @@ def test_the_reach_probe_runs_on_the_weights_the_train_step_just_left(setup, tmp
     assert "reach:" in r.stdout
 
 
+def test_the_step3_stretch_runs_from_a_committed_base_on_a_subset_only_copy(setup, tmp_path):
+    """The campaign's step-3 command as CAMPAIGN.md gives it: no train step, ``--reach-init`` a committed base,
+    and ``--data-dir`` a copy holding only the probes' seeded 10 % subset (``gpu_stretch.py subset``), so that
+    the base, the subset and Kodak fit the 64 MiB that may travel."""
+    from conftest import tiny_base_checkpoint
+
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    base = tiny_base_checkpoint(whole)  # fake bsds500 (train 6, val 2, test 2) under whole/, a tiny base
+    gpu = tmp_path / "gpu"
+    r = subprocess.run([sys.executable, str(SCRIPT), "subset", "--data-dir", str(whole), "--into", str(gpu)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "wrote 1 of 10 images" in r.stdout, r.stdout + r.stderr
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "data").symlink_to(gpu)
+    shutil.copytree(setup / "block", root / "block")
+    out = tmp_path / "OUT"
+    r = _stretch(root, out, "--minutes", "2", "--reach-init", str(base), "--reach-minutes", "2",
+                 "--reach-images", str(whole / "bsds500" / "val"), "--reach-model", "tiny", "--reach-steps", "2",
+                 "--reach-batch", "2", "--reach-crop", "32", "--reach-limit", "1", "--reach-rates", "0.025",
+                 "--reach-variants", "prompts", "separate")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "stretch.json").read_text())
+    assert "train" not in report["steps"] and report["steps"]["reach"]["rc"] == 0, report["steps"]
+    rows = report["reach"]["rows"]
+    assert [(row["rate"], row["variant"]) for row in rows] == [(0.025, "prompts"), (0.025, "separate")]
+    # both the prompt module and the all-weights control trained on the one subset image, and say so
+    assert [(row["images_seen"], row["images_in_set"]) for row in rows] == [(1, 10), (1, 10)]
+    assert report["reach"]["meta"]["init_sha256"] == file_sha256(base)
+
+
 def test_commit_from_the_environment_where_there_is_no_git(monkeypatch):
     from lpm import provenance
 

@@ -62,7 +62,7 @@ from lpm.train.ledger import LEDGER_FIELDS, append_record, budget_string, stage_
 from lpm.train.partial import (PARTIAL_FILE, Restart, load_partial_weights, partial_record, read_partial,
                                restart_seed, warmup_factor)
 from lpm.train.progress import StageLog
-from lpm.train.sampler import CropSampler, subset
+from lpm.train.sampler import CropSampler, read_declared_subset, subset
 from lpm.train.stages import STAGE_KINDS, Stage, StageContext, initial_base, ladder
 from lpm.train.state import (
     STATE_FORMAT,
@@ -107,7 +107,14 @@ class Runner:
         self.data_dir = data_dir
         root = locate_dataset(cfg.data.set, cfg.data.dir or data_dir)
         self.data_root = root
-        self.all_images = sorted(p for s in cfg.data.splits for p in find_images(root / s))
+        # a copy holding only this run's seeded subset (scripts/gpu_stretch.py subset) serves this run alone
+        self.declared = read_declared_subset(root)
+        if self.declared is None:
+            self.all_images = sorted(p for s in cfg.data.splits for p in find_images(root / s))
+            self.images_in_set = len(self.all_images)
+        else:
+            self.all_images = self.declared.select(cfg.data.splits, cfg.data_fraction, cfg.seed)
+            self.images_in_set = self.declared.images_in_set
         try:
             self.manifest_sha = manifest_checksum(manifest_path(cfg.data.set))
         except (KeyError, ValueError, FileNotFoundError):
@@ -130,7 +137,10 @@ class Runner:
         """The run's stages, from the stage table (the base is loaded or built first: it draws from the RNG)."""
         cfg = self.cfg
         base, self.init_sha = initial_base(cfg, self.device)
-        paths = subset(self.all_images, cfg.data_fraction, cfg.seed)
+        if self.declared is not None:  # already exactly this run's subset (checked in __init__)
+            paths = list(self.all_images)
+        else:
+            paths = subset(self.all_images, cfg.data_fraction, cfg.seed)
         ctx = StageContext(cfg, base, ladder(cfg), paths, self.device, self.rank)
         return STAGE_KINDS[cfg.kind].build(ctx)
 
@@ -184,7 +194,7 @@ class Runner:
         cfg, d = self.cfg, self.cfg.data
         self.ledger.append(stage_record(
             run=cfg.name, kind=cfg.kind, model=stage.name, rate=stage.rate, steps=cfg.steps, batch=d.batch,
-            crop=d.crop, images_in_set=len(self.all_images), images_seen=len(stage.paths),
+            crop=d.crop, images_in_set=self.images_in_set, images_seen=len(stage.paths),
             minutes=(self.elapsed - self.stage_start) / 60 * self.world, device=self.device, world_size=self.world,
             restarts=(restart.restarts if (restart := self._restart_of(i)) else []),
             gpu_minutes=(self.gpu_elapsed - self.stage_gpu_start) / 60 * self.world,
