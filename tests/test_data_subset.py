@@ -186,3 +186,17 @@ def test_cli_makes_the_copy_and_refuses_to_overwrite(full, tmp_path):
     assert read_declared_subset(tmp_path / "gpu" / "bsds500").files
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_incomplete_copy_without_a_marker_is_named_and_a_declared_one_is_not(full, tmp_path, capsys):
+    """Without LPM_SUBSET.json a smaller directory is just a smaller set (the subset would be drawn from it,
+    not from the published one): the trainer says so; a declared subset is what it says and gets no warning."""
+    data = {"dir": str(full), "splits": SPLITS, "crop": 32, "batch": 2, "on_device": False}
+    Runner(_cfg(tmp_path, full, "w", data=data), progress=False)
+    err = capsys.readouterr().err
+    assert "lacks 300 of the 300 images its manifest lists under ['train', 'val']" in err  # fake names, real manifest
+    _copy(full, tmp_path / "gpu")
+    data = {**data, "dir": str(tmp_path / "gpu"), "fraction": 0.25}
+    Runner(_cfg(tmp_path, tmp_path / "gpu", "d", kind="prompts", init="unused.safetensors", rates=[0.013, 0.0483],
+                data=data), progress=False)
+    assert "lacks" not in capsys.readouterr().err

@@ -56,7 +56,7 @@ from torch import nn
 
 from lpm.paths import PROJECT_ROOT
 from lpm.checkpoints import save_codec
-from lpm.data import find_images, locate_dataset, manifest_checksum, manifest_path
+from lpm.data import find_images, locate_dataset, manifest_checksum, manifest_path, read_manifest
 from lpm.train.config import DataConfig, RunConfig, load_config
 from lpm.train.ledger import LEDGER_FIELDS, append_record, budget_string, stage_record
 from lpm.train.partial import (PARTIAL_FILE, Restart, load_partial_weights, partial_record, read_partial,
@@ -112,6 +112,7 @@ class Runner:
         if self.declared is None:
             self.all_images = sorted(p for s in cfg.data.splits for p in find_images(root / s))
             self.images_in_set = len(self.all_images)
+            self._warn_if_incomplete(root)
         else:
             self.all_images = self.declared.select(cfg.data.splits, cfg.data_fraction, cfg.seed)
             self.images_in_set = self.declared.images_in_set
@@ -127,6 +128,21 @@ class Runner:
         # the share of those clocks spent on a GPU (a stage continued on another kind of device has both)
         self.gpu_elapsed = self.stage_gpu_start = 0.0
         self.restart: Optional[Restart] = None  # where a --continue-from run picks up (lpm.train.partial)
+
+    def _warn_if_incomplete(self, root: Path) -> None:
+        """Say so when a known set's copy lacks images its manifest lists under the run's splits (a subset is
+        drawn from what is there, so it would differ from the published one; the ledger records the count)."""
+        try:
+            listed = read_manifest(manifest_path(self.cfg.data.set))
+        except (KeyError, ValueError, OSError):
+            return
+        want = {rel for rel in listed if rel.split("/", 1)[0] in self.cfg.data.splits}
+        have = {p.relative_to(root).as_posix() for p in self.all_images}
+        missing = len(want - have)
+        if want and missing and self.rank == 0:
+            print(f"lpm: warning: {root} lacks {missing} of the {len(want)} images its manifest lists under "
+                  f"{list(self.cfg.data.splits)}: training on the {len(self.all_images)} there (a data subset is "
+                  f"then drawn from those, not the published set's)", file=sys.stderr, flush=True)
 
     @property
     def state_path(self) -> Path:
