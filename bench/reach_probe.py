@@ -19,6 +19,12 @@ weights (measured: lr 2e-3 gave the smoke base a *worse* RD cost than it started
     python bench/reach_probe.py --init BASE.safetensors --data-dir DIR --images DIR/kodak --steps 300
     python bench/reach_probe.py --init … --rates 0.0067 0.025 --variants prompts --json out.json
 
+``--variants … lora`` adds a second kind of frozen-base adapter with the same budget: low-rank rate adapters
+(a ``kind: lora`` run, rank ``--lora-rank``, on qkv/proj/fc1/fc2 of every Swin block of all four
+transforms, :class:`lpm.models.LoRACodec`). At smoke scale such adapters moved the rate where prompt modules
+of three times their size did not, so a probe that has both tells a wall of the prompt mechanism from a wall
+of freezing the base.
+
 ``--prompt KEY=VALUE`` (repeatable) changes the prompt modules' sizes for the prompts/gain probes — the levers
 against a short reach, e.g. ``--prompt enc_head_hidden=32`` (more capacity where the rate is decided) or
 ``--prompt head_init_scale=1`` (a less timid start); the JSON records them.
@@ -93,7 +99,8 @@ def markdown_table(data: dict) -> str:
     lines = [f"| probe | bpp | vs base rate ({base['bpp']:.4f} bpp, {base['psnr']:.2f} dB) | PSNR change | "
              "RD cost at its λ (base alone) | share of the control's bpp change | share of its RD gain |",
              "|---|---|---|---|---|---|---|"]
-    names = {"prompts": "prompts alone", "gain": "prompts + latent gain", "separate": "separate model (control)"}
+    names = {"prompts": "prompts alone", "gain": "prompts + latent gain", "separate": "separate model (control)",
+             "lora": "low-rank adapters"}
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
     for r in against_control(data["rows"]):
         lines.append(f"| λ={r['rate']:g}, {names[r['variant']]} | {r['bpp']:.4f} | "
@@ -117,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", help="evaluation images (e.g. DIR/kodak)")
     ap.add_argument("--limit", type=int, default=0, help="first N evaluation images only")
     ap.add_argument("--rates", type=float, nargs="+", help="probed λ (default: one notch each side)")
-    ap.add_argument("--variants", nargs="+", default=["prompts", "gain"], choices=["prompts", "gain", "separate"])
+    ap.add_argument("--variants", nargs="+", default=["prompts", "gain"],
+                    choices=["prompts", "gain", "separate", "lora"])
+    ap.add_argument("--lora-rank", type=int, default=7,
+                    help="rank of the lora probes' adapters (default 7: at the tic config one rate's adapters hold "
+                         "301,056 parameters, a prompt module 301,792; at tiny, rank 3 matches: 6,912 vs 6,960)")
     ap.add_argument("--model", default="tic", help="zoo config whose prompt-module sizes are used")
     ap.add_argument("--prompt", action="append", default=[], metavar="KEY=VALUE",
                     help="prompt-module setting for the prompts/gain probes (PromptConfig field), repeatable")
@@ -186,9 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     for rate in rates:
         for variant in args.variants:
             name = f"probe-{variant}-{rate:g}"
-            prompt = {} if variant == "separate" else {"prompt": {**prompt_set, "latent_gain": variant == "gain"}}
+            if variant in ("prompts", "gain"):
+                prompt = {"prompt": {**prompt_set, "latent_gain": variant == "gain"}}
+            else:
+                prompt = {"lora": {"rank": args.lora_rank}} if variant == "lora" else {}
             cfg = RunConfig(
-                name=name, kind="separate" if variant == "separate" else "prompts", model=args.model,
+                name=name, kind={"separate": "separate", "lora": "lora"}.get(variant, "prompts"), model=args.model,
                 init=str(init.path), rates=sorted([rate, base_rate]), base_rate=base_rate, **prompt,
                 steps=args.steps, lr=args.control_lr if variant == "separate" else args.lr,
                 lr_drops=[], checkpoint_every=max(args.steps, 1), log_every=max(1, args.steps // 10),
@@ -209,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 "rd_cost": rd_cost(rate, psnr, bpp), "rd_cost_base_alone": rd_cost(rate, base_psnr, base_bpp),
                 "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget, "lr": cfg.lr,
                 "images_seen": trained["images_seen"], "images_in_set": trained["images_in_set"],
-                "prompt_settings": {} if variant == "separate" else prompt_set,
+                "prompt_settings": prompt_set if variant in ("prompts", "gain") else {},
+                **({"lora_rank": args.lora_rank} if variant == "lora" else {}),
                 "training_log": training_log(Path(cfg.out_dir) / "log.csv"),
             }
             rows.append(row)

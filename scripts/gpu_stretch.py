@@ -142,7 +142,7 @@ def _reach(args: argparse.Namespace, run_dir: Path, work: Path, py: str, seconds
     js = work / "reach_probe.json"
     cmd = [py, "bench/reach_probe.py", "--init", init, "--images", args.reach_images, "--limit", str(args.reach_limit),
            "--steps", str(args.reach_steps), "--batch", str(args.reach_batch), "--crop", str(args.reach_crop),
-           "--variants", *args.reach_variants, "--model", args.reach_model,
+           "--variants", *args.reach_variants, "--model", args.reach_model, "--lora-rank", str(args.reach_lora_rank),
            "--eval-device", args.reach_eval_device if cuda else "cpu",
            "--out-dir", str(work / "reach-runs"), "--json", str(js)]
     if args.data_dir:
@@ -364,7 +364,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--reach-limit", type=int, default=8, help="evaluation images (the first N of DIR)")
     ap.add_argument("--reach-rates", type=float, nargs="+", help="probed λ (default: one notch each side)")
     ap.add_argument("--reach-variants", nargs="+", default=["prompts", "separate", "gain"],
-                    choices=["prompts", "gain", "separate"], help="in this order, per rate")
+                    choices=["prompts", "gain", "separate", "lora"], help="in this order, per rate")
+    ap.add_argument("--reach-lora-rank", type=int, default=7,
+                    help="rank of the lora probes (7: one rate's adapters the size of a tic prompt module)")
     ap.add_argument("--reach-prompt", action="append", default=[], metavar="KEY=VALUE",
                     help="prompt-module setting for the probes (e.g. additive=true), repeatable")
     ap.add_argument("--reach-model", default="tic", help="zoo config of the prompt-module sizes")

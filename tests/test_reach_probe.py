@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from lpm.checkpoints import load_codec
 from lpm.paths import PROJECT_ROOT
@@ -107,6 +108,19 @@ def test_separate_control_fine_tunes_all_parameters_of_a_base_copy(tmp_path):
     after = ck.model.state_dict()
     changed = [k for k in before if not before[k].equal(after[k].to(before[k].dtype))]
     assert len(changed) > len(before) // 2  # all parameters trained, not a frozen base
+
+
+def test_lora_probe_trains_low_rank_adapters_of_the_given_rank_on_the_frozen_base(tmp_path):
+    base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "lora", "--lora-rank", "2")
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert row["variant"] == "lora" and row["lora_rank"] == 2 and row["prompt_settings"] == {} and row["bpp"] > 0
+    ck = load_codec(row["checkpoint"])
+    assert ck.kind == "lora" and sorted(ck.model.rates) == [0.013, 0.025]
+    assert ck.model.lora_config.rank == 2
+    before = load_codec(base).model.state_dict()
+    assert all(torch.equal(v, ck.model.base.state_dict()[k]) for k, v in before.items())  # the base stays frozen
+    assert "low-rank adapters" in probe.markdown_table(data)
 
 
 def test_prompt_settings_reach_the_probed_modules_and_bad_ones_stop_first(tmp_path, capsys):
