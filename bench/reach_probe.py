@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora-rank", type=int, default=7,
                     help="rank of the lora probes' adapters (default 7: at the tic config one rate's adapters hold "
                          "301,056 parameters, a prompt module 301,792; at tiny, rank 3 matches: 6,912 vs 6,960)")
+    ap.add_argument("--lora-transforms", nargs="+", choices=["g_a", "h_a", "h_s", "g_s"],
+                    help="transforms the lora probes adapt (default all four; e.g. g_a h_a: the encoder side only)")
     ap.add_argument("--model", default="tic", help="zoo config whose prompt-module sizes are used")
     ap.add_argument("--prompt", action="append", default=[], metavar="KEY=VALUE",
                     help="prompt-module setting for the prompts/gain probes (PromptConfig field), repeatable")
@@ -194,13 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     write([], False)
 
     rows = []
+    lora = {"rank": args.lora_rank, "transforms": args.lora_transforms or ["g_a", "h_a", "h_s", "g_s"]}
     for rate in rates:
         for variant in args.variants:
             name = f"probe-{variant}-{rate:g}"
             if variant in ("prompts", "gain"):
                 prompt = {"prompt": {**prompt_set, "latent_gain": variant == "gain"}}
             else:
-                prompt = {"lora": {"rank": args.lora_rank}} if variant == "lora" else {}
+                prompt = {"lora": lora} if variant == "lora" else {}
             cfg = RunConfig(
                 name=name, kind={"separate": "separate", "lora": "lora"}.get(variant, "prompts"), model=args.model,
                 init=str(init.path), rates=sorted([rate, base_rate]), base_rate=base_rate, **prompt,
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget, "lr": cfg.lr,
                 "images_seen": trained["images_seen"], "images_in_set": trained["images_in_set"],
                 "prompt_settings": prompt_set if variant in ("prompts", "gain") else {},
-                **({"lora_rank": args.lora_rank} if variant == "lora" else {}),
+                **({"lora_rank": args.lora_rank, "lora_transforms": lora["transforms"]} if variant == "lora" else {}),
                 "training_log": training_log(Path(cfg.out_dir) / "log.csv"),
             }
             rows.append(row)

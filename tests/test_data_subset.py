@@ -188,14 +188,26 @@ def test_cli_makes_the_copy_and_refuses_to_overwrite(full, tmp_path):
     assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_an_incomplete_copy_without_a_marker_is_named_and_a_declared_one_is_not(full, tmp_path, capsys):
-    """Without LPM_SUBSET.json a smaller directory is just a smaller set (the subset would be drawn from it,
-    not from the published one): the trainer says so; a declared subset is what it says and gets no warning."""
-    data = {"dir": str(full), "splits": SPLITS, "crop": 32, "batch": 2, "on_device": False}
-    Runner(_cfg(tmp_path, full, "w", data=data), progress=False)
-    err = capsys.readouterr().err
-    assert "lacks 300 of the 300 images its manifest lists under ['train', 'val']" in err  # fake names, real manifest
-    _copy(full, tmp_path / "gpu")
+def test_a_partial_copy_without_a_marker_is_named_and_a_declared_one_is_not(tmp_path, capsys):
+    """Without LPM_SUBSET.json a partial copy of the real set is just a smaller set (the subset would be drawn
+    from it, not from the published one): the trainer says so. A declared subset is what it says, and a set
+    holding none of the manifest's names (another set under that name) gets no warning."""
+    from lpm.data import manifest_path, read_manifest
+
+    names = sorted(rel for rel in read_manifest(manifest_path("bsds500")) if rel.startswith(("train/", "val/")))
+    assert len(names) == 300
+    write_fake_bsds500(tmp_path / "fake", {"train": 3, "val": 2})
+    part = tmp_path / "part"  # fake pixels under five real names: what a real copy that lost files looks like
+    for src, rel in zip(sorted((tmp_path / "fake" / "bsds500").rglob("*.png")), names[:2] + names[200:203]):
+        (part / "bsds500" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (part / "bsds500" / rel).write_bytes(src.read_bytes())
+    data = {"dir": str(part), "splits": SPLITS, "crop": 32, "batch": 2, "on_device": False}
+    Runner(_cfg(tmp_path, part, "w", data=data), progress=False)
+    assert "lacks 295 of the 300 images its manifest lists under ['train', 'val']" in capsys.readouterr().err
+    Runner(_cfg(tmp_path, tmp_path / "fake", "f", data={**data, "dir": str(tmp_path / "fake")}), progress=False)
+    assert "lacks" not in capsys.readouterr().err  # none of the names: another set, as in the other tests
+    write_fake_bsds500(tmp_path / "full", {"train": 14, "val": 6})
+    _copy(tmp_path / "full", tmp_path / "gpu")
     data = {**data, "dir": str(tmp_path / "gpu"), "fraction": 0.25}
     Runner(_cfg(tmp_path, tmp_path / "gpu", "d", kind="prompts", init="unused.safetensors", rates=[0.013, 0.0483],
                 data=data), progress=False)

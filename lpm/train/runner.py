@@ -130,8 +130,10 @@ class Runner:
         self.restart: Optional[Restart] = None  # where a --continue-from run picks up (lpm.train.partial)
 
     def _warn_if_incomplete(self, root: Path) -> None:
-        """Say so when a known set's copy lacks images its manifest lists under the run's splits (a subset is
-        drawn from what is there, so it would differ from the published one; the ledger records the count)."""
+        """Say so when a copy of a known set holds only part of the images its manifest lists under the run's
+        splits (a subset copy whose marker was lost, an interrupted download): a data subset is then drawn from
+        what is there and differs from the published one; the ledger records the count. A directory that holds
+        none of the listed names is another set under that name (the tests' fake sets) and gets no warning."""
         try:
             listed = read_manifest(manifest_path(self.cfg.data.set))
         except (KeyError, ValueError, OSError):
@@ -139,7 +141,7 @@ class Runner:
         want = {rel for rel in listed if rel.split("/", 1)[0] in self.cfg.data.splits}
         have = {p.relative_to(root).as_posix() for p in self.all_images}
         missing = len(want - have)
-        if want and missing and self.rank == 0:
+        if want & have and missing and self.rank == 0:
             print(f"lpm: warning: {root} lacks {missing} of the {len(want)} images its manifest lists under "
                   f"{list(self.cfg.data.splits)}: training on the {len(self.all_images)} there (a data subset is "
                   f"then drawn from those, not the published set's)", file=sys.stderr, flush=True)
