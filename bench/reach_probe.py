@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -103,7 +104,11 @@ def markdown_table(data: dict) -> str:
              "lora": "low-rank adapters"}
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
     for r in against_control(data["rows"]):
-        lines.append(f"| λ={r['rate']:g}, {names[r['variant']]} | {r['bpp']:.4f} | "
+        name = names[r["variant"]]
+        if r["variant"] == "lora":
+            where = r.get("lora_transforms") or []
+            name += f" (rank {r.get('lora_rank')}" + ("" if len(where) in (0, 4) else f", {'/'.join(where)} only") + ")"
+        lines.append(f"| λ={r['rate']:g}, {name} | {r['bpp']:.4f} | "
                      f"{100 * r['bpp_change_vs_base_rate']:+.1f} % | {r['psnr_change_db']:+.2f} dB | "
                      f"{r['rd_cost']:.4f} ({r['rd_cost_base_alone']:.4f}) | {pct(r.get('reach_share'))} | "
                      f"{pct(r.get('rd_gain_share'))} |")
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = args.rates or neighbours(base_rate, LADDER)
     images = find_images(args.images)[: args.limit or None]
     out_root = Path(args.out_dir) if args.out_dir else PROJECT_ROOT / "results" / "runs" / "reach-probe"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # probes started in one second: own folders
     budget = (f"{args.steps} steps x {args.batch} crops of {args.crop}px per probe on {args.fraction:.0%} of "
               f"bsds500 (lr {args.lr:g}" + (f"; separate control lr {args.control_lr:g})" if "separate" in args.variants
                                             else ")"))

@@ -122,7 +122,7 @@ def test_lora_probe_trains_low_rank_adapters_of_the_given_rank_on_the_frozen_bas
     assert ck.model.lora_config.rank == 2 and list(ck.model.lora_config.transforms) == ["g_a", "h_a"]
     before = load_codec(base).model.state_dict()
     assert all(torch.equal(v, ck.model.base.state_dict()[k]) for k, v in before.items())  # the base stays frozen
-    assert "low-rank adapters" in probe.markdown_table(data)
+    assert "low-rank adapters (rank 2, g_a/h_a only)" in probe.markdown_table(data)
 
 
 def test_prompt_settings_reach_the_probed_modules_and_bad_ones_stop_first(tmp_path, capsys):

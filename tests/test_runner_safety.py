@@ -239,3 +239,50 @@ def test_cli_sigterm_from_outside_exits_143_with_state_saved(tmp_path, data_dir)
     rc = main(["train", str(out / "config.yaml"), "--resume", "--max-minutes", "0", "--device", "cpu", "--no-progress"])
     assert rc == 0
     assert int(torch.load(out / "state.pt", weights_only=True)["step"]) == step
+
+
+def test_a_second_run_on_a_busy_out_dir_is_refused_and_changes_nothing(tmp_path, data_dir):  # noqa: F811
+    """Two runs started on one out_dir at once (two probes started in the same second did this) would mix
+    their logs and states: while one trains there, the out_dir is locked and another run is refused — in a
+    separate process, as it happens, and exit 2 from the CLI; once the first is gone the lock is gone too."""
+    import fcntl
+
+    out = tmp_path / "busy"
+    config = _write_config(tmp_path, data_dir, out)
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(out)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = subprocess.run([sys.executable, "-m", "lpm.cli", "train", str(config)], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "in use by another training process" in r.stderr and "Traceback" not in r.stderr
+        assert list(out.iterdir()) == []  # nothing was written
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder's death released the lock: the run goes ahead, and holds the lock while it trains
+    seen = {}
+    real_next = CropSampler.next
+
+    def probing_next(self):
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen["locked"] = False
+        except BlockingIOError:
+            seen["locked"] = True
+        finally:
+            os.close(fd)
+        return real_next(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CropSampler, "next", probing_next)
+        assert main(["train", str(config)]) == 0
+    assert seen == {"locked": True}
+    fd = os.open(out, os.O_RDONLY)  # released after the run
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)

@@ -40,6 +40,7 @@ DistributedDataParallel (NCCL on GPUs, gloo on CPUs); every rank draws its own c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,7 +48,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; out_dir is then not locked
+    fcntl = None  # type: ignore[assignment]
 
 import torch
 import torch.distributed as dist
@@ -268,6 +274,37 @@ class Runner:
 
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False) -> list[Path]:
+        """Train (or resume) the run; the written model checkpoints. The out_dir is locked for the run's
+        lifetime, so a second run started on it meanwhile is refused instead of mixing their files."""
+        with self._out_dir_lock():
+            return self._run(resume)
+
+    @contextlib.contextmanager
+    def _out_dir_lock(self) -> Iterator[None]:
+        """An exclusive ``flock`` on the out_dir itself (rank 0; nothing is written, and the OS releases it if
+        the process dies, so a killed run never leaves a stale lock). Without ``fcntl`` (Windows), or where the
+        file system refuses directory locks, nothing is locked."""
+        if self.rank != 0 or fcntl is None:
+            yield
+            return
+        try:
+            fd = os.open(self.out, os.O_RDONLY)
+        except OSError:
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TrainingStateError(f"{self.out} is in use by another training process; wait for it to end "
+                                         "or choose another out_dir (nothing was changed)") from None
+            except OSError:
+                pass  # no locks on this file system: run unlocked, as before
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _run(self, resume: bool) -> list[Path]:
         cfg = self.cfg
         # everything that can refuse comes before anything is written
         if not resume:
