@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from lpm.data import find_images
     from lpm.eval.rd import evaluate_codec
     from lpm.paths import PROJECT_ROOT
+    from lpm.models.lora import LORA_TRANSFORMS
     from lpm.train.runner import Runner, RunConfig
 
     init = zoo.load(args.init)  # a bare base comes wrapped as a one-rate codec
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     write([], False)
 
     rows = []
-    lora = {"rank": args.lora_rank, "transforms": args.lora_transforms or ["g_a", "h_a", "h_s", "g_s"]}
+    lora = {"rank": args.lora_rank, "transforms": args.lora_transforms or list(LORA_TRANSFORMS)}
     for rate in rates:
         for variant in args.variants:
             name = f"probe-{variant}-{rate:g}"

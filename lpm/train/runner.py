@@ -119,8 +119,9 @@ class Runner:
             self.all_images = sorted(p for s in cfg.data.splits for p in find_images(root / s))
             self.images_in_set = len(self.all_images)
             self._warn_if_incomplete(root)
+            self.train_paths = subset(self.all_images, cfg.data_fraction, cfg.seed)  # own generator: no global RNG
         else:
-            self.all_images = self.declared.select(cfg.data.splits, cfg.data_fraction, cfg.seed)
+            self.all_images = self.train_paths = self.declared.select(cfg.data.splits, cfg.data_fraction, cfg.seed)
             self.images_in_set = self.declared.images_in_set
         try:
             self.manifest_sha = manifest_checksum(manifest_path(cfg.data.set))
@@ -161,11 +162,7 @@ class Runner:
         """The run's stages, from the stage table (the base is loaded or built first: it draws from the RNG)."""
         cfg = self.cfg
         base, self.init_sha = initial_base(cfg, self.device)
-        if self.declared is not None:  # already exactly this run's subset (checked in __init__)
-            paths = list(self.all_images)
-        else:
-            paths = subset(self.all_images, cfg.data_fraction, cfg.seed)
-        ctx = StageContext(cfg, base, ladder(cfg), paths, self.device, self.rank)
+        ctx = StageContext(cfg, base, ladder(cfg), list(self.train_paths), self.device, self.rank)
         return STAGE_KINDS[cfg.kind].build(ctx)
 
     def _wrap(self, stage: Stage) -> nn.Module:

@@ -15,7 +15,6 @@ directory serves only runs of that fraction, seed and splits (:func:`read_declar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from lpm.data import find_images, pad_to, read_image
+from lpm.data import find_images, pad_to, read_image, sha256_file
 
 __all__ = ["CropSampler", "DeclaredSubset", "SUBSET_MARKER", "read_declared_subset", "subset",
            "write_declared_subset"]
@@ -50,14 +49,6 @@ def subset(paths: Sequence[Path], fraction: float, seed: int) -> list[Path]:
     g = torch.Generator().manual_seed(seed)
     keep = sorted(torch.randperm(len(paths), generator=g)[:n].tolist())
     return [paths[i] for i in keep]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -159,7 +150,7 @@ def read_declared_subset(root: Union[str, os.PathLike], *, check_hashes: bool = 
         raise _bad(root, f"the images present differ from the list (unlisted: {extra[:3]}, missing: {missing[:3]})")
     if check_hashes:
         for rel in rels:
-            if _sha256(root / rel) != files[rel].lower():
+            if sha256_file(root / rel) != files[rel].lower():
                 raise _bad(root, f"{rel} does not match its sha256")
     return DeclaredSubset(root, name, tuple(splits), float(fraction), seed, in_set, tuple(sorted(rels)))
 
@@ -183,7 +174,7 @@ def write_declared_subset(source: Union[str, os.PathLike], dest: Union[str, os.P
         rel = p.relative_to(source)
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, dest / rel)
-        files[rel.as_posix()] = _sha256(dest / rel)
+        files[rel.as_posix()] = sha256_file(dest / rel)
     doc = {"format": SUBSET_FORMAT, "set": set_name, "splits": list(splits), "fraction": float(fraction),
            "seed": int(seed), "images_in_set": len(everything), "files": files,
            "note": "only this subset is here: runs of other splits/fraction/seed are refused"}
