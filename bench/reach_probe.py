@@ -21,7 +21,7 @@ weights (measured: lr 2e-3 gave the smoke base a *worse* RD cost than it started
 
 ``--variants … lora`` adds a second kind of frozen-base adapter with the same budget: low-rank rate adapters
 (a ``kind: lora`` run, rank ``--lora-rank``, on qkv/proj/fc1/fc2 of every Swin block of all four
-transforms, :class:`lpm.models.LoRACodec`). At smoke scale such adapters moved the rate where prompt modules
+transforms, :class:`lpm.models.LoRACodec`; ``--lora-targets qkv proj`` keeps them to the attention). At smoke scale such adapters moved the rate where prompt modules
 of three times their size did not, so a probe that has both tells a wall of the prompt mechanism from a wall
 of freezing the base.
 
@@ -107,7 +107,9 @@ def markdown_table(data: dict) -> str:
         name = names[r["variant"]]
         if r["variant"] == "lora":
             where = r.get("lora_transforms") or []
-            name += f" (rank {r.get('lora_rank')}" + ("" if len(where) in (0, 4) else f", {'/'.join(where)} only") + ")"
+            layers = r.get("lora_targets") or []
+            name += (f" (rank {r.get('lora_rank')}" + ("" if len(where) in (0, 4) else f", {'/'.join(where)} only")
+                     + ("" if len(layers) in (0, 4) else f", {'/'.join(layers)} layers only") + ")")
         lines.append(f"| λ={r['rate']:g}, {name} | {r['bpp']:.4f} | "
                      f"{100 * r['bpp_change_vs_base_rate']:+.1f} % | {r['psnr_change_db']:+.2f} dB | "
                      f"{r['rd_cost']:.4f} ({r['rd_cost_base_alone']:.4f}) | {pct(r.get('reach_share'))} | "
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                          "301,056 parameters, a prompt module 301,792; at tiny, rank 3 matches: 6,912 vs 6,960)")
     ap.add_argument("--lora-transforms", nargs="+", choices=["g_a", "h_a", "h_s", "g_s"],
                     help="transforms the lora probes adapt (default all four; e.g. g_a h_a: the encoder side only)")
+    ap.add_argument("--lora-targets", nargs="+", choices=["qkv", "proj", "fc1", "fc2"],
+                    help="linear layers of each Swin block the lora probes adapt (default all four; qkv proj: the "
+                         "attention only, the part of a block that prompts reach; fc1 fc2: the MLP only)")
     ap.add_argument("--model", default="tic", help="zoo config whose prompt-module sizes are used")
     ap.add_argument("--prompt", action="append", default=[], metavar="KEY=VALUE",
                     help="prompt-module setting for the prompts/gain probes (PromptConfig field), repeatable")
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from lpm.data import find_images
     from lpm.eval.rd import evaluate_codec
     from lpm.paths import PROJECT_ROOT
-    from lpm.models.lora import LORA_TRANSFORMS
+    from lpm.models.lora import LORA_TARGETS, LORA_TRANSFORMS
     from lpm.train.runner import Runner, RunConfig
 
     init = zoo.load(args.init)  # a bare base comes wrapped as a one-rate codec
@@ -202,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     write([], False)
 
     rows = []
-    lora = {"rank": args.lora_rank, "transforms": args.lora_transforms or list(LORA_TRANSFORMS)}
+    lora = {"rank": args.lora_rank, "transforms": args.lora_transforms or list(LORA_TRANSFORMS),
+            "targets": args.lora_targets or list(LORA_TARGETS)}
     for rate in rates:
         for variant in args.variants:
             name = f"probe-{variant}-{rate:g}"
@@ -233,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                 "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget, "lr": cfg.lr,
                 "images_seen": trained["images_seen"], "images_in_set": trained["images_in_set"],
                 "prompt_settings": prompt_set if variant in ("prompts", "gain") else {},
-                **({"lora_rank": args.lora_rank, "lora_transforms": lora["transforms"]} if variant == "lora" else {}),
+                **({"lora_rank": args.lora_rank, "lora_transforms": lora["transforms"], "lora_targets": lora["targets"]}
+                   if variant == "lora" else {}),
                 "training_log": training_log(Path(cfg.out_dir) / "log.csv"),
             }
             rows.append(row)

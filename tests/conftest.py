@@ -61,17 +61,19 @@ def make_tiny_base(seed: int = 0) -> TICCodec:
 
 
 def make_tiny_codec(seed: int = 0, strong_prompts: bool = True, ready: bool = True,
-                    additive: bool = False) -> PromptedCodec:
+                    additive: bool = False, enc_source: str = "image", dec_source: str = "latent") -> PromptedCodec:
     """A tiny :class:`PromptedCodec`. ``strong_prompts`` re-draws the prompt heads' last layers (which start
     at 0.1x scale with zero bias) at full scale, so prompts change the output visibly, as trained ones do.
-    ``ready`` puts it in eval mode with entropy-coder tables built. ``additive``: additive prompt modules."""
+    ``ready`` puts it in eval mode with entropy-coder tables built. ``additive``: additive prompt modules;
+    ``enc_source``/``dec_source``: where each side's prompts come from (:class:`PromptConfig`)."""
     base = make_tiny_base(seed)
     torch.manual_seed(seed + 1)
     model = PromptedCodec(
         base,
         rates=list(TINY_RATES),
         base_rate=TINY_BASE_RATE,
-        prompt_config=PromptConfig(enc_channels=8, dec_channels=8, additive=additive),
+        prompt_config=PromptConfig(enc_channels=8, dec_channels=8, additive=additive, enc_source=enc_source,
+                                   dec_source=dec_source),
     )
     if strong_prompts:
         g = torch.Generator().manual_seed(seed + 2)

@@ -112,17 +112,18 @@ def test_separate_control_fine_tunes_all_parameters_of_a_base_copy(tmp_path):
 
 def test_lora_probe_trains_low_rank_adapters_of_the_given_rank_on_the_frozen_base(tmp_path):
     base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "lora", "--lora-rank", "2",
-                       "--lora-transforms", "g_a", "h_a")
+                       "--lora-transforms", "g_a", "h_a", "--lora-targets", "qkv", "proj")
     data = json.loads(out.read_text())
     (row,) = data["rows"]
     assert row["variant"] == "lora" and row["lora_rank"] == 2 and row["prompt_settings"] == {} and row["bpp"] > 0
-    assert row["lora_transforms"] == ["g_a", "h_a"]
+    assert row["lora_transforms"] == ["g_a", "h_a"] and row["lora_targets"] == ["qkv", "proj"]
     ck = load_codec(row["checkpoint"])
     assert ck.kind == "lora" and sorted(ck.model.rates) == [0.013, 0.025]
     assert ck.model.lora_config.rank == 2 and list(ck.model.lora_config.transforms) == ["g_a", "h_a"]
+    assert list(ck.model.lora_config.targets) == ["qkv", "proj"]
     before = load_codec(base).model.state_dict()
     assert all(torch.equal(v, ck.model.base.state_dict()[k]) for k, v in before.items())  # the base stays frozen
-    assert "low-rank adapters (rank 2, g_a/h_a only)" in probe.markdown_table(data)
+    assert "low-rank adapters (rank 2, g_a/h_a only, qkv/proj layers only)" in probe.markdown_table(data)
 
 
 def test_prompt_settings_reach_the_probed_modules_and_bad_ones_stop_first(tmp_path, capsys):

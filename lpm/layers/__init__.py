@@ -1,7 +1,7 @@
 """Reusable layers: prompt-aware window attention, Swin blocks/stages for any H×W, prompt networks."""
 
 from .attention import WindowAttention, capture_attention, relative_position_index
-from .prompt import PromptNet, PromptTarget
+from .prompt import HiddenPromptHead, HiddenPromptNet, PromptMap, PromptNet, PromptTarget
 from .swin import SwinBlock, SwinStage, build_window_mask, window_merge, window_partition
 
 __all__ = [
@@ -9,6 +9,9 @@ __all__ = [
     "capture_attention",
     "relative_position_index",
     "PromptNet",
+    "HiddenPromptNet",
+    "HiddenPromptHead",
+    "PromptMap",
     "PromptTarget",
     "SwinBlock",
     "SwinStage",

@@ -12,16 +12,32 @@ target needs::
     input (C_in, level L0) ─ stem ─► f[L0] ─ down/up ─► f[L0±1] ─ … ─► f[L_k]
                                         │                   │
                          heads: conv1x1 / conv3x3→conv1x1 per served Swin block → prompt map (dim, level)
+
+:class:`HiddenPromptNet` is the other reading of "hidden features" (beyond our default, chosen per side with
+``PromptConfig.enc_source`` / ``dec_source``): no trunk; every Swin block's prompt map is computed by its own
+head from *that block's* normalised input tokens, so each layer is prompted from the features it steers::
+
+    block input x (B, H, W, C) ─ LN (the block's own, frozen) ─ pad to even ─ conv2x2/2 (C→r) ─ GELU ─ conv1x1 (r→C)
+                                                                                   → prompt map (C, ⌈H/2⌉, ⌈W/2⌉)
+
+Its ``forward`` hands out the heads themselves (``{stage: [head per block]}``); the Swin block calls its head on
+its tokens (:meth:`lpm.layers.swin.SwinBlock.forward` accepts a callable in place of a map).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Callable, Union
+
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-__all__ = ["PromptTarget", "PromptNet"]
+__all__ = ["PromptTarget", "PromptNet", "HiddenPromptNet", "HiddenPromptHead", "PromptMap"]
+
+#: What a Swin block accepts as its prompt: a map ``(B, C or 2C, ⌈H/s⌉, ⌈W/s⌉)``, or a callable that makes one
+#: from the block's normalised tokens ``(B, C, H, W)`` (a :class:`HiddenPromptHead`, or a weighted mix of them).
+PromptMap = Union[Tensor, Callable[[Tensor], Tensor]]
 
 
 @dataclass(frozen=True)
@@ -114,3 +130,69 @@ class PromptNet(nn.Module):
             level += self.direction
             feats[level] = f
         return {t.name: [h(feats[t.level]) for h in self.heads[t.name.replace(".", "_")]] for t in self.targets}
+
+
+class HiddenPromptHead(nn.Module):
+    """One block's prompt head on its own tokens: ``(B, C, H, W)`` → ``(B, C·(2 if additive), ⌈H/s⌉, ⌈W/s⌉)``.
+
+    ``conv s×s, stride s (C→width) ─ GELU ─ conv1x1 (width→out)``, the tokens padded on the bottom/right by
+    edge replication to a multiple of ``s`` (the prompt stride) first. The last layer starts scaled by
+    ``init_scale`` (and, for an additive head, with its added half at zero)."""
+
+    def __init__(self, dim: int, width: int, stride: int = 2, init_scale: float = 0.1, additive: bool = False) -> None:
+        super().__init__()
+        self.dim, self.stride = dim, stride
+        self.reduce = nn.Conv2d(dim, width, stride, stride=stride)
+        self.act = nn.GELU()
+        self.out = nn.Conv2d(width, dim * (2 if additive else 1), 1)
+        self.out.weight.data.mul_(init_scale)
+        self.out.bias.data.zero_()
+        if additive:
+            self.out.weight.data[dim:].zero_()
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        if tokens.dim() != 4 or tokens.shape[1] != self.dim:
+            raise ValueError(f"a hidden prompt head for {self.dim} channels got tokens of shape {tuple(tokens.shape)}")
+        s = self.stride
+        ph, pw = (-tokens.shape[-2]) % s, (-tokens.shape[-1]) % s
+        if ph or pw:
+            tokens = F.pad(tokens, (0, pw, 0, ph), mode="replicate")
+        return self.out(self.act(self.reduce(tokens)))
+
+
+class HiddenPromptNet(nn.Module):
+    """Per-block prompt heads fed by each block's own hidden features (see the module docstring).
+
+    Args:
+        width: each head's bottleneck channels.
+        targets: the stages served (one head per block).
+        stride: the prompt stride of those stages (the codec's ``prompt_stride``).
+        init_scale, additive: as for :class:`PromptNet`.
+
+    ``forward(x=None)`` ignores its input (kept so that both nets answer the same call) and returns
+    ``{stage name: [head for block 0, head for block 1, ...]}``: callables the blocks apply to their tokens.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        targets: list[PromptTarget],
+        stride: int = 2,
+        init_scale: float = 0.1,
+        additive: bool = False,
+    ) -> None:
+        super().__init__()
+        if not targets:
+            raise ValueError("a HiddenPromptNet needs at least one target stage")
+        self.targets = list(targets)
+        self.heads = nn.ModuleDict(
+            {
+                t.name.replace(".", "_"): nn.ModuleList(
+                    HiddenPromptHead(t.dim, width, stride, init_scale, additive) for _ in range(t.depth)
+                )
+                for t in targets
+            }
+        )
+
+    def forward(self, x: object = None) -> dict[str, list[HiddenPromptHead]]:
+        return {t.name: list(self.heads[t.name.replace(".", "_")]) for t in self.targets}

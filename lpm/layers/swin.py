@@ -10,6 +10,10 @@ block's stride. It is cut into windows of ``w/s × w/s`` that line up with the `
 each window gets ``(w/s)^2`` prompt tokens (16 for ``w=8``, 4 for ``w=4``), rolled together with the image
 for shifted windows and masked with the same shift regions (a prompt token belongs to the region of the
 ``s × s`` pixels it covers).
+
+Instead of a map, a block may be given a callable (``lpm.layers.prompt.PromptMap``): it is called on the
+block's normalised input tokens ``(B, C, H, W)`` and must return the map (prompts computed from the hidden
+features they steer, :class:`lpm.layers.prompt.HiddenPromptNet`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from .attention import MASK_VALUE, WindowAttention
+from .prompt import PromptMap
 
 __all__ = ["SwinBlock", "SwinStage", "window_partition", "window_merge", "build_window_mask"]
 
@@ -154,8 +159,9 @@ class SwinBlock(nn.Module):
             self._plan_cache[key] = (mask, masked, fwd, inv, pfwd)
         return self._plan_cache[key]
 
-    def forward(self, x: Tensor, prompt: Optional[Tensor] = None, prompt_logit: Optional[float] = None) -> Tensor:
-        """``x``: ``(B, H, W, C)``; ``prompt``: ``(B, C, ⌈H/s⌉, ⌈W/s⌉)`` or ``None``.
+    def forward(self, x: Tensor, prompt: Optional[PromptMap] = None, prompt_logit: Optional[float] = None) -> Tensor:
+        """``x``: ``(B, H, W, C)``; ``prompt``: ``(B, C, ⌈H/s⌉, ⌈W/s⌉)``, a callable making it from the
+        normalised tokens ``LN(x)`` as ``(B, C, H, W)``, or ``None``.
 
         A prompt map of ``2C`` channels (an *additive* prompt module, beyond the paper) is split: the first
         ``C`` channels are the prompt tokens as above, the last ``C`` are added to the block's input tokens
@@ -163,6 +169,12 @@ class SwinBlock(nn.Module):
         strength ``exp(prompt_logit)``."""
         b, h, w, c = x.shape
         s = self.prompt_stride
+        normed: Optional[Tensor] = None
+        if prompt is not None and not isinstance(prompt, Tensor):
+            normed = self.norm1(x)
+            prompt = prompt(normed.permute(0, 3, 1, 2))
+            if not isinstance(prompt, Tensor):
+                raise TypeError(f"a prompt callable must return a tensor, got {type(prompt).__name__}")
         if prompt is not None:
             ph, pw = math.ceil(h / s), math.ceil(w / s)
             if prompt.shape[0] != b or prompt.shape[1] not in (c, 2 * c) or tuple(prompt.shape[-2:]) != (ph, pw):
@@ -176,9 +188,10 @@ class SwinBlock(nn.Module):
                 if prompt_logit is not None:
                     add = add * math.exp(prompt_logit)
                 x = x + add.to(x.dtype)
+                normed = None  # the tokens changed
         mask, masked, fwd, inv, pfwd = self._plan(h, w, prompt is not None, x.device)
         n = self.window * self.window
-        tokens = self.norm1(x).reshape(b, h * w, c).index_select(1, fwd).reshape(b, -1, n, c)
+        tokens = (self.norm1(x) if normed is None else normed).reshape(b, h * w, c).index_select(1, fwd).reshape(b, -1, n, c)
         ptokens = None
         if prompt is not None:
             p = prompt.to(tokens.dtype).flatten(2).transpose(1, 2)  # (B, ph*pw, C)
@@ -228,7 +241,7 @@ class SwinStage(nn.Module):
     def forward(
         self,
         x: Tensor,
-        prompts: Optional[Sequence[Optional[Tensor]]] = None,
+        prompts: Optional[Sequence[Optional[PromptMap]]] = None,
         prompt_logit: Optional[float] = None,
     ) -> Tensor:
         if prompts is not None and len(prompts) != self.depth:

@@ -420,6 +420,9 @@ class TICCodec(CompressionModel):
                 for name, maps in prompts.items():
                     if name not in levels or maps is None:
                         continue
+                    if not all(isinstance(m, Tensor) for m in maps):
+                        hyper[name] = list(maps)  # heads on h_a's own tokens: they run once, on the whole y
+                        continue
                     f = 2 ** levels[name]
                     ry, rx, cy, cx = _centre(t, f)
                     dst = hyper.setdefault(name, [m.new_empty(*m.shape[:2], x.shape[-2] // f, x.shape[-1] // f)

@@ -141,6 +141,10 @@ class RateConditionedCodec(VariableRateCodec):
         self.prompt_config = prompt_config or PromptConfig()
         if self.prompt_config.latent_gain:
             raise ValueError("RateConditionedCodec does not use latent gains (prompt_config.latent_gain=True)")
+        c = self.prompt_config
+        if c.additive or c.enc_source != "image" or c.dec_source != "latent":
+            raise ValueError("RateConditionedCodec feeds its prompt nets the image and the latents with the λ map: "
+                             "prompt_config additive, enc_source and dec_source must keep their defaults")
         self.base = base
         self.base.requires_grad_(True)
         self.prompts = RateConditionedPrompts(base, self.prompt_config)

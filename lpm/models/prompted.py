@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from lpm.entropy import cpu_float64
-from lpm.layers import PromptNet
+from lpm.layers import HiddenPromptNet, PromptMap, PromptNet
 from lpm.models.base import CONFIG_LIMITS, TICCodec, _int_in, config_from_dict, _real
 from lpm.models.variable_rate import RATE_REL_TOL, Rate, VariableRateCodec
 
@@ -37,6 +37,9 @@ __all__ = ["PromptConfig", "LayerAdaptivePromptModule", "PromptedCodec", "RateMi
 
 #: compressai's λ ladder for MSE models (qualities 1–6); the default rates of the variable-rate codec.
 DEFAULT_RATES = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483)
+#: Prompt sources of :class:`PromptConfig` (the first of each is the default).
+ENC_SOURCES = ("image", "hidden")
+DEC_SOURCES = ("latent", "hidden")
 
 
 @dataclass
@@ -54,10 +57,18 @@ class PromptConfig:
     #: Beyond the paper (off by default): each head also makes a map added to its Swin block's tokens (the
     #: residual stream), besides the prompt tokens of keys/values — a more direct lever on the features.
     additive: bool = False
+    #: Where the encoder side's prompts come from: ``"image"`` (the paper: one trunk fed by the input image)
+    #: or ``"hidden"`` (beyond the paper: each Swin block's own input tokens, :class:`~lpm.layers.HiddenPromptNet`,
+    #: heads of ``enc_channels`` bottleneck channels).
+    enc_source: str = "image"
+    #: Where the decoder side's prompts come from: ``"latent"`` (our default reading of the paper's "hidden
+    #: features": ẑ for h_s, ŷ for g_s) or ``"hidden"`` (the other reading: each Swin block's own input
+    #: tokens; heads of ``dec_channels`` bottleneck channels).
+    dec_source: str = "latent"
 
     def __post_init__(self) -> None:
         """Bounds: channels in ``CONFIG_LIMITS["channels"]``, hidden widths 0 (none) or within them, a finite
-        ``head_init_scale`` and a boolean ``latent_gain`` (``ValueError`` otherwise)."""
+        ``head_init_scale``, booleans ``latent_gain``/``additive`` and known sources (``ValueError`` otherwise)."""
         lo, hi = CONFIG_LIMITS["channels"]
         for name in ("enc_channels", "dec_channels"):
             _int_in(f"prompt config {name}", getattr(self, name), lo, hi)
@@ -67,6 +78,9 @@ class PromptConfig:
         for name in ("latent_gain", "additive"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"prompt config {name} must be true or false, got {getattr(self, name)!r:.40}")
+        for name, known in (("enc_source", ENC_SOURCES), ("dec_source", DEC_SOURCES)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"prompt config {name} must be one of {', '.join(known)}, got {getattr(self, name)!r:.40}")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -102,7 +116,10 @@ def prompt_settings(items: Sequence[str]) -> dict[str, Any]:
 
 
 class LayerAdaptivePromptModule(nn.Module):
-    """Prompts for one rate: an image-fed encoder net and ẑ-/ŷ-fed decoder nets, one head per Swin block."""
+    """Prompts for one rate, one head per Swin block: by default an image-fed encoder net and ẑ-/ŷ-fed
+    decoder nets (:class:`~lpm.layers.PromptNet`); with ``enc_source``/``dec_source`` ``"hidden"`` that side's
+    heads read their own block's tokens instead (:class:`~lpm.layers.HiddenPromptNet`; ``*_head_hidden``
+    and the trunk do not apply there)."""
 
     def __init__(self, base: TICCodec, config: Optional[PromptConfig] = None) -> None:
         super().__init__()
@@ -110,24 +127,50 @@ class LayerAdaptivePromptModule(nn.Module):
         self.config = cfg
         t = base.prompt_targets()
         N, M = base.config.N, base.config.M
-        add = cfg.additive
-        self.encoder = PromptNet(3, cfg.enc_channels, 0, t["encoder"], cfg.enc_head_hidden, 3, cfg.head_init_scale, add)
-        self.hyper_decoder = PromptNet(
-            N, cfg.dec_channels, 6, t["hyper_decoder"], cfg.dec_head_hidden, 1, cfg.head_init_scale, add
-        )
-        self.decoder = PromptNet(M, cfg.dec_channels, 4, t["decoder"], cfg.dec_head_hidden, 1, cfg.head_init_scale, add)
+        add, init, stride = cfg.additive, cfg.head_init_scale, base.config.prompt_stride
+        self.encoder: nn.Module
+        self.hyper_decoder: nn.Module
+        self.decoder: nn.Module
+        if cfg.enc_source == "hidden":
+            self.encoder = HiddenPromptNet(cfg.enc_channels, t["encoder"], stride, init, add)
+        else:
+            self.encoder = PromptNet(3, cfg.enc_channels, 0, t["encoder"], cfg.enc_head_hidden, 3, init, add)
+        if cfg.dec_source == "hidden":
+            self.hyper_decoder = HiddenPromptNet(cfg.dec_channels, t["hyper_decoder"], stride, init, add)
+            self.decoder = HiddenPromptNet(cfg.dec_channels, t["decoder"], stride, init, add)
+        else:
+            self.hyper_decoder = PromptNet(N, cfg.dec_channels, 6, t["hyper_decoder"], cfg.dec_head_hidden, 1, init, add)
+            self.decoder = PromptNet(M, cfg.dec_channels, 4, t["decoder"], cfg.dec_head_hidden, 1, init, add)
         self.log_gain = nn.Parameter(torch.zeros(M)) if cfg.latent_gain else None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
 
-def _mix(maps: list[dict[str, list[Tensor]]], weights: list[float]) -> dict[str, list[Tensor]]:
+class _MixedHeads:
+    """A weighted sum of prompt heads, itself a prompt callable: ``tokens ↦ Σ w_k · head_k(tokens)``."""
+
+    def __init__(self, heads: list[Callable[[Tensor], Tensor]], weights: list[float]) -> None:
+        self.heads, self.weights = heads, weights
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        return sum(w * h(tokens) for h, w in zip(self.heads, self.weights))  # type: ignore[return-value]
+
+
+def _mix(maps: list[dict[str, list[PromptMap]]], weights: list[float]) -> dict[str, list[PromptMap]]:
+    """Prompt maps (or heads) of several modules, weighted layer by layer (heads mix their outputs)."""
     if len(maps) == 1 and weights[0] == 1.0:
         return maps[0]
-    out: dict[str, list[Tensor]] = {}
+    out: dict[str, list[PromptMap]] = {}
     for name in maps[0]:
-        out[name] = [sum(w * m[name][i] for m, w in zip(maps, weights)) for i in range(len(maps[0][name]))]
+        layers = []
+        for i in range(len(maps[0][name])):
+            parts = [m[name][i] for m in maps]
+            if all(isinstance(p, Tensor) for p in parts):
+                layers.append(sum(w * p for p, w in zip(parts, weights)))
+            else:
+                layers.append(_MixedHeads(parts, weights))  # type: ignore[arg-type]
+        out[name] = layers
     return out
 
 
