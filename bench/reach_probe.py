@@ -18,6 +18,7 @@ weights (measured: lr 2e-3 gave the smoke base a *worse* RD cost than it started
 
     python bench/reach_probe.py --init BASE.safetensors --data-dir DIR --images DIR/kodak --steps 300
     python bench/reach_probe.py --init … --rates 0.0067 0.025 --variants prompts --json out.json
+    python bench/reach_probe.py --merge a.json b.json --json both.json     # probes of one base, one table
 
 ``--variants … lora`` adds a second kind of frozen-base adapter with the same budget: low-rank rate adapters
 (a ``kind: lora`` run, rank ``--lora-rank``, on qkv/proj/fc1/fc2 of every Swin block of all four
@@ -105,6 +106,8 @@ def markdown_table(data: dict) -> str:
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
     for r in against_control(data["rows"]):
         name = names[r["variant"]]
+        if r.get("prompt_settings"):
+            name += " (" + ", ".join(f"{k}={v}" for k, v in r["prompt_settings"].items()) + ")"
         if r["variant"] == "lora":
             where = r.get("lora_transforms") or []
             layers = r.get("lora_targets") or []
@@ -117,6 +120,27 @@ def markdown_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(datas: list[dict], names: list[str]) -> dict:
+    """Several probes' JSONs of one base as one (rows concatenated, control shares recomputed; each row says
+    which file it came from). ``ValueError`` unless they share the base checkpoint (sha256) and its numbers."""
+    if not datas:
+        raise ValueError("nothing to merge")
+    first = datas[0]
+    for d, name in zip(datas, names):
+        if not d.get("meta", {}).get("complete"):
+            raise ValueError(f"{name}: an unfinished probe (meta.complete is not true)")
+        if d["meta"].get("init_sha256") != first["meta"].get("init_sha256") or d["base"] != first["base"]:
+            raise ValueError(f"{name}: another base than {names[0]} (checkpoint sha256 or base bpp/PSNR differ)")
+    rows = [{**{k: v for k, v in r.items() if k not in ("reach_share", "rd_gain_share")}, "source": name}
+            for d, name in zip(datas, names) for r in d["rows"]]
+    if len({(r["rate"], r["variant"]) for r in rows if r["variant"] == "separate"}) != sum(
+            r["variant"] == "separate" for r in rows):
+        raise ValueError("two separate controls at the same λ: keep one")
+    meta = {k: v for k, v in first["meta"].items() if k in ("init", "init_sha256", "init_budget", "base_rate")}
+    return {"meta": {**meta, "complete": True, "merged_from": [{"file": n, **d["meta"]} for d, n in zip(datas, names)]},
+            "base": first["base"], "rows": against_control(rows)}
+
+
 def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
     """``λ·255²·MSE + bpp`` (MSE of [0, 1] images, from the PSNR), the training loss's scale."""
     mse = 10 ** (-psnr / 10)
@@ -126,6 +150,8 @@ def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", metavar="JSON", help="print the Markdown table of an earlier probe's JSON and stop")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="merge finished probes of one base into --json (rows of all, control shares recomputed) and stop")
     ap.add_argument("--init", help="base checkpoint (.safetensors)")
     ap.add_argument("--data-dir", help="folder holding bsds500/")
     ap.add_argument("--images", help="evaluation images (e.g. DIR/kodak)")
@@ -159,6 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
+        return 0
+    if args.merge:
+        if not args.json:
+            ap.error("--merge needs --json (the merged file)")
+        try:
+            merged = merge([json.loads(Path(f).read_text()) for f in args.merge], [Path(f).name for f in args.merge])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--merge: {e}")
+        from lpm.jsonio import write_json
+
+        write_json(args.json, merged)
+        print(markdown_table(merged))
         return 0
     missing = [f"--{k.replace('_', '-')}" for k in ("init", "data_dir", "images") if not getattr(args, k)]
     if missing:

@@ -162,3 +162,54 @@ def test_shares_of_the_control_and_the_table():
     lines = table.splitlines()
     assert len(lines) == 5 and "| λ=0.025, prompts alone | 0.1100 | +10.0 % | +0.50 dB |" in lines[2]
     assert lines[2].endswith("| 25 % | 25 % |") and lines[4].endswith("| — | — |")
+
+
+def _fake(sha: str, rows: list[dict], complete: bool = True) -> dict:
+    return {"meta": {"init": "base.safetensors", "init_sha256": sha, "init_budget": "b", "base_rate": 0.013,
+                     "complete": complete, "budget": "x"},
+            "base": {"bpp": 0.25, "psnr": 26.0}, "rows": rows}
+
+
+def _row(variant: str, bpp_change: float, rd: float, **extra) -> dict:
+    return {"rate": 0.0067, "variant": variant, "bpp": 0.25 * (1 + bpp_change), "psnr": 26.0,
+            "bpp_change_vs_base_rate": bpp_change, "psnr_change_db": 0.0, "rd_cost": rd, "rd_cost_base_alone": 1.2,
+            "prompt_settings": {}, **extra}
+
+
+def test_merge_joins_probes_of_one_base_and_recomputes_the_control_shares(tmp_path, capsys):
+    a = _fake("s1", [_row("prompts", -0.003, 1.199), _row("separate", -0.12, 1.188)])
+    b = _fake("s1", [_row("prompts", -0.007, 1.198, prompt_settings={"enc_source": "hidden"}),
+                     _row("lora", -0.08, 1.192, lora_rank=6, lora_transforms=["g_a", "h_a", "h_s", "g_s"],
+                          lora_targets=["fc1", "fc2"])])
+    merged = probe.merge([a, b], ["a.json", "b.json"])
+    assert [r["source"] for r in merged["rows"]] == ["a.json", "a.json", "b.json", "b.json"]
+    lora = merged["rows"][3]
+    assert lora["reach_share"] == pytest.approx(0.08 / 0.12) and lora["rd_gain_share"] == pytest.approx(0.008 / 0.012)
+    assert [m["file"] for m in merged["meta"]["merged_from"]] == ["a.json", "b.json"]
+    table = probe.markdown_table(merged)
+    assert "prompts alone (enc_source=hidden)" in table and "fc1/fc2 layers only" in table
+    for bad, why in ((_fake("s2", []), "another base"), (_fake("s1", [], complete=False), "unfinished"),
+                     (_fake("s1", [_row("separate", -0.1, 1.19)]), "two separate controls")):
+        with pytest.raises(ValueError, match=why):
+            probe.merge([a, bad], ["a.json", "bad.json"])
+    # the command line writes the merged file and prints its table; a bad merge is a usage error
+    fa, fb, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "m.json"
+    fa.write_text(json.dumps(a)), fb.write_text(json.dumps(b))
+    assert probe.main(["--merge", str(fa), str(fb), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][3]["reach_share"] == pytest.approx(0.08 / 0.12)
+    assert "low-rank adapters (rank 6, fc1/fc2 layers only)" in capsys.readouterr().out
+    fb.write_text(json.dumps(_fake("s2", [])))
+    with pytest.raises(SystemExit):
+        probe.main(["--merge", str(fa), str(fb), "--json", str(out)])
+    assert "another base" in capsys.readouterr().err
+
+
+def test_probe_with_prompts_from_the_blocks_own_tokens(tmp_path):
+    _, out = _probe(tmp_path, "--rates", "0.025", "--variants", "prompts", "--prompt", "enc_source=hidden",
+                    "--prompt", "dec_source=hidden", "--prompt", "enc_channels=3")
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["prompt_settings"] == {"enc_source": "hidden", "dec_source": "hidden", "enc_channels": 3}
+    ck = load_codec(row["checkpoint"])
+    cfg = ck.model.prompt_config
+    assert (cfg.enc_source, cfg.dec_source, cfg.enc_channels) == ("hidden", "hidden", 3)
+    assert type(ck.model.module(0.025).decoder).__name__ == "HiddenPromptNet" and row["bpp"] > 0
