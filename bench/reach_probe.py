@@ -141,6 +141,28 @@ def merge(datas: list[dict], names: list[str]) -> dict:
             "base": first["base"], "rows": against_control(rows)}
 
 
+def with_prompt_stride(init, stride: int, folder: Path):
+    """A copy of the base of ``init`` (a loaded checkpoint) with another ``prompt_stride``, written to
+    ``folder`` and loaded back: the same weights (a base has no prompt parameters; the stride only lays out
+    the prompt maps), so it codes the base rate bit for bit. ``ValueError`` if the windows do not allow it."""
+    from lpm import zoo
+    from lpm.checkpoints import save_codec
+    from lpm.models import CodecConfig, PromptedCodec, TICCodec
+
+    model = init.model
+    base = model.base if isinstance(model, PromptedCodec) else model
+    if not isinstance(base, TICCodec):
+        raise ValueError(f"{init.path.name} has no TIC base")
+    cfg = CodecConfig.from_dict({**base.config.to_dict(), "prompt_stride": stride})
+    copy = TICCodec(cfg)
+    copy.load_state_dict(base.state_dict())
+    meta = {**(init.meta or {}), "base_rate": float(init.base_rate),
+            "note": f"{init.path.name} with prompt_stride {base.config.prompt_stride} -> {stride} (same weights)"}
+    path = folder / f"base-prompt-stride-{stride}.safetensors"
+    save_codec(path, copy.eval(), meta=meta)
+    return zoo.load(str(path))
+
+
 def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
     """``λ·255²·MSE + bpp`` (MSE of [0, 1] images, from the PSNR), the training loss's scale."""
     mse = 10 ** (-psnr / 10)
@@ -170,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="tic", help="zoo config whose prompt-module sizes are used")
     ap.add_argument("--prompt", action="append", default=[], metavar="KEY=VALUE",
                     help="prompt-module setting for the prompts/gain probes (PromptConfig field), repeatable")
+    ap.add_argument("--prompt-stride", type=int, default=None,
+                    help="probe the prompts at this prompt stride (1: one prompt token per image token and added "
+                         "maps at full resolution) on a copy of the base (same weights; the base has no prompt "
+                         "parameters, only the prompt-map layout changes)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--crop", type=int, default=256)
@@ -216,11 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     images = find_images(args.images)[: args.limit or None]
     out_root = Path(args.out_dir) if args.out_dir else PROJECT_ROOT / "results" / "runs" / "reach-probe"
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # probes started in one second: own folders
+    restrided = None
+    if args.prompt_stride is not None and args.prompt_stride != init.config.prompt_stride:
+        try:
+            init, restrided = with_prompt_stride(init, args.prompt_stride, out_root / stamp), init
+        except ValueError as e:
+            ap.error(f"--prompt-stride {args.prompt_stride}: {e}")
     budget = (f"{args.steps} steps x {args.batch} crops of {args.crop}px per probe on {args.fraction:.0%} of "
               f"bsds500 (lr {args.lr:g}" + (f"; separate control lr {args.control_lr:g})" if "separate" in args.variants
                                             else ")"))
     if prompt_set:
         budget += "; prompt modules with " + ", ".join(f"{k}={v}" for k, v in prompt_set.items())
+    if restrided is not None:
+        budget += f"; prompt stride {args.prompt_stride} (base copy of {restrided.path.name}, same weights)"
     print(f"base {init.path.name} (λ={base_rate:g}; {init.budget_label()}); probes at λ {rates}; {budget}; "
           f"{len(images)} evaluation images", flush=True)
 
@@ -229,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     meta = {**environment(dev), "init": str(init.path), "init_sha256": init.sha256,
+            "prompt_stride": init.config.prompt_stride,
+            **({"restrided_from": str(restrided.path), "restrided_from_sha256": restrided.sha256} if restrided else {}),
             "init_budget": init.budget_label(), "base_rate": base_rate, "budget": budget,
             "images": args.images, "n_images": len(images), "eval_device": args.eval_device,
             "probes_planned": [[r, v] for r in rates for v in args.variants]}

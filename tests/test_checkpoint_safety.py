@@ -152,7 +152,8 @@ def test_giant_configs_are_refused_fast_and_without_allocating(ckpts, tmp_path):
     ({"mlp_ratio": float("inf")}, "mlp_ratio must be a finite number"),
     ({"mlp_ratio": 1000}, "mlp_ratio must be in"),
     ({"drop_path": 1.5}, "drop_path"),
-    ({"window": 6, "prompt_stride": 4}, "multiple of prompt_stride"),
+    ({"window": 6, "prompt_stride": 2}, "multiple of prompt_stride"),
+    ({"prompt_stride": 4}, "prompt_stride"),
     ({"bogus": 1}, "unknown codec config keys"),
 ])
 def test_codec_configs_outside_the_bounds_are_refused(ckpts, tmp_path, change, match):

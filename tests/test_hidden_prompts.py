@@ -18,6 +18,7 @@ import lpm.models.base as base_mod
 from conftest import TINY_BASE_RATE, TINY_RATES, make_tiny_base, make_tiny_codec
 from lpm.layers import HiddenPromptHead, HiddenPromptNet, PromptTarget, SwinBlock
 from lpm.models import PromptConfig, PromptedCodec, prompt_settings
+from lpm.models.base import TICCodec
 from lpm.models.baselines import RateConditionedCodec
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -191,3 +192,27 @@ def test_training_reaches_every_hidden_head_and_nothing_of_the_base():
     assert all(p.grad is None for p in model.base.parameters())
     others = [m for k, m in model.prompts.items() if m is not module]
     assert all(p.grad is None for m in others for p in m.parameters())
+
+
+@pytest.mark.parametrize("sources", [("image", "latent"), ("hidden", "hidden")])
+def test_prompt_stride_one_gives_a_prompt_token_per_image_token_and_codes(sources):
+    """``prompt_stride=1`` (maps at the stage's own stride): the prompt nets make maps at the tokens'
+    resolution (they used to be laid out for stride 2 whatever the config said, and the first forward failed)."""
+    from conftest import TINY_BASE
+
+    torch.manual_seed(0)
+    base = TICCodec(**{**TINY_BASE, "prompt_stride": 1})
+    assert {t.name: t.level for t in base.prompt_targets()["encoder"]} == {"g_a.0": 1, "g_a.1": 2, "g_a.2": 3, "h_a.0": 5}
+    model = PromptedCodec(base, list(TINY_RATES), TINY_BASE_RATE,
+                          PromptConfig(8, 0, 8, 0, enc_source=sources[0], dec_source=sources[1], head_init_scale=1.0))
+    model.eval().update(force=True)
+    x = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+    if sources[0] == "image":
+        maps = model.module(RATE).encoder(model.base.pad(x))
+        assert maps["g_a.0"][0].shape[-2:] == (32, 32)  # the 64x64 padded image at stride 2, one map pixel per token
+    c = model.compress(x, RATE)
+    dec = model.decompress(c["strings"], c["shape"], RATE, size=(40, 56), table_checks=c["table_checks"])["x_hat"]
+    with torch.no_grad():
+        assert (dec - model(x, RATE)["x_hat"].clamp(0, 1)).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="prompt_stride"):
+        TICCodec(**{**TINY_BASE, "prompt_stride": 4})

@@ -213,3 +213,29 @@ def test_probe_with_prompts_from_the_blocks_own_tokens(tmp_path):
     cfg = ck.model.prompt_config
     assert (cfg.enc_source, cfg.dec_source, cfg.enc_channels) == ("hidden", "hidden", 3)
     assert type(ck.model.module(0.025).decoder).__name__ == "HiddenPromptNet" and row["bpp"] > 0
+
+
+def test_prompt_stride_probes_run_on_a_restrided_copy_with_the_same_weights(tmp_path, capsys):
+    base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "prompts", "--prompt-stride", "1")
+    data = json.loads(out.read_text())
+    assert data["meta"]["prompt_stride"] == 1 and data["meta"]["restrided_from"] == str(base)
+    assert "prompt stride 1" in data["meta"]["budget"]
+    copy = load_codec(data["meta"]["init"])
+    assert copy.config.prompt_stride == 1 and copy.sha256 == data["meta"]["init_sha256"]
+    original = load_codec(base).model.state_dict()
+    assert all(torch.equal(v, copy.model.state_dict()[k]) for k, v in original.items())
+    (row,) = data["rows"]
+    ck = load_codec(row["checkpoint"])
+    assert ck.config.prompt_stride == 1 and row["bpp"] > 0
+    # the base itself codes the same at either stride (no prompts at the base rate)
+    from lpm.data import find_images
+    from lpm.eval.rd import evaluate_codec
+
+    images = find_images(tmp_path / "bsds500" / "val")
+    from lpm import zoo
+
+    res = evaluate_codec(zoo.load(str(base)), images, [0.013], progress=False)["results"]
+    assert (res["bpp"][0], res["psnr-rgb"][0]) == (data["base"]["bpp"], data["base"]["psnr"])
+    with pytest.raises(SystemExit):
+        _probe(tmp_path / "bad", "--prompt-stride", "3")
+    assert "--prompt-stride 3" in capsys.readouterr().err

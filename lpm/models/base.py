@@ -107,15 +107,17 @@ class PromptSource(Protocol):
 #: Bounds every :class:`CodecConfig` is checked against (inclusive), so that a config read from a file
 #: cannot ask for a giant or broken model: channels ``N``, ``M``; Swin blocks per stage; attention heads
 #: (they must also divide ``N``); window sides (their ``window**4`` index tables are built per block);
-#: convolution kernels (odd); the prompt-map stride (it must divide the window and, in stages of two or more
-#: blocks, the shift ``window // 2``).
+#: convolution kernels (odd); the prompt-map stride, 1 or 2 (a stage at stride ``2**L`` gets prompt maps at
+#: ``2**L · prompt_stride``; the hyper-transforms' stages sit at 32, so 2 keeps every map on the 64-pixel padding
+#: grid the tiling stitches on; it must also divide the window and, in stages of two or more blocks, the shift
+#: ``window // 2``).
 CONFIG_LIMITS: dict[str, tuple[int, int]] = {
     "channels": (1, 1024),
     "depth": (0, 64),
     "heads": (1, 64),
     "window": (1, 32),
     "kernel": (1, 15),
-    "prompt_stride": (1, 32),
+    "prompt_stride": (1, 2),
 }
 #: ``mlp_ratio`` lies in ``(0, MAX_MLP_RATIO]``; ``drop_path`` in ``[0, 1)``.
 MAX_MLP_RATIO = 16.0
@@ -223,8 +225,11 @@ class CodecConfig:
 class Transform(nn.Module):
     """A sequence of convolutions and :class:`SwinStage` s; stage ``i`` is addressed as ``f"{name}.{i}"``."""
 
-    def __init__(self, name: str, layers: list[nn.Module], levels: list[int]) -> None:
+    def __init__(self, name: str, layers: list[nn.Module], levels: list[int], prompt_stride: int = 2) -> None:
         super().__init__()
+        if prompt_stride not in (1, 2):
+            raise ValueError(f"prompt_stride must be 1 or 2, got {prompt_stride}")
+        up = prompt_stride.bit_length() - 1  # prompt maps sit this many levels below their stage
         self.name = name
         self.layers = nn.ModuleList(layers)
         self.stage_names: dict[int, str] = {}
@@ -233,7 +238,7 @@ class Transform(nn.Module):
             if isinstance(layer, SwinStage):
                 sname = f"{name}.{len(self.targets)}"
                 self.stage_names[idx] = sname
-                self.targets.append(PromptTarget(sname, level + 1, layer.dim, layer.depth))
+                self.targets.append(PromptTarget(sname, level + up, layer.dim, layer.depth))
 
     def forward(
         self, x: Tensor, prompts: Optional[dict[str, list[Tensor]]] = None, prompt_logit: Optional[float] = None
@@ -343,17 +348,19 @@ class TICCodec(CompressionModel):
             "g_a",
             [conv(3, N, k), ea, conv(N, N, k), eb, conv(N, N, k), ec, conv(N, M, k)],
             [1, 1, 2, 2, 3, 3, 4],
+            cfg.prompt_stride,
         )
         da, db, dc = _stages(N, cfg.dec_depths, cfg.dec_heads, cfg.window, cfg)
         self.g_s = Transform(
             "g_s",
             [Deconv(M, N, k), da, Deconv(N, N, k), db, Deconv(N, N, k), dc, Deconv(N, 3, k)],
             [3, 3, 2, 2, 1, 1, 0],
+            cfg.prompt_stride,
         )
         (ha,) = _stages(N, [cfg.hyper_depth], [cfg.hyper_heads], cfg.hyper_window, cfg)
-        self.h_a = Transform("h_a", [conv(M, N, hk), ha, conv(N, N, hk)], [5, 5, 6])
+        self.h_a = Transform("h_a", [conv(M, N, hk), ha, conv(N, N, hk)], [5, 5, 6], cfg.prompt_stride)
         (hs,) = _stages(N, [cfg.hyper_depth], [cfg.hyper_heads], cfg.hyper_window, cfg)
-        self.h_s = Transform("h_s", [Deconv(N, N, hk), hs, Deconv(N, 2 * M, hk)], [5, 5, 4])
+        self.h_s = Transform("h_s", [Deconv(N, N, hk), hs, Deconv(N, 2 * M, hk)], [5, 5, 4], cfg.prompt_stride)
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
 
