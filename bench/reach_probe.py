@@ -106,8 +106,11 @@ def markdown_table(data: dict) -> str:
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
     for r in against_control(data["rows"]):
         name = names[r["variant"]]
-        if r.get("prompt_settings"):
-            name += " (" + ", ".join(f"{k}={v}" for k, v in r["prompt_settings"].items()) + ")"
+        settings = [f"{k}={v}" for k, v in (r.get("prompt_settings") or {}).items()]
+        if r.get("prompt_stride") not in (None, 2) and r["variant"] in ("prompts", "gain"):
+            settings.append(f"prompt stride {r['prompt_stride']}")
+        if settings:
+            name += " (" + ", ".join(settings) + ")"
         if r["variant"] == "lora":
             where = r.get("lora_transforms") or []
             layers = r.get("lora_targets") or []
@@ -120,6 +123,11 @@ def markdown_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _weights_of(data: dict) -> str:
+    """The sha256 of the base a probe started from (of the original for a restrided copy: same weights)."""
+    return data["meta"].get("restrided_from_sha256") or data["meta"].get("init_sha256")
+
+
 def merge(datas: list[dict], names: list[str]) -> dict:
     """Several probes' JSONs of one base as one (rows concatenated, control shares recomputed; each row says
     which file it came from). ``ValueError`` unless they share the base checkpoint (sha256) and its numbers."""
@@ -129,14 +137,17 @@ def merge(datas: list[dict], names: list[str]) -> dict:
     for d, name in zip(datas, names):
         if not d.get("meta", {}).get("complete"):
             raise ValueError(f"{name}: an unfinished probe (meta.complete is not true)")
-        if d["meta"].get("init_sha256") != first["meta"].get("init_sha256") or d["base"] != first["base"]:
+        if _weights_of(d) != _weights_of(first) or d["base"] != first["base"]:
             raise ValueError(f"{name}: another base than {names[0]} (checkpoint sha256 or base bpp/PSNR differ)")
-    rows = [{**{k: v for k, v in r.items() if k not in ("reach_share", "rd_gain_share")}, "source": name}
+    rows = [{**{k: v for k, v in r.items() if k not in ("reach_share", "rd_gain_share")},
+             "prompt_stride": r.get("prompt_stride", d["meta"].get("prompt_stride")), "source": name}
             for d, name in zip(datas, names) for r in d["rows"]]
     if len({(r["rate"], r["variant"]) for r in rows if r["variant"] == "separate"}) != sum(
             r["variant"] == "separate" for r in rows):
         raise ValueError("two separate controls at the same λ: keep one")
     meta = {k: v for k, v in first["meta"].items() if k in ("init", "init_sha256", "init_budget", "base_rate")}
+    if "restrided_from" in first["meta"]:
+        meta.update(init=first["meta"]["restrided_from"], init_sha256=_weights_of(first))
     return {"meta": {**meta, "complete": True, "merged_from": [{"file": n, **d["meta"]} for d, n in zip(datas, names)]},
             "base": first["base"], "rows": against_control(rows)}
 
@@ -313,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget, "lr": cfg.lr,
                 "images_seen": trained["images_seen"], "images_in_set": trained["images_in_set"],
                 "prompt_settings": prompt_set if variant in ("prompts", "gain") else {},
+                "prompt_stride": init.config.prompt_stride,
                 **({"lora_rank": args.lora_rank, "lora_transforms": lora["transforms"], "lora_targets": lora["targets"]}
                    if variant == "lora" else {}),
                 "training_log": training_log(Path(cfg.out_dir) / "log.csv"),

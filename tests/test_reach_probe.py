@@ -188,6 +188,12 @@ def test_merge_joins_probes_of_one_base_and_recomputes_the_control_shares(tmp_pa
     assert [m["file"] for m in merged["meta"]["merged_from"]] == ["a.json", "b.json"]
     table = probe.markdown_table(merged)
     assert "prompts alone (enc_source=hidden)" in table and "fc1/fc2 layers only" in table
+    # a probe on a restrided copy of the same base (same weights) merges; its rows say their stride
+    c = _fake("copy", [_row("prompts", -0.055, 1.195, prompt_settings={"additive": True})])
+    c["meta"].update(restrided_from_sha256="s1", prompt_stride=1)
+    both = probe.merge([a, c], ["a.json", "c.json"])
+    assert [r["prompt_stride"] for r in both["rows"]] == [None, None, 1]
+    assert "prompts alone (additive=True, prompt stride 1)" in probe.markdown_table(both)
     for bad, why in ((_fake("s2", []), "another base"), (_fake("s1", [], complete=False), "unfinished"),
                      (_fake("s1", [_row("separate", -0.1, 1.19)]), "two separate controls")):
         with pytest.raises(ValueError, match=why):
