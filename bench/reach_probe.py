@@ -26,6 +26,13 @@ transforms, :class:`lpm.models.LoRACodec`; ``--lora-targets qkv proj`` keeps the
 of three times their size did not, so a probe that has both tells a wall of the prompt mechanism from a wall
 of freezing the base.
 
+``--variants … hidden`` (beyond the paper) adds prompt modules whose prompts come from each Swin block's own
+input tokens on both sides (``enc_source=dec_source=hidden``) with an additive half, at prompt stride 1 (a
+copy of the base with the same weights): a head per block that adds a per-token low-rank update to the
+block's residual stream, besides its prompt keys/values. At smoke scale this was the first prompt module
+that moved the rate (README, "The measured risk"). Width ``--hidden-width`` (default: a prompt module's
+parameter count of ``--model``, or just under it).
+
 ``--prompt KEY=VALUE`` (repeatable) changes the prompt modules' sizes for the prompts/gain probes — the levers
 against a short reach, e.g. ``--prompt enc_head_hidden=32`` (more capacity where the rate is decided) or
 ``--prompt head_init_scale=1`` (a less timid start); the JSON records them.
@@ -102,12 +109,14 @@ def markdown_table(data: dict) -> str:
              "RD cost at its λ (base alone) | share of the control's bpp change | share of its RD gain |",
              "|---|---|---|---|---|---|---|"]
     names = {"prompts": "prompts alone", "gain": "prompts + latent gain", "separate": "separate model (control)",
-             "lora": "low-rank adapters"}
+             "lora": "low-rank adapters", "hidden": "token-fed additive prompts"}
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
     for r in against_control(data["rows"]):
         name = names[r["variant"]]
         settings = [f"{k}={v}" for k, v in (r.get("prompt_settings") or {}).items()]
-        if r.get("prompt_stride") not in (None, 2) and r["variant"] in ("prompts", "gain"):
+        if r["variant"] == "hidden":
+            settings = [f"width {r['prompt_settings'].get('enc_channels')}"]
+        if r.get("prompt_stride") not in (None, 2) and r["variant"] in ("prompts", "gain", "hidden"):
             settings.append(f"prompt stride {r['prompt_stride']}")
         if settings:
             name += " (" + ", ".join(settings) + ")"
@@ -174,6 +183,46 @@ def with_prompt_stride(init, stride: int, folder: Path):
     return zoo.load(str(path))
 
 
+def trained_parameters(model, rate: float) -> int:
+    """Parameters a probe trained for ``rate``: its prompt module, its adapters, or (a separate model) all."""
+    from lpm.models import LoRACodec, PromptedCodec
+
+    if isinstance(model, LoRACodec):
+        return sum(p.numel() for p in model.adapter_parameters(rate))
+    if isinstance(model, PromptedCodec) and len(model.rates) > 1:
+        return model.module(rate).num_parameters()
+    base = model.base if isinstance(model, PromptedCodec) else model
+    return sum(p.numel() for p in base.parameters())
+
+
+def hidden_settings(width: int) -> dict:
+    """Prompt-config overrides of the ``hidden`` probe: every Swin block's prompts come from its own tokens
+    (both sides), with an additive half, at prompt stride 1 (set on the base copy)."""
+    return {"enc_source": "hidden", "dec_source": "hidden", "additive": True, "enc_channels": width,
+            "dec_channels": width}
+
+
+def matched_hidden_width(base, hidden_base, model: str) -> tuple[int, int, int]:
+    """The widest ``hidden`` module (on ``hidden_base``, the prompt-stride-1 copy) that holds no more
+    parameters than a prompt module of the zoo config ``model`` on ``base`` (the probed base as it is):
+    ``(width, its parameters, the prompt module's)``."""
+    from lpm import zoo
+    from lpm.models import LayerAdaptivePromptModule, PromptConfig
+
+    named = PromptConfig.from_dict(zoo.CONFIGS.get(model, zoo.CONFIGS["tic"])["prompt"])
+    target = LayerAdaptivePromptModule(base, named).num_parameters()
+    base = hidden_base
+    count = lambda w: LayerAdaptivePromptModule(  # noqa: E731
+        base, PromptConfig.from_dict({**named.to_dict(), **hidden_settings(w)})).num_parameters()
+    lo, hi = 1, 1024  # the count grows with the width: bisect for the widest that fits
+    if count(lo) > target:
+        return lo, count(lo), target
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if count(mid) <= target else (lo, mid - 1)
+    return lo, count(lo), target
+
+
 def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
     """``λ·255²·MSE + bpp`` (MSE of [0, 1] images, from the PSNR), the training loss's scale."""
     mse = 10 ** (-psnr / 10)
@@ -191,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="first N evaluation images only")
     ap.add_argument("--rates", type=float, nargs="+", help="probed λ (default: one notch each side)")
     ap.add_argument("--variants", nargs="+", default=["prompts", "gain"],
-                    choices=["prompts", "gain", "separate", "lora"])
+                    choices=["prompts", "gain", "separate", "lora", "hidden"])
+    ap.add_argument("--hidden-width", type=int, default=None,
+                    help="bottleneck width of the hidden probes' heads (default: the widest whose module holds no "
+                         "more parameters than a prompt module of --model)")
     ap.add_argument("--lora-rank", type=int, default=7,
                     help="rank of the lora probes' adapters (default 7: at the tic config one rate's adapters hold "
                          "301,056 parameters, a prompt module 301,792; at tiny, rank 3 matches: 6,912 vs 6,960)")
@@ -294,16 +346,31 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     lora = {"rank": args.lora_rank, "transforms": args.lora_transforms or list(LORA_TRANSFORMS),
             "targets": args.lora_targets or list(LORA_TARGETS)}
+    hidden_init, hidden_set = init, {}
+    if "hidden" in args.variants:
+        if init.config.prompt_stride != 1:
+            hidden_init = with_prompt_stride(init, 1, out_root / stamp)
+        matched, n_matched, n_prompt = matched_hidden_width(init.model.base, hidden_init.model.base, args.model)
+        width = matched if args.hidden_width is None else args.hidden_width
+        hidden_set = hidden_settings(width)
+        parse_prompt_settings(ap, [f"{k}={v}" for k, v in hidden_set.items()])  # a bad --hidden-width: usage error
+        meta["hidden"] = {"init": str(hidden_init.path), "init_sha256": hidden_init.sha256, "width": width,
+                          "prompt_module_parameters": n_prompt}
+        print(f"  hidden probes: width {width} on a prompt-stride-1 copy of the base (a prompt module of "
+              f"{args.model} holds {n_prompt:,} parameters; width {matched} matches it with {n_matched:,})", flush=True)
     for rate in rates:
         for variant in args.variants:
             name = f"probe-{variant}-{rate:g}"
             if variant in ("prompts", "gain"):
                 prompt = {"prompt": {**prompt_set, "latent_gain": variant == "gain"}}
+            elif variant == "hidden":
+                prompt = {"prompt": hidden_set}
             else:
                 prompt = {"lora": lora} if variant == "lora" else {}
+            start = hidden_init if variant == "hidden" else init
             cfg = RunConfig(
                 name=name, kind={"separate": "separate", "lora": "lora"}.get(variant, "prompts"), model=args.model,
-                init=str(init.path), rates=sorted([rate, base_rate]), base_rate=base_rate, **prompt,
+                init=str(start.path), rates=sorted([rate, base_rate]), base_rate=base_rate, **prompt,
                 steps=args.steps, lr=args.control_lr if variant == "separate" else args.lr,
                 lr_drops=[], checkpoint_every=max(args.steps, 1), log_every=max(1, args.steps // 10),
                 out_dir=str(out_root / stamp / name),
@@ -323,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                 "rd_cost": rd_cost(rate, psnr, bpp), "rd_cost_base_alone": rd_cost(rate, base_psnr, base_bpp),
                 "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget, "lr": cfg.lr,
                 "images_seen": trained["images_seen"], "images_in_set": trained["images_in_set"],
-                "prompt_settings": prompt_set if variant in ("prompts", "gain") else {},
-                "prompt_stride": init.config.prompt_stride,
+                "prompt_settings": prompt_set if variant in ("prompts", "gain") else hidden_set if variant == "hidden" else {},
+                "prompt_stride": start.config.prompt_stride, "trained_parameters": trained_parameters(ck.model, rate),
                 **({"lora_rank": args.lora_rank, "lora_transforms": lora["transforms"], "lora_targets": lora["targets"]}
                    if variant == "lora" else {}),
                 "training_log": training_log(Path(cfg.out_dir) / "log.csv"),

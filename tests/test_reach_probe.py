@@ -245,3 +245,24 @@ def test_prompt_stride_probes_run_on_a_restrided_copy_with_the_same_weights(tmp_
     with pytest.raises(SystemExit):
         _probe(tmp_path / "bad", "--prompt-stride", "3")
     assert "--prompt-stride 3" in capsys.readouterr().err
+
+
+def test_hidden_probe_trains_token_fed_additive_prompts_at_stride_one_of_a_prompt_modules_size(tmp_path):
+    base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "prompts", "hidden")
+    data = json.loads(out.read_text())
+    prompts, hidden = data["rows"]
+    assert hidden["variant"] == "hidden" and hidden["prompt_stride"] == 1 and prompts["prompt_stride"] == 2
+    width = data["meta"]["hidden"]["width"]
+    assert hidden["prompt_settings"] == probe.hidden_settings(width)
+    ck = load_codec(hidden["checkpoint"])
+    cfg = ck.model.prompt_config
+    assert (cfg.enc_source, cfg.dec_source, cfg.additive, ck.config.prompt_stride) == ("hidden", "hidden", True, 1)
+    # the widest module that does not exceed a tiny prompt module, and the next width would
+    n_prompt = data["meta"]["hidden"]["prompt_module_parameters"]
+    assert prompts["trained_parameters"] == n_prompt
+    assert hidden["trained_parameters"] <= n_prompt
+    assert n_prompt - hidden["trained_parameters"] < hidden["trained_parameters"] / width * 1.5
+    assert all(torch.equal(v, ck.model.base.state_dict()[k]) for k, v in load_codec(base).model.state_dict().items())
+    assert f"token-fed additive prompts (width {width}, prompt stride 1)" in probe.markdown_table(data)
+    _, out2 = _probe(tmp_path / "w", "--rates", "0.025", "--variants", "hidden", "--hidden-width", "3")
+    assert json.loads(out2.read_text())["rows"][0]["prompt_settings"]["enc_channels"] == 3
