@@ -106,8 +106,8 @@ def markdown_table(data: dict) -> str:
     """The probe's rows as a Markdown table (with the control shares where a ``separate`` row exists)."""
     base = data["base"]
     lines = [f"| probe | bpp | vs base rate ({base['bpp']:.4f} bpp, {base['psnr']:.2f} dB) | PSNR change | "
-             "RD cost at its λ (base alone) | share of the control's bpp change | share of its RD gain |",
-             "|---|---|---|---|---|---|---|"]
+             "RD cost at its λ (base alone) | share of the control's bpp change | share of its RD gain | trained parameters |",
+             "|---|---|---|---|---|---|---|---|"]
     names = {"prompts": "prompts alone", "gain": "prompts + latent gain", "separate": "separate model (control)",
              "lora": "low-rank adapters", "hidden": "token-fed additive prompts"}
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
@@ -128,7 +128,8 @@ def markdown_table(data: dict) -> str:
         lines.append(f"| λ={r['rate']:g}, {name} | {r['bpp']:.4f} | "
                      f"{100 * r['bpp_change_vs_base_rate']:+.1f} % | {r['psnr_change_db']:+.2f} dB | "
                      f"{r['rd_cost']:.4f} ({r['rd_cost_base_alone']:.4f}) | {pct(r.get('reach_share'))} | "
-                     f"{pct(r.get('rd_gain_share'))} |")
+                     f"{pct(r.get('rd_gain_share'))} | "
+                     + ("—" if r.get("trained_parameters") is None else f"{r['trained_parameters']:,}") + " |")
     return "\n".join(lines)
 
 
@@ -154,6 +155,11 @@ def merge(datas: list[dict], names: list[str]) -> dict:
     if len({(r["rate"], r["variant"]) for r in rows if r["variant"] == "separate"}) != sum(
             r["variant"] == "separate" for r in rows):
         raise ValueError("two separate controls at the same λ: keep one")
+    for r in rows:  # probes from before rows counted them: count from the checkpoint where it is still there
+        if "trained_parameters" not in r and r.get("checkpoint") and Path(r["checkpoint"]).is_file():
+            from lpm import zoo
+
+            r["trained_parameters"] = trained_parameters(zoo.load(r["checkpoint"]).model, r["rate"])
     meta = {k: v for k, v in first["meta"].items() if k in ("init", "init_sha256", "init_budget", "base_rate")}
     if "restrided_from" in first["meta"]:
         meta.update(init=first["meta"]["restrided_from"], init_sha256=_weights_of(first))

@@ -161,7 +161,7 @@ def test_shares_of_the_control_and_the_table():
     table = probe.markdown_table({"base": {"bpp": 0.1, "psnr": 29.5}, "rows": rows})
     lines = table.splitlines()
     assert len(lines) == 5 and "| λ=0.025, prompts alone | 0.1100 | +10.0 % | +0.50 dB |" in lines[2]
-    assert lines[2].endswith("| 25 % | 25 % |") and lines[4].endswith("| — | — |")
+    assert lines[2].endswith("| 25 % | 25 % | — |") and lines[4].endswith("| — | — | — |")
 
 
 def _fake(sha: str, rows: list[dict], complete: bool = True) -> dict:
@@ -242,6 +242,10 @@ def test_prompt_stride_probes_run_on_a_restrided_copy_with_the_same_weights(tmp_
 
     res = evaluate_codec(zoo.load(str(base)), images, [0.013], progress=False)["results"]
     assert (res["bpp"][0], res["psnr-rgb"][0]) == (data["base"]["bpp"], data["base"]["psnr"])
+    # a merge counts the parameters of rows written before rows counted them, from their checkpoints
+    counted = row["trained_parameters"]
+    del row["trained_parameters"]
+    assert probe.merge([data], ["p.json"])["rows"][0]["trained_parameters"] == counted > 0
     with pytest.raises(SystemExit):
         _probe(tmp_path / "bad", "--prompt-stride", "3")
     assert "--prompt-stride 3" in capsys.readouterr().err
