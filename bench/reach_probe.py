@@ -173,15 +173,13 @@ def with_prompt_stride(init, stride: int, folder: Path):
     the prompt maps), so it codes the base rate bit for bit. ``ValueError`` if the windows do not allow it."""
     from lpm import zoo
     from lpm.checkpoints import save_codec
-    from lpm.models import CodecConfig, PromptedCodec, TICCodec
+    from lpm.models import PromptedCodec, TICCodec
 
     model = init.model
     base = model.base if isinstance(model, PromptedCodec) else model
     if not isinstance(base, TICCodec):
         raise ValueError(f"{init.path.name} has no TIC base")
-    cfg = CodecConfig.from_dict({**base.config.to_dict(), "prompt_stride": stride})
-    copy = TICCodec(cfg)
-    copy.load_state_dict(base.state_dict())
+    copy = base.with_prompt_stride(stride)
     meta = {**(init.meta or {}), "base_rate": float(init.base_rate),
             "note": f"{init.path.name} with prompt_stride {base.config.prompt_stride} -> {stride} (same weights)"}
     path = folder / f"base-prompt-stride-{stride}.safetensors"

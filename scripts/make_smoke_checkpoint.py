@@ -32,6 +32,12 @@ base is trained and the base's ledger comes from that file's meta) -> ``results/
 -> ``results/checkpoints/tiny-smoke-prompts-only.safetensors`` (the ``tiny-smoke-prompts-only`` zoo entry)::
 
     OMP_NUM_THREADS=1 python scripts/make_smoke_checkpoint.py --data-dir DIR --prompts-only
+
+``--hidden`` is the same on the same base with ``configs/tiny-smoke-hidden.yaml`` instead (beyond the paper:
+token-fed additive prompts at prompt stride 1, the same steps, lr, crops and subset) ->
+``results/checkpoints/tiny-smoke-hidden.safetensors`` (the ``tiny-smoke-hidden`` zoo entry)::
+
+    OMP_NUM_THREADS=1 python scripts/make_smoke_checkpoint.py --data-dir DIR --hidden
 """
 
 from __future__ import annotations
@@ -78,6 +84,11 @@ def budget(base_records: list[dict], prompts: Runner, threads: int) -> str:
         lc = LoRAConfig.from_dict(pc.lora or {})
         what, part = (f" + low-rank rate adapters (LoRACodec, rank {lc.rank} on {'/'.join(lc.targets)} of every "
                       f"Swin block)"), "adapters"
+    elif pc.prompt.get("enc_source") == "hidden" or pc.prompt.get("dec_source") == "hidden":
+        what = (", token-fed" + (" additive" if pc.prompt.get("additive") else "") + " prompts (beyond the paper: "
+                "each Swin block's heads read its own tokens" + (f", prompt stride {pc.prompt_stride}" if pc.prompt_stride
+                                                               else "") + ")")
+        part = "prompts"
     else:
         what = (" + per-rate latent gain (beyond the paper)" if pc.prompt.get("latent_gain")
                 else ", the paper's method: prompts alone (no latent gain)")
@@ -116,8 +127,13 @@ def main(argv: list[str] | None = None) -> int:
                     "--prompts-only-out) on the base inside --base-from, instead of tiny-smoke")
     ap.add_argument("--prompts-only-config", default=str(CONFIGS / "tiny-smoke-prompts-only.yaml"))
     ap.add_argument("--prompts-only-out", default=str(zoo.CHECKPOINT_DIR / "tiny-smoke-prompts-only.safetensors"))
+    ap.add_argument("--hidden", action="store_true",
+                    help="make the token-fed additive prompts smoke checkpoint (beyond the paper; --hidden-config, "
+                    "--hidden-out) on the base inside --base-from, instead of tiny-smoke")
+    ap.add_argument("--hidden-config", default=str(CONFIGS / "tiny-smoke-hidden.yaml"))
+    ap.add_argument("--hidden-out", default=str(zoo.CHECKPOINT_DIR / "tiny-smoke-hidden.safetensors"))
     ap.add_argument("--base-from", default=str(zoo.CHECKPOINT_DIR / "tiny-smoke.safetensors"),
-                    help="--prompts-only: the shipped checkpoint whose frozen base (and base ledger) is reused")
+                    help="--prompts-only/--hidden: the shipped checkpoint whose frozen base (and base ledger) is reused")
     ap.add_argument("--runs-dir", default=str(zoo.PROJECT_ROOT / "results" / "runs"), help="where the run folders go")
     ap.add_argument("--base-steps", type=int, help="override the base config's steps")
     ap.add_argument("--prompt-steps", type=int, help="override the prompts config's steps (per rate)")
@@ -125,16 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue both runs where they stopped")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    if args.lora and args.prompts_only:
-        ap.error("--lora and --prompts-only make different checkpoints; pick one")
+    if args.lora + args.prompts_only + args.hidden > 1:
+        ap.error("--lora, --prompts-only and --hidden make different checkpoints; pick one")
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.prompts_only:
+    if args.prompts_only or args.hidden:
         # the base shipped inside tiny-smoke, bit for bit: no base training, its ledger from that file's meta
         base_file = Path(args.base_from)
         base_records, base_run = _base_from(base_file)
-        second, out = Path(args.prompts_only_config), args.prompts_only_out
+        second, out = ((Path(args.hidden_config), args.hidden_out) if args.hidden
+                       else (Path(args.prompts_only_config), args.prompts_only_out))
         prompts, written = _run(second, args, steps=args.prompt_steps, init=str(base_file.resolve()))
         base_name = f"the base inside {base_file.name}"
     else:
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ck = load_codec(written[-1])
     line = budget(base_records, prompts, args.threads)
-    flag = " --lora" if args.lora else " --prompts-only" if args.prompts_only else ""
+    flag = " --lora" if args.lora else " --prompts-only" if args.prompts_only else " --hidden" if args.hidden else ""
     ledger = base_records + _ledger(prompts)
     meta = {
         **ck.meta,

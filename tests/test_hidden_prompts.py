@@ -216,3 +216,36 @@ def test_prompt_stride_one_gives_a_prompt_token_per_image_token_and_codes(source
         assert (dec - model(x, RATE)["x_hat"].clamp(0, 1)).abs().max() <= 1e-5
     with pytest.raises(ValueError, match="prompt_stride"):
         TICCodec(**{**TINY_BASE, "prompt_stride": 4})
+
+
+def test_with_prompt_stride_is_the_same_codec_laid_out_anew():
+    base = make_tiny_base(3).eval()
+    base.update(force=True)
+    copy = base.with_prompt_stride(1)
+    assert copy.config.prompt_stride == 1 and base.config.prompt_stride == 2
+    assert all(torch.equal(v, copy.state_dict()[k]) for k, v in base.state_dict().items())
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert base.compress(x)["strings"] == copy.compress(x)["strings"]
+    with pytest.raises(ValueError, match="prompt_stride"):
+        base.with_prompt_stride(4)
+
+
+def test_a_prompts_run_at_prompt_stride_one_trains_token_fed_modules_on_the_same_frozen_base(tmp_path):
+    from conftest import tiny_base_checkpoint
+    from lpm.checkpoints import load_codec
+    from lpm.train.runner import RunConfig, Runner
+
+    base_file = tiny_base_checkpoint(tmp_path)
+    settings = {"enc_source": "hidden", "dec_source": "hidden", "additive": True, "enc_channels": 3, "dec_channels": 3}
+    cfg = dict(name="h", kind="prompts", model="tiny", init=str(base_file), rates=[0.013, 0.025], base_rate=0.013,
+               prompt=settings, prompt_stride=1, steps=2, lr=1e-3, lr_drops=[], out_dir=str(tmp_path / "run"),
+               data={"dir": str(tmp_path), "crop": 32, "batch": 2, "fraction": 0.5, "on_device": False})
+    (path, *_) = Runner(RunConfig(**cfg), progress=False).run()
+    ck = load_codec(path)
+    assert ck.config.prompt_stride == 1 and ck.model.prompt_config.enc_source == "hidden"
+    original = load_codec(base_file).model.state_dict()
+    assert all(torch.equal(v, ck.model.base.state_dict()[k]) for k, v in original.items())
+    for bad, why in (({"prompt_stride": 3}, "1 or 2"), ({"prompt_stride": 1, "kind": "separate"}, "belongs to a prompts")):
+        with pytest.raises(ValueError, match=why):
+            RunConfig(**{**cfg, **bad})

@@ -419,7 +419,8 @@ def test_comparison_notebook_records_what_the_library_measures(tmp_path):
     assert (results / "figures" / "comparison_rd.png").is_file()
     n = rec["numbers"]
 
-    ctx = figures.setup(["tiny-smoke-prompts-only", "tiny-smoke", "tiny-smoke-lora"], data, tmp_path / "direct", True)
+    ctx = figures.setup(["tiny-smoke-prompts-only", "tiny-smoke", "tiny-smoke-hidden", "tiny-smoke-lora"], data,
+                        tmp_path / "direct", True)
     direct = compare_methods(ctx.checkpoints, ctx.images, ctx.results_dir, smoke=True, per_gap=1)
     rows, want = n["table"], direct.table.to_dict(orient="records")
     assert [r["method"] for r in rows] == [w["method"] for w in want] == [m.title for m in METHODS]
@@ -438,7 +439,10 @@ def test_comparison_notebook_records_what_the_library_measures(tmp_path):
         assert r["same_base"] is True and r["K_rates"] == 6 and r["bd_rate_vs_vtm_percent"] is None  # not Kodak
     by = {r["checkpoint"]: r for r in rows if r["checkpoint"]}
     lora, prompts, gain = by["tiny-smoke-lora"], by["tiny-smoke-prompts-only"], by["tiny-smoke"]
+    hidden = by["tiny-smoke-hidden"]
     assert (prompts["method"], gain["method"]) == ("LPM prompt modules", "LPM prompt modules + latent gain")
+    assert hidden["method"] == "LPM modules, token-fed additive prompts" and hidden["params_per_extra_rate"] == 6_852
+    assert (hidden["train_images"], hidden["train_crops"]) == (50, 6000)
     # the same budget: same shared base, the same images and crops for the rate-specific part
     assert (lora["train_images"], lora["train_crops"]) == (prompts["train_images"], prompts["train_crops"]) \
         == (gain["train_images"], gain["train_crops"]) == (50, 6000)
@@ -447,7 +451,7 @@ def test_comparison_notebook_records_what_the_library_measures(tmp_path):
     # the paper's method (prompts alone) is the LPM reference, not the gain variant listed after it
     assert prompts["bd_rate_vs_lpm_percent"] == 0.0 and gain["vs_lpm_note"] != "reference itself"
     assert [p["bpp"] for p in n["points"]] == [p["bpp"] for p in direct.points.to_dict(orient="records")]
-    assert sum(p["trained"] for p in n["points"]) == 18 and len(n["points"]) == 33  # 6 trained + 5 in-between, x3
+    assert sum(p["trained"] for p in n["points"]) == 24 and len(n["points"]) == 44  # 6 trained + 5 in-between, x4
     # merged vs unmerged decoding of one stream: the same tables, pixels within float32 rounding
     assert n["merge"]["tiny-smoke-lora"]["max_abs_diff"] < 1e-4 and n["merge"]["tiny-smoke-lora"]["max_abs_diff_8bit"] <= 1
 

@@ -61,6 +61,7 @@ class Method:
 METHODS: tuple[Method, ...] = (
     Method("prompts", "LPM prompt modules", "Qin et al., arXiv:2311.13846", "prompted", True),
     Method("prompts_gain", "LPM prompt modules + latent gain", "beyond the paper (lpm)", "prompted", True),
+    Method("prompts_hidden", "LPM modules, token-fed additive prompts", "beyond the paper (lpm)", "prompted", True),
     Method("lora", "Low-rank rate adapters (merged)", "Xu, Huang & Wu, arXiv:2606.16107", "lora", True),
     Method("rate_conditioned", "Rate-conditioned prompts", "Kao et al., ICIP 2023", "rate_conditioned", True),
     Method("gain_units", "Gain units", "Cui et al., CVPR 2021", "gain_units", True),
@@ -71,7 +72,8 @@ _BY_KEY = {m.key: m for m in METHODS}
 
 def method_of(ckpt: Any) -> Method:
     """The :class:`Method` of a :class:`lpm.figures.Checkpoint` (from its kind; a prompted codec whose
-    prompt modules learn a latent gain is ``prompts_gain``)."""
+    prompt modules learn a latent gain is ``prompts_gain``, one whose heads read the blocks' own tokens on
+    either side is ``prompts_hidden``)."""
     if ckpt.separate:
         return _BY_KEY["separate"]
     model = ckpt.model
@@ -79,8 +81,10 @@ def method_of(ckpt: Any) -> Method:
     if kind == "tic":
         raise ValueError(f"{ckpt.label}: a bare base is not a variable-rate method")
     if kind == "prompted":
-        gain = getattr(getattr(model, "prompt_config", None), "latent_gain", False)
-        return _BY_KEY["prompts_gain" if gain else "prompts"]
+        pc = getattr(model, "prompt_config", None)
+        if "hidden" in (getattr(pc, "enc_source", None), getattr(pc, "dec_source", None)):
+            return _BY_KEY["prompts_hidden"]
+        return _BY_KEY["prompts_gain" if getattr(pc, "latent_gain", False) else "prompts"]
     for m in METHODS:
         if m.kind == kind:
             return m
@@ -99,6 +103,12 @@ def between_rates(rates: Sequence[float], per_gap: int) -> list[float]:
 
 def _base_of(model: Any) -> Any:
     return model.base if hasattr(model, "base") else model
+
+
+def _backbone(config: Any) -> dict[str, Any]:
+    """A backbone config without ``prompt_stride``: that only lays out prompt maps (a base is used at either
+    stride with the same weights), so two methods on one base may differ in it."""
+    return {k: v for k, v in config.to_dict().items() if k != "prompt_stride"}
 
 
 def _base_state(model: Any) -> dict[str, torch.Tensor]:
@@ -317,7 +327,7 @@ def compare_methods(checkpoints: Sequence[Any], images: Any, results_dir: Any, *
     for ckpt in checkpoints:
         method = method_of(ckpt)
         models = ckpt.models
-        if any(_base_of(m.model).config != config for m in models):
+        if any(_backbone(_base_of(m.model).config) != _backbone(config) for m in models):
             raise ValueError(f"{ckpt.label}: another backbone config than {checkpoints[0].label}; the comparison "
                              "is between methods on the same backbone")
         pts = []

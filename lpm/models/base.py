@@ -365,6 +365,15 @@ class TICCodec(CompressionModel):
         self.gaussian_conditional = GaussianConditional(None)
 
     # ------------------------------------------------------------------ layout for prompt modules
+    def with_prompt_stride(self, stride: int) -> "TICCodec":
+        """A copy with another ``prompt_stride`` (1 or 2) and the same weights, buffers and entropy tables: the
+        base has no prompt parameters, the stride only lays out the prompt maps, so the copy codes the base
+        rate bit for bit. ``ValueError`` if the windows do not allow the stride."""
+        copy = TICCodec(CodecConfig.from_dict({**self.config.to_dict(), "prompt_stride": stride}))
+        copy.load_state_dict(self.state_dict())
+        ref = next(self.parameters())
+        return copy.to(device=ref.device, dtype=ref.dtype).train(self.training).requires_grad_(ref.requires_grad)
+
     def prompt_targets(self) -> dict[str, list[PromptTarget]]:
         """Stages that accept prompts, grouped by who can compute them: ``encoder`` (sees the image),
         ``hyper_decoder`` (sees ẑ) and ``decoder`` (sees ŷ)."""

@@ -39,6 +39,7 @@ class RunConfig:
     base_rate: float = 0.0483
     prompt: dict[str, Any] = field(default_factory=dict)  # PromptConfig overrides
     lora: Optional[dict[str, Any]] = None  # LoRAConfig fields of a lora run (rank, targets, transforms)
+    prompt_stride: Optional[int] = None  # prompts runs: lay the frozen base's prompt maps out at 1 or 2 (same weights)
     steps: int = 1000  # per stage
     lr: float = 1e-4
     aux_lr: float = 1e-3
@@ -71,6 +72,11 @@ class RunConfig:
             from lpm.models import LoRAConfig
 
             LoRAConfig.from_dict(self.lora)  # ValueError for unknown keys or bad values, before anything runs
+        if self.prompt_stride is not None:
+            if self.kind != "prompts":
+                raise ValueError(f"`prompt_stride:` belongs to a prompts run, not a {self.kind} run")
+            if self.prompt_stride not in (1, 2) or isinstance(self.prompt_stride, bool):
+                raise ValueError(f"prompt_stride must be 1 or 2, got {self.prompt_stride!r:.40}")
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("steps, checkpoint_every and log_every must be positive")
         if self.restart_warmup < 0:

@@ -128,11 +128,14 @@ class StageKind:
 
 
 def initial_base(cfg: "RunConfig", device: torch.device) -> tuple[TICCodec, Optional[str]]:
-    """The base a run starts from: the backbone of ``cfg.init`` or a fresh ``cfg.model``; and the init's sha256."""
+    """The base a run starts from: the backbone of ``cfg.init`` (at ``cfg.prompt_stride`` if set) or a fresh
+    ``cfg.model``; and the init's sha256."""
     if cfg.init:
         loaded = load_codec(cfg.init)
         model = loaded.model
         base = model.base if isinstance(model, PromptedCodec) else model
+        if cfg.prompt_stride is not None and cfg.prompt_stride != base.config.prompt_stride:
+            base = base.with_prompt_stride(cfg.prompt_stride)  # the same weights, prompt maps laid out anew
         return base.to(device), loaded.sha256
     return TICCodec(CodecConfig.from_dict(zoo.CONFIGS[cfg.model]["codec"])).to(device), None
 
