@@ -249,3 +249,26 @@ def test_a_prompts_run_at_prompt_stride_one_trains_token_fed_modules_on_the_same
     for bad, why in (({"prompt_stride": 3}, "1 or 2"), ({"prompt_stride": 1, "kind": "separate"}, "belongs to a prompts")):
         with pytest.raises(ValueError, match=why):
             RunConfig(**{**cfg, **bad})
+
+
+def test_the_token_fed_recipes_have_the_paper_methods_budget_and_a_prompt_modules_size():
+    from lpm import zoo
+    from lpm.models import LayerAdaptivePromptModule
+    from lpm.paths import PROJECT_ROOT
+    from lpm.train.runner import load_config
+
+    configs = PROJECT_ROOT / "configs"
+    same = ("model", "init", "rates", "base_rate", "steps", "lr", "lr_drops", "seed", "data", "clip", "bf16")
+    for hidden_name, prompts_name in (("reduced-hidden", "reduced-prompts"), ("tiny-smoke-hidden", "tiny-smoke-prompts-only")):
+        a = load_config(configs / f"{hidden_name}.yaml")
+        b = load_config(configs / f"{prompts_name}.yaml")
+        assert {k: getattr(a, k) for k in same} == {k: getattr(b, k) for k in same}, hidden_name
+        assert a.prompt_stride == 1 and a.prompt["enc_source"] == a.prompt["dec_source"] == "hidden" and a.prompt["additive"]
+        named = zoo.CONFIGS[a.model]
+        base2 = TICCodec(**{**named["codec"], "prompt_stride": 2})
+        plain = LayerAdaptivePromptModule(base2, PromptConfig.from_dict(named["prompt"])).num_parameters()
+        cfg = PromptConfig.from_dict({**named["prompt"], **a.prompt})
+        n = LayerAdaptivePromptModule(base2.with_prompt_stride(1), cfg).num_parameters()
+        wider = PromptConfig.from_dict({**cfg.to_dict(), "enc_channels": cfg.enc_channels + 1,
+                                        "dec_channels": cfg.dec_channels + 1})
+        assert n <= plain < LayerAdaptivePromptModule(base2.with_prompt_stride(1), wider).num_parameters(), hidden_name
