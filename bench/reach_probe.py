@@ -31,7 +31,8 @@ input tokens on both sides (``enc_source=dec_source=hidden``) with an additive h
 copy of the base with the same weights): a head per block that adds a per-token low-rank update to the
 block's residual stream, besides its prompt keys/values. At smoke scale this was the first prompt module
 that moved the rate (README, "The measured risk"). Width ``--hidden-width`` (default: a prompt module's
-parameter count of ``--model``, or just under it).
+parameter count of ``--model``, or just under it). ``--variants … hidden_add``: the same heads with the
+additive half alone (``kv_prompts=false``: no prompt tokens in attention, so no extra attention cost).
 
 ``--prompt KEY=VALUE`` (repeatable) changes the prompt modules' sizes for the prompts/gain probes — the levers
 against a short reach, e.g. ``--prompt enc_head_hidden=32`` (more capacity where the rate is decided) or
@@ -109,14 +110,15 @@ def markdown_table(data: dict) -> str:
              "RD cost at its λ (base alone) | share of the control's bpp change | share of its RD gain | trained parameters |",
              "|---|---|---|---|---|---|---|---|"]
     names = {"prompts": "prompts alone", "gain": "prompts + latent gain", "separate": "separate model (control)",
-             "lora": "low-rank adapters", "hidden": "token-fed additive prompts"}
+             "lora": "low-rank adapters", "hidden": "token-fed additive prompts",
+             "hidden_add": "token-fed additive-only prompts (no keys/values)"}
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
     for r in against_control(data["rows"]):
         name = names[r["variant"]]
         settings = [f"{k}={v}" for k, v in (r.get("prompt_settings") or {}).items()]
-        if r["variant"] == "hidden":
+        if r["variant"] in ("hidden", "hidden_add"):
             settings = [f"width {r['prompt_settings'].get('enc_channels')}"]
-        if r.get("prompt_stride") not in (None, 2) and r["variant"] in ("prompts", "gain", "hidden"):
+        if r.get("prompt_stride") not in (None, 2) and r["variant"] in ("prompts", "gain", "hidden", "hidden_add"):
             settings.append(f"prompt stride {r['prompt_stride']}")
         if settings:
             name += " (" + ", ".join(settings) + ")"
@@ -199,14 +201,15 @@ def trained_parameters(model, rate: float) -> int:
     return sum(p.numel() for p in base.parameters())
 
 
-def hidden_settings(width: int) -> dict:
+def hidden_settings(width: int, kv: bool = True) -> dict:
     """Prompt-config overrides of the ``hidden`` probe: every Swin block's prompts come from its own tokens
-    (both sides), with an additive half, at prompt stride 1 (set on the base copy)."""
+    (both sides), with an additive half, at prompt stride 1 (set on the base copy); ``kv=False`` (the
+    ``hidden_add`` probe): the additive half alone, no prompt keys/values."""
     return {"enc_source": "hidden", "dec_source": "hidden", "additive": True, "enc_channels": width,
-            "dec_channels": width}
+            "dec_channels": width, **({} if kv else {"kv_prompts": False})}
 
 
-def matched_hidden_width(base, hidden_base, model: str) -> tuple[int, int, int]:
+def matched_hidden_width(base, hidden_base, model: str, kv: bool = True) -> tuple[int, int, int]:
     """The widest ``hidden`` module (on ``hidden_base``, the prompt-stride-1 copy) that holds no more
     parameters than a prompt module of the zoo config ``model`` on ``base`` (the probed base as it is):
     ``(width, its parameters, the prompt module's)``."""
@@ -217,7 +220,7 @@ def matched_hidden_width(base, hidden_base, model: str) -> tuple[int, int, int]:
     target = LayerAdaptivePromptModule(base, named).num_parameters()
     base = hidden_base
     count = lambda w: LayerAdaptivePromptModule(  # noqa: E731
-        base, PromptConfig.from_dict({**named.to_dict(), **hidden_settings(w)})).num_parameters()
+        base, PromptConfig.from_dict({**named.to_dict(), **hidden_settings(w, kv)})).num_parameters()
     lo, hi = 1, 1024  # the count grows with the width: bisect for the widest that fits
     if count(lo) > target:
         return lo, count(lo), target
@@ -244,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="first N evaluation images only")
     ap.add_argument("--rates", type=float, nargs="+", help="probed λ (default: one notch each side)")
     ap.add_argument("--variants", nargs="+", default=["prompts", "gain"],
-                    choices=["prompts", "gain", "separate", "lora", "hidden"])
+                    choices=["prompts", "gain", "separate", "lora", "hidden", "hidden_add"])
     ap.add_argument("--hidden-width", type=int, default=None,
                     help="bottleneck width of the hidden probes' heads (default: the widest whose module holds no "
                          "more parameters than a prompt module of --model)")
@@ -350,28 +353,31 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     lora = {"rank": args.lora_rank, "transforms": args.lora_transforms or list(LORA_TRANSFORMS),
             "targets": args.lora_targets or list(LORA_TARGETS)}
-    hidden_init, hidden_set = init, {}
-    if "hidden" in args.variants:
-        if init.config.prompt_stride != 1:
+    hidden_init, hidden_sets = init, {}
+    for variant in ("hidden", "hidden_add"):
+        if variant not in args.variants:
+            continue
+        if hidden_init is init and init.config.prompt_stride != 1:
             hidden_init = with_prompt_stride(init, 1, out_root / stamp)
-        matched, n_matched, n_prompt = matched_hidden_width(init.model.base, hidden_init.model.base, args.model)
+        kv = variant == "hidden"
+        matched, n_matched, n_prompt = matched_hidden_width(init.model.base, hidden_init.model.base, args.model, kv)
         width = matched if args.hidden_width is None else args.hidden_width
-        hidden_set = hidden_settings(width)
-        parse_prompt_settings(ap, [f"{k}={v}" for k, v in hidden_set.items()])  # a bad --hidden-width: usage error
-        meta["hidden"] = {"init": str(hidden_init.path), "init_sha256": hidden_init.sha256, "width": width,
-                          "prompt_module_parameters": n_prompt}
-        print(f"  hidden probes: width {width} on a prompt-stride-1 copy of the base (a prompt module of "
+        hidden_sets[variant] = hidden_settings(width, kv)
+        parse_prompt_settings(ap, [f"{k}={v}" for k, v in hidden_sets[variant].items()])  # a bad width: usage error
+        meta.setdefault("hidden", {})[variant] = {"init": str(hidden_init.path), "init_sha256": hidden_init.sha256,
+                                                  "width": width, "prompt_module_parameters": n_prompt}
+        print(f"  {variant} probes: width {width} on a prompt-stride-1 copy of the base (a prompt module of "
               f"{args.model} holds {n_prompt:,} parameters; width {matched} matches it with {n_matched:,})", flush=True)
     for rate in rates:
         for variant in args.variants:
             name = f"probe-{variant}-{rate:g}"
             if variant in ("prompts", "gain"):
                 prompt = {"prompt": {**prompt_set, "latent_gain": variant == "gain"}}
-            elif variant == "hidden":
-                prompt = {"prompt": hidden_set}
+            elif variant in hidden_sets:
+                prompt = {"prompt": hidden_sets[variant]}
             else:
                 prompt = {"lora": lora} if variant == "lora" else {}
-            start = hidden_init if variant == "hidden" else init
+            start = hidden_init if variant in hidden_sets else init
             cfg = RunConfig(
                 name=name, kind={"separate": "separate", "lora": "lora"}.get(variant, "prompts"), model=args.model,
                 init=str(start.path), rates=sorted([rate, base_rate]), base_rate=base_rate, **prompt,
@@ -394,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rd_cost": rd_cost(rate, psnr, bpp), "rd_cost_base_alone": rd_cost(rate, base_psnr, base_bpp),
                 "train_minutes": minutes, "checkpoint": str(path), "budget": ck.budget, "lr": cfg.lr,
                 "images_seen": trained["images_seen"], "images_in_set": trained["images_in_set"],
-                "prompt_settings": prompt_set if variant in ("prompts", "gain") else hidden_set if variant == "hidden" else {},
+                "prompt_settings": prompt_set if variant in ("prompts", "gain") else hidden_sets.get(variant, {}),
                 "prompt_stride": start.config.prompt_stride, "trained_parameters": trained_parameters(ck.model, rate),
                 **({"lora_rank": args.lora_rank, "lora_transforms": lora["transforms"], "lora_targets": lora["targets"]}
                    if variant == "lora" else {}),

@@ -364,7 +364,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--reach-limit", type=int, default=8, help="evaluation images (the first N of DIR)")
     ap.add_argument("--reach-rates", type=float, nargs="+", help="probed λ (default: one notch each side)")
     ap.add_argument("--reach-variants", nargs="+", default=["prompts", "separate", "gain"],
-                    choices=["prompts", "gain", "separate", "lora", "hidden"], help="in this order, per rate")
+                    choices=["prompts", "gain", "separate", "lora", "hidden", "hidden_add"],
+                    help="in this order, per rate")
     ap.add_argument("--reach-lora-rank", type=int, default=7,
                     help="rank of the lora probes (7: one rate's adapters the size of a tic prompt module)")
     ap.add_argument("--reach-prompt", action="append", default=[], metavar="KEY=VALUE",

@@ -272,3 +272,49 @@ def test_the_token_fed_recipes_have_the_paper_methods_budget_and_a_prompt_module
         wider = PromptConfig.from_dict({**cfg.to_dict(), "enc_channels": cfg.enc_channels + 1,
                                         "dec_channels": cfg.dec_channels + 1})
         assert n <= plain < LayerAdaptivePromptModule(base2.with_prompt_stride(1), wider).num_parameters(), hidden_name
+
+
+
+def test_additive_only_heads_add_to_the_tokens_and_put_no_prompts_into_attention():
+    blk = _block(shift=4)
+    torch.manual_seed(2)
+    head = HiddenPromptHead(DIM, 5, stride=2, init_scale=1.0, additive=True, kv=False)
+    assert head.adds_only and head.out.out_channels == DIM and head.out.weight.abs().max() == 0  # starts at zero
+    with torch.no_grad():
+        head.out.weight.normal_(0, 0.3)
+    x = torch.randn(1, 13, 9, DIM)
+    with torch.no_grad():
+        m = head(blk.norm1(x).permute(0, 3, 1, 2))  # (1, C, 7, 5): each pixel to the 2x2 tokens it covers
+        add = m.repeat_interleave(2, 2).repeat_interleave(2, 3)[..., :13, :9].permute(0, 2, 3, 1)
+        torch.testing.assert_close(blk(x, head), blk(x + add), atol=1e-5, rtol=0)  # exactly "add, then the block"
+        torch.testing.assert_close(blk(x, head, math.log(0.25)), blk(x + 0.25 * add), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="must be additive"):
+        HiddenPromptHead(DIM, 5, additive=False, kv=False)
+
+
+def test_additive_only_modules_code_interpolate_and_need_hidden_sources():
+    torch.manual_seed(0)
+    from conftest import TINY_BASE
+
+    base = TICCodec(**{**TINY_BASE, "prompt_stride": 1})
+    cfg = PromptConfig(8, 0, 8, 0, head_init_scale=1.0, additive=True, enc_source="hidden", dec_source="hidden",
+                       kv_prompts=False)
+    model = PromptedCodec(base, list(TINY_RATES), TINY_BASE_RATE, cfg)
+    with torch.no_grad():
+        for p in model.prompts.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval().update(force=True)
+    x = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+    mid = math.sqrt(0.0035 * RATE)
+    for rate in (RATE, mid, math.sqrt(RATE * TINY_BASE_RATE)):
+        c = model.compress(x, rate)
+        dec = model.decompress(c["strings"], c["shape"], rate, size=(40, 56), table_checks=c["table_checks"])["x_hat"]
+        with torch.no_grad():
+            assert (dec - model(x, rate)["x_hat"].clamp(0, 1)).abs().max() <= 1e-5
+    assert model.prompt_source(mid).encoder(None)["g_a.0"][0].adds_only
+    for bad in (dict(additive=False, enc_source="hidden", dec_source="hidden"), dict(additive=True, enc_source="image",
+                dec_source="hidden"), dict(additive=True, enc_source="hidden", dec_source="latent"), dict(kv_prompts="no")):
+        with pytest.raises(ValueError, match="kv_prompts"):
+            PromptConfig(**{"kv_prompts": False, **bad})
+    with pytest.raises(ValueError, match="RateConditionedCodec"):
+        RateConditionedCodec(make_tiny_base(), list(TINY_RATES), cfg)

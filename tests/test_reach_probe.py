@@ -252,21 +252,29 @@ def test_prompt_stride_probes_run_on_a_restrided_copy_with_the_same_weights(tmp_
 
 
 def test_hidden_probe_trains_token_fed_additive_prompts_at_stride_one_of_a_prompt_modules_size(tmp_path):
-    base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "prompts", "hidden")
+    base, out = _probe(tmp_path, "--rates", "0.025", "--variants", "prompts", "hidden", "hidden_add")
     data = json.loads(out.read_text())
-    prompts, hidden = data["rows"]
+    prompts, hidden, add_only = data["rows"]
     assert hidden["variant"] == "hidden" and hidden["prompt_stride"] == 1 and prompts["prompt_stride"] == 2
-    width = data["meta"]["hidden"]["width"]
+    width = data["meta"]["hidden"]["hidden"]["width"]
     assert hidden["prompt_settings"] == probe.hidden_settings(width)
     ck = load_codec(hidden["checkpoint"])
     cfg = ck.model.prompt_config
     assert (cfg.enc_source, cfg.dec_source, cfg.additive, ck.config.prompt_stride) == ("hidden", "hidden", True, 1)
     # the widest module that does not exceed a tiny prompt module, and the next width would
-    n_prompt = data["meta"]["hidden"]["prompt_module_parameters"]
+    n_prompt = data["meta"]["hidden"]["hidden"]["prompt_module_parameters"]
     assert prompts["trained_parameters"] == n_prompt
     assert hidden["trained_parameters"] <= n_prompt
     assert n_prompt - hidden["trained_parameters"] < hidden["trained_parameters"] / width * 1.5
     assert all(torch.equal(v, ck.model.base.state_dict()[k]) for k, v in load_codec(base).model.state_dict().items())
     assert f"token-fed additive prompts (width {width}, prompt stride 1)" in probe.markdown_table(data)
+    # additive only: the same heads without prompt keys/values, wider for the same count
+    w2 = data["meta"]["hidden"]["hidden_add"]["width"]
+    assert add_only["prompt_settings"] == probe.hidden_settings(w2, kv=False) and w2 > width
+    assert add_only["trained_parameters"] <= n_prompt and add_only["prompt_stride"] == 1
+    ck2 = load_codec(add_only["checkpoint"])
+    assert ck2.model.prompt_config.kv_prompts is False
+    assert all(h.adds_only for heads in ck2.model.module(0.025).decoder(None).values() for h in heads)
+    assert "token-fed additive-only prompts (no keys/values) (width" in probe.markdown_table(data)
     _, out2 = _probe(tmp_path / "w", "--rates", "0.025", "--variants", "hidden", "--hidden-width", "3")
     assert json.loads(out2.read_text())["rows"][0]["prompt_settings"]["enc_channels"] == 3

@@ -137,18 +137,26 @@ class HiddenPromptHead(nn.Module):
 
     ``conv s×s, stride s (C→width) ─ GELU ─ conv1x1 (width→out)``, the tokens padded on the bottom/right by
     edge replication to a multiple of ``s`` (the prompt stride) first. The last layer starts scaled by
-    ``init_scale`` (and, for an additive head, with its added half at zero)."""
+    ``init_scale`` (and, for an additive head, with its added half at zero). ``kv=False`` (additive only):
+    the head makes just the added map (``C`` channels, starting at zero) and no prompt keys/values."""
 
-    def __init__(self, dim: int, width: int, stride: int = 2, init_scale: float = 0.1, additive: bool = False) -> None:
+    def __init__(
+        self, dim: int, width: int, stride: int = 2, init_scale: float = 0.1, additive: bool = False, kv: bool = True
+    ) -> None:
         super().__init__()
+        if not kv and not additive:
+            raise ValueError("a prompt head without prompt keys/values must be additive")
         self.dim, self.stride = dim, stride
+        #: True: the map it makes is only the part added to the tokens (no prompt keys/values); the Swin block
+        #: reads this attribute of the callable it is given.
+        self.adds_only = not kv
         self.reduce = nn.Conv2d(dim, width, stride, stride=stride)
         self.act = nn.GELU()
-        self.out = nn.Conv2d(width, dim * (2 if additive else 1), 1)
+        self.out = nn.Conv2d(width, dim * (2 if additive and kv else 1), 1)
         self.out.weight.data.mul_(init_scale)
         self.out.bias.data.zero_()
         if additive:
-            self.out.weight.data[dim:].zero_()
+            self.out.weight.data[dim if kv else 0:].zero_()  # the added maps start at zero
 
     def forward(self, tokens: Tensor) -> Tensor:
         if tokens.dim() != 4 or tokens.shape[1] != self.dim:
@@ -168,6 +176,7 @@ class HiddenPromptNet(nn.Module):
         targets: the stages served (one head per block).
         stride: the prompt stride of those stages (the codec's ``prompt_stride``).
         init_scale, additive: as for :class:`PromptNet`.
+        kv: ``False`` with ``additive``: the heads only add to the tokens (no prompt keys/values).
 
     ``forward(x=None)`` ignores its input (kept so that both nets answer the same call) and returns
     ``{stage name: [head for block 0, head for block 1, ...]}``: callables the blocks apply to their tokens.
@@ -180,6 +189,7 @@ class HiddenPromptNet(nn.Module):
         stride: int = 2,
         init_scale: float = 0.1,
         additive: bool = False,
+        kv: bool = True,
     ) -> None:
         super().__init__()
         if not targets:
@@ -188,7 +198,7 @@ class HiddenPromptNet(nn.Module):
         self.heads = nn.ModuleDict(
             {
                 t.name.replace(".", "_"): nn.ModuleList(
-                    HiddenPromptHead(t.dim, width, stride, init_scale, additive) for _ in range(t.depth)
+                    HiddenPromptHead(t.dim, width, stride, init_scale, additive, kv) for _ in range(t.depth)
                 )
                 for t in targets
             }

@@ -13,7 +13,8 @@ for shifted windows and masked with the same shift regions (a prompt token belon
 
 Instead of a map, a block may be given a callable (``lpm.layers.prompt.PromptMap``): it is called on the
 block's normalised input tokens ``(B, C, H, W)`` and must return the map (prompts computed from the hidden
-features they steer, :class:`lpm.layers.prompt.HiddenPromptNet`).
+features they steer, :class:`lpm.layers.prompt.HiddenPromptNet`). A callable whose ``adds_only`` attribute is
+true returns only a ``C``-channel map to add to the tokens: no prompt keys/values at all.
 """
 
 from __future__ import annotations
@@ -171,10 +172,21 @@ class SwinBlock(nn.Module):
         s = self.prompt_stride
         normed: Optional[Tensor] = None
         if prompt is not None and not isinstance(prompt, Tensor):
+            adds_only = bool(getattr(prompt, "adds_only", False))
             normed = self.norm1(x)
             prompt = prompt(normed.permute(0, 3, 1, 2))
             if not isinstance(prompt, Tensor):
                 raise TypeError(f"a prompt callable must return a tensor, got {type(prompt).__name__}")
+            if adds_only:  # an additive-only head: its map is added to the tokens, no prompt keys/values
+                ph, pw = math.ceil(h / s), math.ceil(w / s)
+                if prompt.shape[0] != b or prompt.shape[1] != c or tuple(prompt.shape[-2:]) != (ph, pw):
+                    raise ValueError(f"additive map of shape {tuple(prompt.shape)} does not fit a {h}x{w}x{c} block "
+                                     f"(expected ({b}, {c}, {ph}, {pw}))")
+                add = prompt.repeat_interleave(s, 2).repeat_interleave(s, 3)[..., :h, :w].permute(0, 2, 3, 1)
+                if prompt_logit is not None:
+                    add = add * math.exp(prompt_logit)
+                x = x + add.to(x.dtype)
+                prompt, normed = None, None
         if prompt is not None:
             ph, pw = math.ceil(h / s), math.ceil(w / s)
             if prompt.shape[0] != b or prompt.shape[1] not in (c, 2 * c) or tuple(prompt.shape[-2:]) != (ph, pw):

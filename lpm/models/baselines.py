@@ -142,9 +142,9 @@ class RateConditionedCodec(VariableRateCodec):
         if self.prompt_config.latent_gain:
             raise ValueError("RateConditionedCodec does not use latent gains (prompt_config.latent_gain=True)")
         c = self.prompt_config
-        if c.additive or c.enc_source != "image" or c.dec_source != "latent":
+        if c.additive or c.enc_source != "image" or c.dec_source != "latent" or not c.kv_prompts:
             raise ValueError("RateConditionedCodec feeds its prompt nets the image and the latents with the λ map: "
-                             "prompt_config additive, enc_source and dec_source must keep their defaults")
+                             "prompt_config additive, enc_source, dec_source and kv_prompts must keep their defaults")
         self.base = base
         self.base.requires_grad_(True)
         self.prompts = RateConditionedPrompts(base, self.prompt_config)

@@ -65,6 +65,9 @@ class PromptConfig:
     #: features": ẑ for h_s, ŷ for g_s) or ``"hidden"`` (the other reading: each Swin block's own input
     #: tokens; heads of ``dec_channels`` bottleneck channels).
     dec_source: str = "latent"
+    #: Prompt keys/values (default). ``False`` (beyond the paper) with ``additive`` and both sources
+    #: ``"hidden"``: the heads only add to their block's tokens — no prompt tokens in attention at all.
+    kv_prompts: bool = True
 
     def __post_init__(self) -> None:
         """Bounds: channels in ``CONFIG_LIMITS["channels"]``, hidden widths 0 (none) or within them, a finite
@@ -75,12 +78,15 @@ class PromptConfig:
         for name in ("enc_head_hidden", "dec_head_hidden"):
             _int_in(f"prompt config {name}", getattr(self, name), 0, hi)
         _real("prompt config head_init_scale", self.head_init_scale)
-        for name in ("latent_gain", "additive"):
+        for name in ("latent_gain", "additive", "kv_prompts"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"prompt config {name} must be true or false, got {getattr(self, name)!r:.40}")
         for name, known in (("enc_source", ENC_SOURCES), ("dec_source", DEC_SOURCES)):
             if getattr(self, name) not in known:
                 raise ValueError(f"prompt config {name} must be one of {', '.join(known)}, got {getattr(self, name)!r:.40}")
+        if not self.kv_prompts and not (self.additive and self.enc_source == self.dec_source == "hidden"):
+            raise ValueError("prompt config kv_prompts=false needs additive=true and enc_source=dec_source=hidden "
+                             "(only heads on the blocks' own tokens can do without prompt keys/values)")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -131,13 +137,14 @@ class LayerAdaptivePromptModule(nn.Module):
         self.encoder: nn.Module
         self.hyper_decoder: nn.Module
         self.decoder: nn.Module
+        kv = cfg.kv_prompts
         if cfg.enc_source == "hidden":
-            self.encoder = HiddenPromptNet(cfg.enc_channels, t["encoder"], stride, init, add)
+            self.encoder = HiddenPromptNet(cfg.enc_channels, t["encoder"], stride, init, add, kv)
         else:
             self.encoder = PromptNet(3, cfg.enc_channels, 0, t["encoder"], cfg.enc_head_hidden, 3, init, add)
         if cfg.dec_source == "hidden":
-            self.hyper_decoder = HiddenPromptNet(cfg.dec_channels, t["hyper_decoder"], stride, init, add)
-            self.decoder = HiddenPromptNet(cfg.dec_channels, t["decoder"], stride, init, add)
+            self.hyper_decoder = HiddenPromptNet(cfg.dec_channels, t["hyper_decoder"], stride, init, add, kv)
+            self.decoder = HiddenPromptNet(cfg.dec_channels, t["decoder"], stride, init, add, kv)
         else:
             self.hyper_decoder = PromptNet(N, cfg.dec_channels, 6, t["hyper_decoder"], cfg.dec_head_hidden, 1, init, add)
             self.decoder = PromptNet(M, cfg.dec_channels, 4, t["decoder"], cfg.dec_head_hidden, 1, init, add)
@@ -152,6 +159,10 @@ class _MixedHeads:
 
     def __init__(self, heads: list[Callable[[Tensor], Tensor]], weights: list[float]) -> None:
         self.heads, self.weights = heads, weights
+        kinds = {bool(getattr(h, "adds_only", False)) for h in heads}
+        if len(kinds) != 1:
+            raise ValueError("cannot mix additive-only prompt heads with heads that make prompt keys/values")
+        self.adds_only = kinds.pop()
 
     def __call__(self, tokens: Tensor) -> Tensor:
         return sum(w * h(tokens) for h, w in zip(self.heads, self.weights))  # type: ignore[return-value]
