@@ -199,7 +199,13 @@ def test_cli_ctrl_c_saves_state_and_exits_130(tmp_path, data_dir, monkeypatch, c
     out = tmp_path / "run"
     config = _write_config(tmp_path, data_dir, out)
     monkeypatch.setattr(CropSampler, "next", next_then_ctrl_c)
-    rc = main(["train", str(config), "--device", "cpu", "--no-progress"])
+    # a process started in the background by a shell without job control inherits SIGINT ignored, and the
+    # runner rightly leaves an ignored signal ignored: give this test the Ctrl-C handler of a terminal
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        rc = main(["train", str(config), "--device", "cpu", "--no-progress"])
+    finally:
+        signal.signal(signal.SIGINT, old)
     captured = capsys.readouterr()
     assert rc == 130, captured.err
     assert int(torch.load(out / "state.pt", weights_only=True)["step"]) == 3
