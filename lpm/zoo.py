@@ -95,19 +95,19 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
         "then configs/tiny-smoke-lora.yaml from that base, the base shared with tiny-smoke); both runs' ledgers "
         "are in its meta",
     ),
-    # Beyond the paper: token-fed additive prompts (every Swin block's heads read its own tokens and add to
-    # them, prompt stride 1) on the SAME frozen base as tiny-smoke (its tensors, bit for bit, laid out at
+    # Beyond the paper: token-fed additive-only prompts (every Swin block's heads read its own tokens and add to
+    # them, prompt stride 1, no prompt keys/values) on the SAME frozen base as tiny-smoke (its tensors, bit for bit, laid out at
     # prompt stride 1), the same steps, lr, crops and subset; the one prompt form that moved the rate in the
     # reach probes (README, "What in a Swin block moves the rate").
     "tiny-smoke-hidden": CheckpointEntry(
         file="tiny-smoke-hidden.safetensors",
-        sha256="5def609356fffd9b9940017c0a18b39be0df80a65425ce16731ea3a3f7ce32b5",
+        sha256="7163a8bf13af9c3670f66df1029888afabe9eaaa76880a30fe4048c87e9cd589",
         config="tiny",
         budget=(
-            "smoke checkpoint, NOT the paper's model or budget: tiny config, token-fed additive prompts (beyond the "
-            "paper: each Swin block's heads read its own tokens, prompt stride 1), trained with `lpm train` on the "
-            "CPU (1 thread), 15.0 CPU-minutes; base 1000 steps x 8 crops of 128px on 500 BSDS500 images (10.9 "
-            "min); prompts 150 steps/rate x 5 rates x 8 crops of 128px on 50 images (4.2 min); 14000 crops in all"
+            "smoke checkpoint, NOT the paper's model or budget: tiny config, token-fed additive-only prompts (beyond "
+            "the paper: each Swin block's heads read its own tokens, prompt stride 1), trained with `lpm train` on "
+            "the CPU (1 thread), 13.4 CPU-minutes; base 1000 steps x 8 crops of 128px on 500 BSDS500 images (10.9 "
+            "min); prompts 150 steps/rate x 5 rates x 8 crops of 128px on 50 images (2.5 min); 14000 crops in all"
         ),
         description="made by scripts/make_smoke_checkpoint.py --hidden (lpm train: configs/tiny-smoke-hidden.yaml "
         "on the frozen base inside tiny-smoke); both ledgers are in its meta",

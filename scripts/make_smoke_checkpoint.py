@@ -85,7 +85,9 @@ def budget(base_records: list[dict], prompts: Runner, threads: int) -> str:
         what, part = (f" + low-rank rate adapters (LoRACodec, rank {lc.rank} on {'/'.join(lc.targets)} of every "
                       f"Swin block)"), "adapters"
     elif pc.prompt.get("enc_source") == "hidden" or pc.prompt.get("dec_source") == "hidden":
-        what = (", token-fed" + (" additive" if pc.prompt.get("additive") else "") + " prompts (beyond the paper: "
+        additive = (" additive-only" if pc.prompt.get("kv_prompts") is False
+                    else " additive" if pc.prompt.get("additive") else "")
+        what = (", token-fed" + additive + " prompts (beyond the paper: "
                 "each Swin block's heads read its own tokens" + (f", prompt stride {pc.prompt_stride}" if pc.prompt_stride
                                                                else "") + ")")
         part = "prompts"

@@ -441,7 +441,7 @@ def test_comparison_notebook_records_what_the_library_measures(tmp_path):
     lora, prompts, gain = by["tiny-smoke-lora"], by["tiny-smoke-prompts-only"], by["tiny-smoke"]
     hidden = by["tiny-smoke-hidden"]
     assert (prompts["method"], gain["method"]) == ("LPM prompt modules", "LPM prompt modules + latent gain")
-    assert hidden["method"] == "LPM modules, token-fed additive prompts" and hidden["params_per_extra_rate"] == 6_852
+    assert hidden["method"] == "LPM modules, token-fed prompts" and hidden["params_per_extra_rate"] == 6_924
     assert (hidden["train_images"], hidden["train_crops"]) == (50, 6000)
     # the same budget: same shared base, the same images and crops for the rate-specific part
     assert (lora["train_images"], lora["train_crops"]) == (prompts["train_images"], prompts["train_crops"]) \

@@ -61,7 +61,7 @@ class Method:
 METHODS: tuple[Method, ...] = (
     Method("prompts", "LPM prompt modules", "Qin et al., arXiv:2311.13846", "prompted", True),
     Method("prompts_gain", "LPM prompt modules + latent gain", "beyond the paper (lpm)", "prompted", True),
-    Method("prompts_hidden", "LPM modules, token-fed additive prompts", "beyond the paper (lpm)", "prompted", True),
+    Method("prompts_hidden", "LPM modules, token-fed prompts", "beyond the paper (lpm)", "prompted", True),
     Method("lora", "Low-rank rate adapters (merged)", "Xu, Huang & Wu, arXiv:2606.16107", "lora", True),
     Method("rate_conditioned", "Rate-conditioned prompts", "Kao et al., ICIP 2023", "rate_conditioned", True),
     Method("gain_units", "Gain units", "Cui et al., CVPR 2021", "gain_units", True),
