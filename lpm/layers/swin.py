@@ -111,6 +111,13 @@ def window_gather_index(h: int, w: int, window: int, shift: int, device: torch.d
     return fwd, inv.reshape(-1)
 
 
+def _added(add: Tensor, s: int, h: int, w: int, prompt_logit: Optional[float]) -> Tensor:
+    """An additive prompt map ``(B, C, ⌈h/s⌉, ⌈w/s⌉)`` as ``(B, h, w, C)`` tokens to add: each pixel to the
+    ``s × s`` tokens it covers, scaled by the prompt strength ``exp(prompt_logit)``."""
+    add = add.repeat_interleave(s, 2).repeat_interleave(s, 3)[..., :h, :w].permute(0, 2, 3, 1)
+    return add if prompt_logit is None else add * math.exp(prompt_logit)
+
+
 class SwinBlock(nn.Module):
     """Pre-norm Swin block: ``x + W-MSA(LN(x), prompts)`` then ``x + MLP(LN(x))``, tokens ``(B, H, W, C)``.
 
@@ -182,10 +189,7 @@ class SwinBlock(nn.Module):
                 if prompt.shape[0] != b or prompt.shape[1] != c or tuple(prompt.shape[-2:]) != (ph, pw):
                     raise ValueError(f"additive map of shape {tuple(prompt.shape)} does not fit a {h}x{w}x{c} block "
                                      f"(expected ({b}, {c}, {ph}, {pw}))")
-                add = prompt.repeat_interleave(s, 2).repeat_interleave(s, 3)[..., :h, :w].permute(0, 2, 3, 1)
-                if prompt_logit is not None:
-                    add = add * math.exp(prompt_logit)
-                x = x + add.to(x.dtype)
+                x = x + _added(prompt, s, h, w, prompt_logit).to(x.dtype)
                 prompt, normed = None, None
         if prompt is not None:
             ph, pw = math.ceil(h / s), math.ceil(w / s)
@@ -196,10 +200,7 @@ class SwinBlock(nn.Module):
                 )
             if prompt.shape[1] == 2 * c:
                 prompt, add = prompt[:, :c], prompt[:, c:]
-                add = add.repeat_interleave(s, 2).repeat_interleave(s, 3)[..., :h, :w].permute(0, 2, 3, 1)
-                if prompt_logit is not None:
-                    add = add * math.exp(prompt_logit)
-                x = x + add.to(x.dtype)
+                x = x + _added(add, s, h, w, prompt_logit).to(x.dtype)
                 normed = None  # the tokens changed
         mask, masked, fwd, inv, pfwd = self._plan(h, w, prompt is not None, x.device)
         n = self.window * self.window
