@@ -178,27 +178,26 @@ class SwinBlock(nn.Module):
         b, h, w, c = x.shape
         s = self.prompt_stride
         normed: Optional[Tensor] = None
+        adds_only = False  # an additive-only head: its map is added to the tokens, no prompt keys/values
         if prompt is not None and not isinstance(prompt, Tensor):
             adds_only = bool(getattr(prompt, "adds_only", False))
             normed = self.norm1(x)
             prompt = prompt(normed.permute(0, 3, 1, 2))
             if not isinstance(prompt, Tensor):
                 raise TypeError(f"a prompt callable must return a tensor, got {type(prompt).__name__}")
-            if adds_only:  # an additive-only head: its map is added to the tokens, no prompt keys/values
-                ph, pw = math.ceil(h / s), math.ceil(w / s)
-                if prompt.shape[0] != b or prompt.shape[1] != c or tuple(prompt.shape[-2:]) != (ph, pw):
-                    raise ValueError(f"additive map of shape {tuple(prompt.shape)} does not fit a {h}x{w}x{c} block "
-                                     f"(expected ({b}, {c}, {ph}, {pw}))")
-                x = x + _added(prompt, s, h, w, prompt_logit).to(x.dtype)
-                prompt, normed = None, None
         if prompt is not None:
             ph, pw = math.ceil(h / s), math.ceil(w / s)
-            if prompt.shape[0] != b or prompt.shape[1] not in (c, 2 * c) or tuple(prompt.shape[-2:]) != (ph, pw):
+            channels = (c,) if adds_only else (c, 2 * c)
+            if prompt.shape[0] != b or prompt.shape[1] not in channels or tuple(prompt.shape[-2:]) != (ph, pw):
                 raise ValueError(
                     f"prompt map of shape {tuple(prompt.shape)} does not fit a {h}x{w}x{c} block "
-                    f"(expected ({b}, {c}, {ph}, {pw}), or {2 * c} channels with an additive part)"
+                    f"(expected ({b}, {c}, {ph}, {pw})" + (")" if adds_only else
+                                                           f", or {2 * c} channels with an additive part)")
                 )
-            if prompt.shape[1] == 2 * c:
+            if adds_only:
+                x = x + _added(prompt, s, h, w, prompt_logit).to(x.dtype)
+                prompt, normed = None, None
+            elif prompt.shape[1] == 2 * c:
                 prompt, add = prompt[:, :c], prompt[:, c:]
                 x = x + _added(add, s, h, w, prompt_logit).to(x.dtype)
                 normed = None  # the tokens changed

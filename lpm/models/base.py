@@ -227,9 +227,7 @@ class Transform(nn.Module):
 
     def __init__(self, name: str, layers: list[nn.Module], levels: list[int], prompt_stride: int = 2) -> None:
         super().__init__()
-        if prompt_stride not in (1, 2):
-            raise ValueError(f"prompt_stride must be 1 or 2, got {prompt_stride}")
-        up = prompt_stride.bit_length() - 1  # prompt maps sit this many levels below their stage
+        up = prompt_stride.bit_length() - 1  # prompt maps sit this many levels below their stage (1 or 2: CodecConfig)
         self.name = name
         self.layers = nn.ModuleList(layers)
         self.stage_names: dict[int, str] = {}
