@@ -111,3 +111,23 @@ def test_cli_writes_json(tmp_path):
     res = json.loads(out.read_text())
     assert res["ladders"][0]["label"] == "mine"
     assert len(res["separate"]["rate"]) == 6
+
+
+def test_probe_ladder_configs_share_one_budget():
+    """The ladders the comparison puts side by side: one base, the same steps, crops and batch per rate; the
+    frozen-base ladders on the seeded 10 % subset, the separate models on all images (the issue's step 5)."""
+    from lpm.train.config import load_config
+
+    files = sorted((PROJECT_ROOT / "configs").glob("tiny-probe-*ladder*.yaml"))
+    assert len(files) >= 5
+    cfgs = {f.stem: load_config(f).to_dict() for f in files}
+    ref = cfgs["tiny-probe-hidden-ladder-below"]
+    for name, c in cfgs.items():
+        for k in ("model", "init", "steps", "base_rate", "seed"):
+            assert c[k] == ref[k], (name, k)
+        for k in ("crop", "batch", "set", "splits"):
+            assert c["data"][k] == ref["data"][k], (name, k)
+        assert c["data"]["fraction"] == (1.0 if c["kind"] == "separate" else 0.1), name
+        assert c["lr"] == (1e-4 if c["kind"] == "separate" else 2e-3), name
+    rates = sorted({r for c in cfgs.values() for r in c["rates"]})
+    assert rates == RATES
