@@ -5,6 +5,9 @@ its points (λ, bpp, PSNR), the bpp span (highest over lowest), the change per n
 its neighbour toward the base rate), at how many steps the bpp rises with λ, the claims table's range verdict
 (:func:`lpm.figures.claims.range_row`: rises at every step and spans ≥ 80 % of the separate models' log-bpp
 span), and the BD-rate / BD-PSNR against the separate models (cubic VCEG-M33 and PCHIP, or why there is none).
+The verdict on the issue's RD target (within +2 % BD-rate of the separate models) is given only where the two
+curves share ≥ 80 % of the separate models' PSNR range: a ladder whose rate barely moves meets the separate
+curve over a sliver, and a BD-rate there says nothing about the ladder.
 
 A ladder may come in several files (e.g. the halves below and above the base, trained as two runs): their
 points are merged by λ, and a λ that appears twice (the base rate) must have the same bpp and PSNR in both.
@@ -37,6 +40,9 @@ from lpm.figures.curves import Curve  # noqa: E402
 
 #: The prompted model's RD target of the campaign issue: within this BD-rate of the separate models.
 RD_TARGET_PERCENT = 2.0
+#: A BD-rate is a verdict on the ladder only where the two curves share at least this much of the separate
+#: models' PSNR range (the range claim's share); over less it compares a few points, not the ladders.
+OVERLAP_SHARE = 0.8
 _SAME = 1e-9  # relative: two evaluations of one codec at one λ give identical numbers (same bytes, same pixels)
 
 
@@ -128,12 +134,21 @@ def ladder_summary(label: str, points: list[tuple[float, float, float]], base_ra
         sep_curve = Curve("separate", [p[1] for p in separate], [p[2] for p in separate], kind="separate",
                           rates=[p[0] for p in separate], trained=[True] * len(separate))
         row.update(_bd(separate, points))
+        sq = [p[2] for p in separate]
+        lo, hi = max(min(sq), min(row["psnr-rgb"])), min(max(sq), max(row["psnr-rgb"]))
+        share = max(0.0, hi - lo) / (max(sq) - min(sq)) if max(sq) > min(sq) else 0.0
+        row["psnr_overlap_db"] = [lo, hi] if hi > lo else None
+        row["psnr_overlap_share"] = share
         v = row.get("bd_rate_percent_cubic")
         if v is None:
             row["rd_target"] = f"not measurable: {row.get('bd_rate_percent_cubic_why_not')}"
+        elif share < OVERLAP_SHARE:
+            row["rd_target"] = (f"not measurable over the ladder: the curves share {100 * share:.0f} % of the separate "
+                                f"models' PSNR range (< {100 * OVERLAP_SHARE:g} %); BD-rate {v:+.1f} % there")
         else:
             row["rd_target"] = (f"{'met' if v <= RD_TARGET_PERCENT else 'not met'}: BD-rate {v:+.1f} % vs separate "
-                                f"models (target ≤ +{RD_TARGET_PERCENT:g} %)")
+                                f"models (target ≤ +{RD_TARGET_PERCENT:g} %), over {100 * share:.0f} % of their "
+                                "PSNR range")
     ours = Curve(label, bpp, [p[2] for p in points], rates=rates, trained=[True] * len(points))
     rr = range_row(ours, sep_curve, budget, why_missing="no separate models given")
     row["range_verdict"] = rr["verdict"]

@@ -131,3 +131,17 @@ def test_probe_ladder_configs_share_one_budget():
         assert c["lr"] == (1e-4 if c["kind"] == "separate" else 2e-3), name
     rates = sorted({r for c in cfgs.values() for r in c["rates"]})
     assert rates == RATES
+
+
+def test_bd_over_a_sliver_is_no_verdict(tmp_path):
+    """A ladder whose bpp barely moves can sit on the separate curve near the base: its BD-rate is computed
+    there, but the RD target is not judged over a sliver of the range."""
+    sep = _separate(tmp_path)
+    b0 = 0.1 * (0.013 / 0.0018) ** 0.3
+    bpp = [b0 * (1 + 0.002 * (i - 3)) for i in range(6)]
+    near = _write(tmp_path / "near.json", RATES, bpp, [25.0 + 4.0 * math.log(b / 0.1) for b in bpp])
+    lad = lc.compare([("near", [near])], sep)["ladders"][0]
+    assert lad["bd_rate_percent_pchip"] == pytest.approx(0.0, abs=0.5)
+    assert lad["psnr_overlap_share"] < 0.05
+    assert lad["rd_target"].startswith("not measurable over the ladder")
+    assert lad["range_verdict"].startswith("not supported")
