@@ -149,6 +149,8 @@ def _reach(args: argparse.Namespace, run_dir: Path, work: Path, py: str, seconds
         cmd += ["--data-dir", args.data_dir]
     if args.reach_rates:
         cmd += ["--rates", *map(str, args.reach_rates)]
+    if args.reach_lora_targets:
+        cmd += ["--lora-targets", *args.reach_lora_targets]
     for item in args.reach_prompt:
         cmd += ["--prompt", item]
     r = _run(cmd, work / "reach.log", seconds)
@@ -368,6 +370,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="in this order, per rate")
     ap.add_argument("--reach-lora-rank", type=int, default=7,
                     help="rank of the lora probes (7: one rate's adapters the size of a tic prompt module)")
+    ap.add_argument("--reach-lora-targets", nargs="+", choices=["qkv", "proj", "fc1", "fc2"],
+                    help="layers of the lora probes (default all four; fc1 fc2: the MLPs only, the best frozen-base "
+                         "ladder at smoke scale)")
     ap.add_argument("--reach-prompt", action="append", default=[], metavar="KEY=VALUE",
                     help="prompt-module setting for the probes (e.g. additive=true), repeatable")
     ap.add_argument("--reach-model", default="tic", help="zoo config of the prompt-module sizes")

@@ -170,7 +170,8 @@ def test_the_step3_stretch_runs_from_a_committed_base_on_a_subset_only_copy(setu
     r = _stretch(root, out, "--minutes", "2", "--reach-init", str(base), "--reach-minutes", "2",
                  "--reach-images", str(whole / "bsds500" / "val"), "--reach-model", "tiny", "--reach-steps", "2",
                  "--reach-batch", "2", "--reach-crop", "32", "--reach-limit", "1", "--reach-rates", "0.025",
-                 "--reach-variants", "prompts", "separate", "lora", "hidden_add", "--reach-lora-rank", "2")
+                 "--reach-variants", "prompts", "separate", "lora", "hidden_add", "--reach-lora-rank", "2",
+                 "--reach-lora-targets", "fc1", "fc2")
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "stretch.json").read_text())
     assert "train" not in report["steps"] and report["steps"]["reach"]["rc"] == 0, report["steps"]
@@ -178,6 +179,7 @@ def test_the_step3_stretch_runs_from_a_committed_base_on_a_subset_only_copy(setu
     assert [(row["rate"], row["variant"]) for row in rows] == [(0.025, "prompts"), (0.025, "separate"), (0.025, "lora"),
                                                                (0.025, "hidden_add")]
     assert rows[2]["lora_rank"] == 2 and rows[3]["prompt_stride"] == 1 and rows[0]["prompt_stride"] == 2
+    assert rows[2]["lora_targets"] == ["fc1", "fc2"]  # --reach-lora-targets reaches the probe
     # the prompt module, the all-weights control, the adapters and the token-fed module (on its restrided copy
     # of the base) trained on the one subset image, and say so
     assert [(row["images_seen"], row["images_in_set"]) for row in rows] == [(1, 10)] * 4
