@@ -87,16 +87,15 @@ def _resolve_device(args: argparse.Namespace) -> str:
 
 
 def _model(args: argparse.Namespace):
-    """The checkpoint named by ``--model`` (default: the first shipped one) as a :class:`LoadedCodec`."""
+    """The checkpoint named by ``--model`` (default: ``zoo.DEFAULT_CHECKPOINT``) as a :class:`LoadedCodec`."""
     from lpm import zoo
 
     _set_threads(args)
     _resolve_device(args)
     if not args.model:
-        names = sorted(zoo.CHECKPOINTS)
-        if not names:
+        if zoo.DEFAULT_CHECKPOINT not in zoo.CHECKPOINTS:
             raise ValueError("no --model given and no trained checkpoint is shipped yet; pass a checkpoint file")
-        args.model = names[0]
+        args.model = zoo.DEFAULT_CHECKPOINT
     return zoo.load(args.model, device=args.device)
 
 
@@ -185,7 +184,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not zoo.CHECKPOINTS:
         print("checkpoints: none shipped yet")
     for name, e in zoo.CHECKPOINTS.items():
-        print(f"checkpoint {name}: {e.file} sha256={e.sha256[:16]}… config={e.config} budget: {e.budget}")
+        default = " (default)" if name == zoo.DEFAULT_CHECKPOINT else ""
+        print(f"checkpoint {name}{default}: {e.file} sha256={e.sha256[:16]}… config={e.config} budget: {e.budget}")
     return 0
 
 
@@ -347,7 +347,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser, device: str = "cpu") -> None:
-        p.add_argument("--model", help="zoo checkpoint name or a checkpoint file (.safetensors)")
+        p.add_argument("--model", help="zoo checkpoint name or a checkpoint file (.safetensors); default: the "
+                       "paper's method, zoo.DEFAULT_CHECKPOINT (`lpm models` marks it)")
         p.add_argument("--device", default=device, type=_device_arg, metavar="{cpu,cuda,cuda:N,auto}",
                        help=f"where the transforms run (default: {device}{'; auto = cuda if present' if device == 'auto' else ''}). "
                             "Files are the same on any device: the entropy tables are always derived on the CPU "

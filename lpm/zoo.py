@@ -115,6 +115,12 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
 }
 
 
+#: The checkpoint the CLI uses when no ``--model`` is given: the paper's method (prompt modules alone), never an
+#: extension in its place. Named here, not picked by sort order, so that shipping another checkpoint cannot
+#: change what ``lpm compress`` does without ``--model``. Its rate barely moves at the smoke budget (README, "The
+#: measured risk"); ``--model tiny-smoke`` is the latent-gain extension, whose rate does.
+DEFAULT_CHECKPOINT = "tiny-smoke-prompts-only"
+
 def build(name: str = "tic", *, prompted: bool = True, base_rate: float = 0.0483) -> Union[TICCodec, PromptedCodec]:
     """An untrained model of a named config."""
     if name not in CONFIGS:

@@ -298,15 +298,15 @@ def test_decompress_without_model_uses_the_shipped_checkpoint_the_header_names(t
     from lpm import zoo
 
     src = _png(tmp_path / "in.png", _rgb(40, 56))
-    name = "tiny-smoke-prompts-only"
-    assert sorted(zoo.CHECKPOINTS)[0] != name  # not the default: the header must be what picks it
+    name = "tiny-smoke"
+    assert zoo.DEFAULT_CHECKPOINT != name  # not the default: the header must be what picks it
     assert _run(capsys, "compress", src, tmp_path / "a.lpm", "--model", name, "--rate", 0.005)[0] == 0
     rc, out, err = _run(capsys, "decompress", tmp_path / "a.lpm", tmp_path / "a.png")
     assert rc == 0, err
     assert _run(capsys, "decompress", tmp_path / "a.lpm", tmp_path / "b.png", "--model", name)[0] == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     # an explicit --model still wins (and is refused for another checkpoint's file)
-    rc, _, err = _run(capsys, "decompress", tmp_path / "a.lpm", tmp_path / "c.png", "--model", "tiny-smoke")
+    rc, _, err = _run(capsys, "decompress", tmp_path / "a.lpm", tmp_path / "c.png", "--model", zoo.DEFAULT_CHECKPOINT)
     assert rc != 0 and "made by checkpoint" in err and not (tmp_path / "c.png").exists()
     # a file from a checkpoint that is not shipped: the default is tried and refuses it clearly
     foreign = tmp_path / "foreign.safetensors"
@@ -318,3 +318,19 @@ def test_decompress_without_model_uses_the_shipped_checkpoint_the_header_names(t
     (tmp_path / "junk.lpm").write_bytes(b"not an lpm file")
     rc, _, err = _run(capsys, "decompress", tmp_path / "junk.lpm", tmp_path / "j.png")
     assert rc != 0 and "junk.lpm" in err and not (tmp_path / "j.png").exists()
+
+
+def test_without_model_the_cli_uses_the_papers_method_named_in_the_zoo(tmp_path, capsys):
+    """No ``--model``: ``lpm compress`` uses ``zoo.DEFAULT_CHECKPOINT``, the paper's method (prompts alone, no
+    extension such as the latent gain), whatever the sort order of the shipped names; ``lpm models`` marks it."""
+    from lpm import zoo
+
+    assert zoo.DEFAULT_CHECKPOINT in zoo.CHECKPOINTS
+    assert "the paper's method" in zoo.CHECKPOINTS[zoo.DEFAULT_CHECKPOINT].budget
+    src = _png(tmp_path / "in.png", _rgb(40, 56))
+    assert _run(capsys, "compress", src, tmp_path / "d.lpm", "--rate", 0.005)[0] == 0
+    want = fileformat.model_id_from_sha256(zoo.CHECKPOINTS[zoo.DEFAULT_CHECKPOINT].sha256)
+    assert fileformat.read(tmp_path / "d.lpm").header.model_id == want
+    rc, out, _ = _run(capsys, "models")
+    marked = [line for line in out.splitlines() if "(default)" in line]
+    assert rc == 0 and len(marked) == 1 and marked[0].startswith(f"checkpoint {zoo.DEFAULT_CHECKPOINT} (default):")

@@ -61,7 +61,7 @@ def _refused(rc: int, err: str, path: object) -> None:
 
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory) -> bytes:
-    """A valid .lpm file of the default model (tiny-smoke)."""
+    """A valid .lpm file of the tiny-smoke checkpoint."""
     folder = tmp_path_factory.mktemp("stream")
     src = _image(folder / "s.png")
     assert main(["compress", str(src), str(folder / "s.lpm"), *MODEL]) == 0
