@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from compressai.entropy_models import EntropyModel
+from compressai.entropy_models import EntropyBottleneck, EntropyModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -65,6 +65,7 @@ from lpm.models import (
     VariableRateCodec,
     check_ladder,
 )
+from lpm.entropy import MAX_SYMBOL, MIN_TABLE_LENGTH
 from lpm.fsutil import atomic_save
 from lpm.provenance import environment
 
@@ -449,8 +450,13 @@ def _check_loaded(path: Path, model: nn.Module) -> None:
         top = 1 << int(m.entropy_coder_precision)
         if q.numel() == 0:
             raise CheckpointError(f"{path}: the entropy tables of {name} are empty")
-        if bool(((length < 2) | (length > q.shape[1])).any()):
-            raise CheckpointError(f"{path}: the entropy tables of {name} have CDF lengths outside 2..{q.shape[1]}")
+        if bool(((length < MIN_TABLE_LENGTH) | (length > q.shape[1])).any()):
+            raise CheckpointError(f"{path}: the entropy tables of {name} have CDF lengths outside "
+                                  f"{MIN_TABLE_LENGTH}..{q.shape[1]}")
+        if bool((m._offset.long().abs() > MAX_SYMBOL).any()):
+            raise CheckpointError(f"{path}: the entropy tables of {name} have offsets beyond ±{MAX_SYMBOL}")
+        if isinstance(m, EntropyBottleneck) and not bool((m.quantiles.detach().abs() <= MAX_SYMBOL).all()):
+            raise CheckpointError(f"{path}: the entropy bottleneck {name} has quantiles beyond ±{MAX_SYMBOL}")
         used = torch.arange(1, q.shape[1]).unsqueeze(0) < length.unsqueeze(1)  # columns 1.. within each CDF
         last = q.gather(1, (length - 1).unsqueeze(1)).squeeze(1)
         rising = q[:, 1:] > q[:, :-1]

@@ -133,7 +133,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     try:
         res = compress_file(
             ckpt.model, ckpt.model_id, args.input, args.output, rate=args.rate, target_bpp=args.target_bpp,
-            max_pixels=args.max_pixels, force=args.force, progress=bar,
+            max_pixels=args.max_pixels, force=args.force, progress=bar, keep=(ckpt.path,),
         )
     finally:
         bar.close()
@@ -162,7 +162,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     bar = _TileProgress("decoding tiles", not args.no_progress)
     try:
         res = decompress_file(ckpt.model, ckpt.model_id, args.input, args.output, max_pixels=args.max_pixels,
-                              force=args.force, progress=bar)
+                              force=args.force, progress=bar, keep=(ckpt.path,))
     finally:
         bar.close()
     print(f"{args.output}: {res.height}x{res.width} decoded from {res.num_bytes} bytes ({res.bpp:.4f} bpp)")
@@ -202,7 +202,7 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
         from lpm.fsutil import check_output
 
         if Path(args.json).parent.is_dir():
-            check_output(args.json, force=args.force, inputs=paths)
+            check_output(args.json, force=args.force, inputs=[*paths, ckpt.path])
     rates = args.rates or model.rates
     print(f"checkpoint {ckpt.path} (sha256 {ckpt.sha256[:16]}…; {ckpt.budget_label()})")
     print(f"images: {folder} ({len(paths)} files); rates λ: {', '.join(f'{r:g}' for r in rates)}")
@@ -506,6 +506,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (KeyError, ValueError) as e:
         msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
         print(f"lpm: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    except MemoryError:  # one line, not a traceback; what was being written is left untouched (atomic writes)
+        print("lpm: error: out of memory: try a smaller image, --max-pixels, or a machine with more memory",
+              file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as e:
         print("lpm: interrupted", file=sys.stderr)

@@ -12,7 +12,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -148,6 +148,7 @@ def compress_file(
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     force: bool = False,
     progress: Optional[Progress] = None,
+    keep: Sequence[Union[str, os.PathLike]] = (),
 ) -> CodingResult:
     """Read an image, code it at ``rate`` (default: the base rate) or at the largest rate whose *file*
     (header included) fits ``target_bpp``, and write the ``.lpm`` file atomically.
@@ -155,8 +156,8 @@ def compress_file(
     ``progress(done, total)`` is called after each tile of each encoding (a ``target_bpp`` search encodes
     several times; each encoding counts from 1 again).
 
-    The output is checked first (:func:`lpm.fsutil.check_output`): never the input itself, and an
-    existing file only with ``force`` (a symbolic link is then replaced, not written through; a
+    The output is checked first (:func:`lpm.fsutil.check_output`): never the input itself nor a file of
+    ``keep`` (the CLI names its checkpoint there), and an existing file only with ``force`` (a symbolic link is then replaced, not written through; a
     directory, FIFO or device never). A ``target_bpp`` that even the smallest rate exceeds is a
     ``ValueError`` naming the smallest achievable bpp; nothing is written then.
     """
@@ -166,9 +167,10 @@ def compress_file(
         raise ValueError("give either a rate or a target bpp, not both")
     if target_bpp is not None and not (math.isfinite(target_bpp) and target_bpp > 0):
         raise ValueError(f"target bpp must be a positive number, got {target_bpp}")
-    check_output(dst, force=force, inputs=(src,))
+    check_output(dst, force=force, inputs=(src, *keep))
     x, info = read_image(src, max_pixels=max_pixels)
     _check_size(info.height, info.width, max_pixels)
+    _warn_orientation(src)
     npix = info.height * info.width
     if target_bpp is not None:
         cache: dict[float, fileformat.CompressedImage] = {}
@@ -197,6 +199,7 @@ def decompress_file(
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     force: bool = False,
     progress: Optional[Progress] = None,
+    keep: Sequence[Union[str, os.PathLike]] = (),
 ) -> CodingResult:
     """Decode an ``.lpm`` file to a PNG (same channels and bit depth as the original); ``progress(done,
     total)`` is called after each tile of the synthesis.
@@ -208,7 +211,7 @@ def decompress_file(
 
     if os.path.splitext(os.fspath(dst))[1].lower() != ".png":
         raise ValueError(f"decompress writes PNG files only; name the output *.png, got {os.fspath(dst)}")
-    check_output(dst, force=force, inputs=(src,))
+    check_output(dst, force=force, inputs=(src, *keep))
     c = fileformat.read(src, max_pixels=max_pixels)
     try:
         x_hat, info = decode_image(model, model_id, c, progress)
@@ -218,6 +221,18 @@ def decompress_file(
         raise ModelMismatchError(f"{os.fspath(src)}: {e}") from None
     write_image(dst, x_hat, info, overwrite=force)
     return CodingResult(str(dst), info.height, info.width, c.header.rate, os.path.getsize(src))
+
+
+def _warn_orientation(src: Union[str, os.PathLike]) -> None:
+    from lpm.data import EXIF_ORIENTATIONS, exif_orientation
+
+    o = exif_orientation(src)
+    if o != 1:
+        warnings.warn(
+            f"{os.fspath(src)}: its EXIF orientation ({o}: {EXIF_ORIENTATIONS[o]}) is not applied and not stored: "
+            f"the pixels are coded as stored, so the decoded PNG shows them that way, not as a viewer that "
+            f"honours the tag shows the original (apply it first, e.g. PIL.ImageOps.exif_transpose)",
+            UserWarning, stacklevel=2)
 
 
 def _unreachable_target(src: Union[str, os.PathLike], target_bpp: float, rate: float, bpp: float) -> str:

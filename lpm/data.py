@@ -14,7 +14,8 @@ Policies, in one place:
 - 16-bit images keep full precision (``value / 65535``), 8-bit ones are ``value / 255``;
 - PNG and TIFF are decoded with imagecodecs, which reads 16-bit RGB that PIL cannot (PIL cuts it
   to 8 bits); every other format goes through PIL; EXIF orientation is not applied (pixels as
-  stored, as in the usual evaluation code);
+  stored, as in the usual evaluation code; :func:`exif_orientation` reads the tag, and
+  :func:`lpm.codec.compress_file` warns when it would turn the picture);
 - one image per file: an animated GIF/WebP/PNG or a multi-page TIFF is refused (:class:`ImageReadError`)
   rather than silently coded from its first frame (a JPEG's MPO preview pages are ignored);
 - written files are always PNG, written atomically (:func:`lpm.fsutil.atomic_write`).
@@ -63,6 +64,7 @@ __all__ = [
     "ImageReadError",
     "ImageTooLargeError",
     "KnownSet",
+    "exif_orientation",
     "find_images",
     "locate_dataset",
     "manifest_checksum",
@@ -166,6 +168,22 @@ def read_image(
     return _array_to_tensor(path, array)
 
 
+#: What each EXIF orientation (tag 0x0112, values 2..8) asks a viewer to do with the stored pixels.
+EXIF_ORIENTATIONS = {2: "mirror it", 3: "turn it 180°", 4: "flip it upside down", 5: "mirror it and turn it 90°",
+                     6: "turn it 90° clockwise", 7: "mirror it and turn it 90° clockwise",
+                     8: "turn it 90° counter-clockwise"}
+
+
+def exif_orientation(path: str | os.PathLike[str]) -> int:
+    """The EXIF orientation of an image file (1: as stored; also when the file has none or PIL cannot read it)."""
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 -- no readable tag means nothing to warn about; reading the image says why
+        return 1
+    return value if isinstance(value, int) and value in EXIF_ORIENTATIONS else 1
+
+
 def _decode_png(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray:
     # IHDR is always the first chunk: length(4) "IHDR"(4) width(4) height(4) ...
     if len(data) < 24 or data[12:16] != b"IHDR":
@@ -224,6 +242,8 @@ def _decode_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
         array = _imagecodecs().tiff_decode(path.read_bytes(), index=0)
     except Exception:
         array = None
+    if array is not None and array.dtype.kind in "if":  # PIL would read signed samples as unsigned ones
+        raise ImageReadError(f"{path}: TIFF with {array.dtype} samples is not supported (unsigned 8 or 16 bits only)")
     ok = (
         array is not None
         and array.dtype in (np.uint8, np.uint16)
@@ -246,7 +266,9 @@ def _header_size(path: Path) -> tuple[int, int] | None:
             return im.size
     except ImageReadError:
         raise
-    except Exception:  # PIL cannot parse it (or calls it a bomb): the size is checked after decoding
+    except Image.DecompressionBombError as exc:  # as for every other format: refused, never decoded blind
+        raise ImageTooLargeError(f"{path}: {_one_line(exc)}") from exc
+    except Exception:  # PIL cannot parse it: the size is checked after decoding
         return None
 
 

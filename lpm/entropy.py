@@ -29,12 +29,23 @@ check, in order:
    word counted once: the bound. (Tested against a read-counting model of the decoder.) The padded copy
    costs 84 bytes per symbol, twice (pybind copies it again), only while y is decoded, before the
    synthesis transform's much larger peak.
+   A string is also never longer than ``4·n`` bytes for ``n`` symbols (:func:`max_string_bytes`): compressai's
+   encoder writes into a buffer of one 32-bit word per symbol, flush included, and never beyond it unless it
+   corrupts the heap (see step 4). So the padded copy is bounded by the latent's size (at most ``148·n + 8``
+   bytes; ``84·n`` plus 16 per string byte), whatever the file's size, and a string padded with junk to the
+   file-size limit is refused from the header alone instead of costing ~33 bytes of memory per byte.
 4. **Canonical stream** (:func:`decode_indexed`). The decoded symbols must lie within ``±MAX_SYMBOL``
    (float32 holds no larger integer exactly, and compressai's encoder shifts by 32 bits or more --
    undefined behaviour -- from ``2**27`` on) and encode again, with the same tables, to exactly the
    given string. Encoder output always passes (decoding then encoding it is the identity); junk that
    happens to decode, or a stream decoded at another rate than it was coded at, is refused instead of
-   becoming a picture.
+   becoming a picture. Before that re-encoding, :func:`encoded_words_bound` must show that the encoder's
+   output for those symbols fits its ``n``-word buffer: escapes cost up to 48 bits a symbol near
+   ``MAX_SYMBOL``, and compressai's encoder writes past the start of its buffer (heap corruption) when
+   the words do not fit. Symbols that would not fit are no encoder's output, so they are refused unencoded.
+   The encoder side is checked the same way (:func:`encode_bottleneck`, :func:`encode_gaussian`): latents
+   that are not finite, beyond ``±MAX_SYMBOL``, or too costly for the buffer are a one-line ``ValueError``
+   (a broken checkpoint), never a call into compressai's encoder.
 
 Every refusal is a one-line :class:`lpm.fileformat.BitstreamError` (a ``ValueError``).
 
@@ -69,14 +80,19 @@ __all__ = [
     "table_check",
     "MAX_SYMBOL",
     "MIN_SYMBOLS",
+    "MIN_TABLE_LENGTH",
     "check_framing",
     "table_min_bits",
     "min_string_bytes",
     "read_bound",
     "check_strings",
+    "max_string_bytes",
+    "encoded_words_bound",
     "decode_indexed",
     "decode_bottleneck",
     "decode_gaussian",
+    "encode_bottleneck",
+    "encode_gaussian",
 ]
 
 PRECISION = 16  # compressai's rANS precision (``entropy_coder_precision``); the bounds assume it
@@ -87,6 +103,8 @@ MAX_SYMBOL = 1 << 24
 #: Fewest symbols per string. compressai's encoder sizes its output at one word per symbol, which the
 #: 2-word final state overflows (heap corruption) for one or two symbols; a margin, as real latents are large.
 MIN_SYMBOLS = 5
+#: Shortest CDF (entries + 1) compressai builds: one value and the escape entry.
+MIN_TABLE_LENGTH = 3
 #: Read bound in 32-bit words: ``READ_INIT + READ_PER_SYMBOL·n + READ_PER_WORD·W`` (step 3).
 READ_INIT, READ_PER_SYMBOL, READ_PER_WORD = 2, 21, 16
 _LOSS = 1.0 - 2.0**-15  # rounding loss factor of one encoder step (step 2)
@@ -98,6 +116,11 @@ def _check_coder(model: EntropyModel) -> None:
         raise ValueError(f"safe decoding supports compressai's 'ans' coder at {PRECISION} bits, not {name!r}")
     if model._quantized_cdf.numel() == 0:
         raise ValueError("entropy model tables are not built; call update() first")
+    # compressai builds every table with at least one value and the escape entry, and offsets of the size of
+    # its latents; its encoder divides by zero on a one-entry table and overflows int32 on huge offsets
+    if int(model._cdf_length.min()) < MIN_TABLE_LENGTH or int(model._offset.abs().max()) > MAX_SYMBOL:
+        raise ValueError(f"entropy tables out of range (CDF lengths below {MIN_TABLE_LENGTH} or offsets beyond "
+                         f"±{MAX_SYMBOL}): not tables compressai builds")
 
 
 def check_framing(string: object, name: str) -> bytes:
@@ -144,12 +167,58 @@ def read_bound(num_symbols: int, num_bytes: int) -> int:
     return 4 * (READ_INIT + READ_PER_SYMBOL * num_symbols + READ_PER_WORD * (num_bytes // 4))
 
 
+def max_string_bytes(num_symbols: int) -> int:
+    """Step 2: the most bytes compressai's encoder writes for ``num_symbols`` symbols (its output buffer)."""
+    return 4 * num_symbols
+
+
+#: log2 of the most one rANS step grows the state beyond its nominal bits (``x >= 2**15·f`` before a put:
+#: the ``x mod f + start < 2**16`` term is at most ``2**-15`` of ``x·2**16/f``); also covers the bypass puts.
+_STEP_SLACK = math.log2(1.0 + 2.0**-15)
+
+
+def encoded_words_bound(model: EntropyModel, symbols: Tensor, indexes: Tensor) -> int:
+    """Step 4: an upper bound on the 32-bit words compressai's encoder writes for ``symbols`` (integers, any
+    magnitude representable in int64) coded with the tables ``indexes`` (same shape), its final state included.
+
+    The encoder starts at ``2**31``, ends at or above ``2**31`` and flushes two words; every word it emits
+    divides the state by at least ``2**32``, a symbol of frequency ``f`` multiplies it by at most
+    ``2**16/f·(1 + 2**-15)``, and an escape adds one 4-bit put per bypass nibble plus its count nibbles (the
+    count in 15-valued runs, then the remainder), each multiplying by at most ``16·(1 + 2**-27)``. So the
+    words emitted are at most the sum of those log2 factors over 32. Memory: a few int64/float64 copies of
+    the symbols; never the ``(n, table length)`` rows of the tables."""
+    _check_coder(model)
+    idx = indexes.reshape(-1).to("cpu", torch.int64)
+    cdf = model._quantized_cdf.to("cpu", torch.int64)
+    width = cdf.shape[1]
+    v = symbols.reshape(-1).to("cpu", torch.int64) - model._offset.reshape(-1).to("cpu", torch.int64)[idx]
+    max_value = model._cdf_length.reshape(-1).to("cpu", torch.int64)[idx] - 2
+    escape = (v < 0) | (v >= max_value)
+    at = idx * width + torch.where(escape, max_value, v)
+    flat = cdf.reshape(-1)
+    freq = (flat[at + 1] - flat[at]).clamp(min=1)
+    bits = float((PRECISION - torch.log2(freq.double())).sum()) + idx.numel() * _STEP_SLACK
+    raw = torch.where(v < 0, -2 * v - 1, 2 * (v - max_value)).masked_fill(~escape, 0)
+    nibbles = torch.zeros_like(raw)
+    for j in range(16):  # int64 magnitudes have at most 16 nibbles
+        nibbles += (raw >> (4 * j)) > 0
+    puts = torch.where(escape, nibbles + nibbles // 15 + 1, torch.zeros_like(nibbles))
+    bits += float(puts.sum()) * (4 + _STEP_SLACK)
+    return 2 + math.floor(bits / 32)
+
+
 def _check_length(s: bytes, bits: float, name: str, num_symbols: int) -> None:
     need = min_string_bytes(bits)
     if len(s) < need:
         raise BitstreamError(
             f"implausibly short {name} string: {len(s)} bytes for {num_symbols} latent values "
             f"(the coder's tables need at least {need})"
+        )
+    most = max_string_bytes(num_symbols)
+    if len(s) > most:
+        raise BitstreamError(
+            f"implausibly long {name} string: {len(s)} bytes for {num_symbols} latent values "
+            f"(the encoder writes at most {most})"
         )
 
 
@@ -191,6 +260,11 @@ def decode_indexed(model: EntropyModel, string: bytes, indexes: Tensor, name: st
     n = indexes.numel()
     if n < MIN_SYMBOLS:
         raise ValueError(f"{name} latent of {n} values is too small to code (compressai needs at least {MIN_SYMBOLS})")
+    if len(s) > max_string_bytes(n):  # before the padded copy: its size must not follow the file's
+        raise BitstreamError(
+            f"implausibly long {name} string: {len(s)} bytes for {n} latent values "
+            f"(the encoder writes at most {max_string_bytes(n)})"
+        )
     idx = indexes.reshape(-1).int().tolist()
     cdf = model._quantized_cdf.tolist()
     lengths = model._cdf_length.reshape(-1).int().tolist()
@@ -201,6 +275,11 @@ def decode_indexed(model: EntropyModel, string: bytes, indexes: Tensor, name: st
     symbols = torch.tensor(values, dtype=torch.int32)
     if int(symbols.to(torch.int64).abs().max()) > MAX_SYMBOL:
         raise BitstreamError(f"corrupted {name} string: decodes to a value beyond ±{MAX_SYMBOL}")
+    if encoded_words_bound(model, symbols, indexes) > n:  # re-encoding them would overrun the encoder's buffer
+        raise BitstreamError(
+            f"corrupted {name} string: decodes to values too costly for the encoder's {n}-word buffer "
+            f"(no encoder output decodes to them)"
+        )
     if ans.RansEncoder().encode_with_indexes(values, idx, cdf, lengths, offsets) != s:
         raise BitstreamError(f"corrupted {name} string: not what the encoder writes for the values it decodes to")
     return symbols.reshape(indexes.shape).to(model._quantized_cdf.device)
@@ -238,6 +317,46 @@ def decode_gaussian(
     y_hat = torch.stack(out).type_as(means)
     y_hat += means
     return y_hat
+
+
+def _check_encodable(model: EntropyModel, symbols: Tensor, indexes: Tensor, name: str) -> None:
+    """Step 4 on the encoder side: rounded latents ``symbols`` (float, one image) that compressai can code."""
+    if not bool(torch.isfinite(symbols).all()):
+        raise ValueError(f"cannot code this image: the {name} latent is not finite (a broken checkpoint?)")
+    if float(symbols.abs().max()) > MAX_SYMBOL:
+        raise ValueError(f"cannot code this image: a {name} latent value is beyond ±{MAX_SYMBOL} (a broken checkpoint?)")
+    n = symbols.numel()
+    if n < MIN_SYMBOLS:
+        raise ValueError(f"{name} latent of {n} values is too small to code (compressai needs at least {MIN_SYMBOLS})")
+    words = encoded_words_bound(model, symbols.to(torch.int64), indexes)
+    if words > n:
+        raise ValueError(
+            f"cannot code this image: its {name} latent may need {words} words, more than the {n} that "
+            f"compressai's encoder has room for (a broken checkpoint?)"
+        )
+
+
+def encode_bottleneck(bottleneck: EntropyBottleneck, z: Tensor) -> list[bytes]:
+    """Checked ``EntropyBottleneck.compress(z)`` (``z``: ``(B, C, H, W)``): the same strings, or a ``ValueError``
+    for latents compressai's encoder cannot code without writing out of bounds (step 4)."""
+    _check_coder(bottleneck)
+    n_ch = bottleneck._quantized_cdf.shape[0]
+    medians = bottleneck._get_medians().detach().reshape(1, n_ch, *([1] * (z.dim() - 2)))
+    indexes = torch.arange(n_ch, dtype=torch.int64).view(n_ch, *([1] * (z.dim() - 2))).expand(*z.shape[1:])
+    symbols = torch.round(z - medians.to(z))  # what compressai's quantize(..., "symbols") computes
+    for one in symbols:
+        _check_encodable(bottleneck, one, indexes, "z")
+    return bottleneck.compress(z)
+
+
+def encode_gaussian(conditional: GaussianConditional, y: Tensor, indexes: Tensor, means: Tensor) -> list[bytes]:
+    """Checked ``GaussianConditional.compress(y, indexes, means=means)``: the same strings, or a ``ValueError``
+    for latents compressai's encoder cannot code without writing out of bounds (step 4)."""
+    _check_coder(conditional)
+    symbols = torch.round(y - means)  # what compressai's quantize(..., "symbols", means) computes
+    for one, idx in zip(symbols, indexes):
+        _check_encodable(conditional, one, idx, "y")
+    return conditional.compress(y, indexes, means=means)
 
 
 def cpu_float64(module: _M) -> _M:

@@ -120,14 +120,15 @@ class BitstreamError(ValueError):
 
 
 class TableMismatchError(BitstreamError):
-    """The file is intact, but this decoder's arithmetic picks other entropy tables than the encoder's did
-    (its table check differs): decoding would give garbage, so it is refused (message is one line)."""
+    """The file passed its integrity checks, but this decoder picks other entropy tables than the encoder's did
+    (its table check differs): other arithmetic, or a header field (the rate) edited along with the CRC.
+    Decoding would give garbage, so it is refused (message is one line)."""
 
     def __init__(self, stored: int, computed: int) -> None:
         super().__init__(
             f"cannot decode on this setup: its hyper-synthesis picks different entropy tables than the encoder's "
-            f"did (table check {stored:08x} in the file, {computed:08x} here); the file is intact: decode it with "
-            f"the lpm version and checkpoint that wrote it"
+            f"did (table check {stored:08x} in the file, {computed:08x} here); the file passed its integrity checks: "
+            f"decode it with the lpm version and checkpoint that wrote it (or its header was edited)"
         )
         self.stored, self.computed = stored, computed
 
@@ -425,9 +426,13 @@ def read(path: str | os.PathLike, *, max_pixels: int | None = None) -> Compresse
         if head[: len(MAGIC)] != MAGIC or len(head) < _PREFIX.size:
             data = head  # not ours, or too short: decode() says which, without reading the rest
         else:
-            data = head + f.read(MAX_FILE_BYTES + 1 - len(head))  # bounded even for files that grow
+            # the size fstat saw, plus one byte to notice a file that grows meanwhile (reading up to the limit
+            # would make CPython reserve MAX_FILE_BYTES for every file, however small)
+            data = head + f.read(max(st.st_size - len(head), 0) + 1)
     if len(data) > MAX_FILE_BYTES:
         raise BitstreamError(f"{path}: file exceeds the {MAX_FILE_BYTES}-byte limit")
+    if len(data) > st.st_size:
+        raise BitstreamError(f"{path}: the file grew while it was read; read it again once it is written")
     try:
         return decode(data, max_pixels=max_pixels)
     except BitstreamError as e:

@@ -259,6 +259,13 @@ def _tensors(src: Path, edit) -> dict:
     ("a CDF that falls", lambda t: t["base.entropy_bottleneck._quantized_cdf"][0].copy_(
         t["base.entropy_bottleneck._quantized_cdf"][0].flip(0)), "not valid CDFs"),
     ("a NaN weight", lambda t: t["base.g_s.layers.0.weight"].view(-1)[5].fill_(float("nan")), "NaN or infinity"),
+    # compressai's encoder dies of SIGFPE on a one-entry CDF (one value of frequency 2**16), and hangs or
+    # overflows int32 on offsets or medians of 2**28 and more: no compressai model builds such tables
+    ("a one-entry CDF", lambda t: (t["base.gaussian_conditional._cdf_length"][0].fill_(2),
+                                   t["base.gaussian_conditional._quantized_cdf"][0, 1].fill_(1 << 16)),
+     "CDF lengths outside 3.."),
+    ("an offset of 2**31-1", lambda t: t["base.gaussian_conditional._offset"][0].fill_(2**31 - 1), "offsets beyond"),
+    ("quantiles of 1e30", lambda t: t["base.entropy_bottleneck.quantiles"].fill_(1e30), "quantiles beyond"),
 ])
 def test_tensors_that_do_not_fit_the_config_are_one_line(ckpts, tmp_path, what, edit, match):
     src = ckpts["prompted"]

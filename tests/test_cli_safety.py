@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,56 @@ def test_roundtrip_json_is_not_overwritten_without_force(files, capsys):
     rc, _, err = _run(capsys, *args, "--json", "res.json", "--force")
     assert rc == 0, err
     assert '"bpp"' in (files / "res.json").read_text()
+
+
+def test_force_never_overwrites_the_checkpoint_in_use(files, capsys):
+    """``--model FILE`` is an input too: ``--force`` with the checkpoint as output used to replace it by the
+    .lpm file (and the next load failed)."""
+    from lpm import zoo
+
+    ckpt = files / "model.safetensors"
+    ckpt.write_bytes(zoo.checkpoint_path("tiny-smoke").read_bytes())
+    before = _snapshot(files)
+    rc, _, err = _run(capsys, "compress", "in.png", ckpt, "--model", ckpt, "--force")
+    _refused(rc, err, ckpt)
+    assert "same file as the input" in err
+    images = files / "imgs"
+    images.mkdir()
+    _image(images / "a.png", 16, 16)
+    rc, _, err = _run(capsys, "roundtrip", "--images", images, "--rates", 0.013, "--model", ckpt, "--json", ckpt,
+                      "--force")
+    _refused(rc, err, ckpt)
+    (images / "a.png").unlink()
+    images.rmdir()
+    assert _snapshot(files) == before
+
+
+def test_exif_orientation_is_warned_about(files, capsys):
+    """A phone photo's orientation tag is not applied: the decoded PNG would show turned, so compress says so."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open("in.png").convert("RGB").save("o6.jpg", exif=exif)
+    with pytest.warns(UserWarning, match=r"o6\.jpg: its EXIF orientation \(6: turn it 90° clockwise\) is not applied"):
+        rc, _, err = _run(capsys, "compress", "o6.jpg", "o6.lpm", *MODEL)
+    assert rc == 0, err
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        rc, _, err = _run(capsys, "compress", "in.png", "plain.lpm", *MODEL)
+    assert rc == 0 and not [w for w in seen if "EXIF" in str(w.message)], err
+
+
+def test_out_of_memory_is_one_line(files, capsys, monkeypatch):
+    import lpm.codec
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(lpm.codec, "read_image", exhausted)
+    before = _snapshot(files)
+    rc, _, err = _run(capsys, "compress", "in.png", "new.lpm", *MODEL)
+    assert rc == 2 and err.strip().splitlines() == [
+        "lpm: error: out of memory: try a smaller image, --max-pixels, or a machine with more memory"], err
+    assert _snapshot(files) == before
 
 
 # --- 6. promises kept ---------------------------------------------------------------------------------------

@@ -153,6 +153,46 @@ def test_read_8bit_tiff_bmp_webp(tmp_path):
         read_image(tmp_path / "g.tif", max_pixels=23)
 
 
+def test_tiff_pil_calls_a_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    """A small file declaring a huge TIFF (PIL raises DecompressionBombError at open) used to be decoded
+    whole by imagecodecs before the size check: 3.5 GB for a 2.9 MB 900-megapixel file."""
+    a = rng().integers(0, 256, (64, 64), dtype=np.uint8)
+    (tmp_path / "b.tif").write_bytes(imagecodecs.tiff_encode(a))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 2x the limit: PIL's bomb error
+
+    decoded = []
+    real = data._imagecodecs().tiff_decode
+    monkeypatch.setattr(data._imagecodecs(), "tiff_decode", lambda *a, **k: (decoded.append(1), real(*a, **k))[1])
+    with pytest.raises(ImageTooLargeError, match="b.tif"):
+        read_image(tmp_path / "b.tif", max_pixels=10**9)
+    assert decoded == []
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.float32])
+def test_signed_and_float_tiffs_are_refused(tmp_path, dtype):
+    """int8 TIFFs used to be read by PIL as unsigned "L" pixels (-127 became 129) without a word."""
+    a = np.array([[-127, 0, 5], [100, -1, 7]], dtype=dtype)
+    (tmp_path / "s.tif").write_bytes(imagecodecs.tiff_encode(a))
+    with pytest.raises(ImageReadError, match=f"s.tif: TIFF with {np.dtype(dtype).name} samples is not supported"):
+        read_image(tmp_path / "s.tif")
+
+
+def test_exif_orientation(tmp_path):
+    a = rng().integers(0, 256, (8, 16, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(tmp_path / "o6.jpg", exif=exif)
+    Image.fromarray(a).save(tmp_path / "plain.jpg")
+    exif[0x0112] = 99  # not an orientation
+    Image.fromarray(a).save(tmp_path / "odd.jpg", exif=exif)
+    assert data.exif_orientation(tmp_path / "o6.jpg") == 6
+    assert data.exif_orientation(tmp_path / "plain.jpg") == 1
+    assert data.exif_orientation(tmp_path / "odd.jpg") == 1
+    assert data.exif_orientation(tmp_path / "missing.jpg") == 1
+    x, info = read_image(tmp_path / "o6.jpg")  # the pixels as stored: 8 rows, 16 columns
+    assert (info.height, info.width) == (8, 16)
+
+
 def test_read_1x1(tmp_path):
     x, info = read_image(write_png(tmp_path / "one.png", np.array([[[10, 20, 30]]], np.uint8)))
     assert x.shape == (3, 1, 1) and (info.height, info.width) == (1, 1)

@@ -330,8 +330,8 @@ def test_values_beyond_max_symbol_are_refused(tiny_codec):
 
 
 def test_absurd_but_canonical_latents_decode_deterministically(tiny_codec, streams):
-    """A well-formed stream of huge latent values (an attacker can encode any) gives a finite, repeatable
-    picture: non-finite synthesis values become 0 before clamping."""
+    """A well-formed stream of huge latent values (an attacker can encode any that fit the encoder's buffer)
+    gives a finite, repeatable picture: non-finite synthesis values become 0 before clamping."""
     strings, shape, size, rate = streams[0]
     base = tiny_codec.base
     gc = base.gaussian_conditional
@@ -339,13 +339,196 @@ def test_absurd_but_canonical_latents_decode_deterministically(tiny_codec, strea
     scales, _ = base._params(z_hat, tiny_codec.prompt_source(rate, 1))
     idx = gc.build_indexes(scales)
     n = idx.numel()
-    sym = [entropy.MAX_SYMBOL if i % 2 else -entropy.MAX_SYMBOL for i in range(n)]
+    flat = idx.reshape(-1).tolist()
+    # every other value at ±MAX_SYMBOL (~48 bits each), the rest their table's most probable value: as
+    # absurd as fits compressai's one-word-per-symbol buffer (all of them at ±MAX_SYMBOL would overrun it)
+    sym = [(entropy.MAX_SYMBOL if i % 4 == 1 else -entropy.MAX_SYMBOL) if i % 2 else _most_probable(gc, t)
+           for i, t in enumerate(flat)]
+    assert entropy.encoded_words_bound(gc, torch.tensor(sym), idx) <= n
     cdf, lengths, offsets = _tables(gc)
-    y = ans.RansEncoder().encode_with_indexes(sym, idx.reshape(-1).tolist(), cdf, lengths, offsets)
+    y = ans.RansEncoder().encode_with_indexes(sym, flat, cdf, lengths, offsets)
     crafted = [[y], strings[1]]
     a = tiny_codec.decompress(crafted, shape, rate, size=size)["x_hat"]
     b = tiny_codec.decompress(crafted, shape, rate, size=size)["x_hat"]
     assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------- 4. the encoder's buffer
+def reference_encode(symbols, indexes, cdfs, lengths, offsets) -> bytes:
+    """Python model of compressai 1.2.8's ``RansEncoder.encode_with_indexes`` (rans_interface.cpp with
+    rans64.h) without its fixed buffer of one word per symbol: the bytes it writes, however many."""
+    x, words = _L, []
+
+    def renorm(freq: int) -> None:  # the encoder emits the state's low word before a put would overflow it
+        nonlocal x
+        if x >= ((_L >> 16) << 32) * freq:
+            words.append(x & 0xFFFFFFFF)
+            x >>= 32
+
+    def put_bits(val: int) -> None:  # a 4-bit bypass put (frequency 2**12 of 2**16)
+        nonlocal x
+        renorm(1 << 12)
+        x = (x << 4) | val
+
+    for sym, t in zip(reversed(symbols), reversed(indexes)):  # rANS codes backwards
+        cdf, max_value = cdfs[t], lengths[t] - 2
+        value = sym - offsets[t]
+        if value < 0 or value >= max_value:
+            raw = -2 * value - 1 if value < 0 else 2 * (value - max_value)
+            nb = 0
+            while raw >> (4 * nb):
+                nb += 1
+            for j in range(nb - 1, -1, -1):
+                put_bits((raw >> (4 * j)) & 15)
+            while nb >= 15:
+                nb -= 15
+                put_bits(15)
+            put_bits(nb)
+            value = max_value
+        start, freq = cdf[value], cdf[value + 1] - cdf[value]
+        renorm(freq)
+        x = ((x // freq) << 16) + (x % freq) + start
+    return struct.pack("<II", x & 0xFFFFFFFF, x >> 32) + b"".join(struct.pack("<I", w) for w in reversed(words))
+
+
+def _random_symbols(rng: random.Random, lengths, offsets, n: int, huge: float) -> tuple[list[int], list[int]]:
+    """Random table choices and values: mostly inside the tables, some small escapes, a share ``huge`` of
+    escapes up to ±MAX_SYMBOL (and beyond, which the bound must also cover)."""
+    idx = [rng.randrange(len(lengths)) for _ in range(n)]
+    sym = []
+    for t in idx:
+        r = rng.random()
+        if r < huge:
+            v = rng.choice([entropy.MAX_SYMBOL, -entropy.MAX_SYMBOL, rng.randrange(-(1 << 30), 1 << 30),
+                            rng.randrange(-4096, 4096)])
+        else:
+            v = offsets[t] + rng.randrange(-3, lengths[t] + 2)
+        sym.append(v)
+    return sym, idx
+
+
+def test_reference_encoder_agrees_with_compressai(tiny_codec):
+    """The model writes what compressai writes, byte for byte (only inputs that fit its buffer are given to
+    compressai, by the bound tested next and, independently, by the model's own length)."""
+    rng = random.Random(4)
+    # the stress tables but the first: compressai's encoder dies of SIGFPE on a one-entry table (frequency
+    # 2**16), which no compressai model builds and the checkpoint loader refuses
+    tables = [_tables(tiny_codec.base.entropy_bottleneck), _tables(tiny_codec.base.gaussian_conditional),
+              (_STRESS_CDFS[1:], _STRESS_LENGTHS[1:], _STRESS_OFFSETS[1:])]
+    checked = 0
+    for _ in range(150):
+        cdf, lengths, offsets = rng.choice(tables)
+        n = rng.choice([entropy.MIN_SYMBOLS, 8, 40, 400])
+        sym, idx = _random_symbols(rng, lengths, offsets, n, huge=rng.choice([0.0, 0.05, 0.3]))
+        sym = [max(-entropy.MAX_SYMBOL, min(entropy.MAX_SYMBOL, v)) for v in sym]  # the C++ shifts are defined
+        ref = reference_encode(sym, idx, cdf, lengths, offsets)
+        if len(ref) <= 4 * n:
+            assert ans.RansEncoder().encode_with_indexes(sym, idx, cdf, lengths, offsets) == ref
+            checked += 1
+    assert checked > 80
+
+
+@pytest.mark.parametrize("table", ["entropy_bottleneck", "gaussian_conditional", "stress"])
+def test_encoded_words_bound_holds_and_is_nearly_tight(tiny_codec, table):
+    """``encoded_words_bound`` is never below the words the encoder writes (the model's count, also for
+    inputs that would overrun compressai's buffer), and at most a few words above it."""
+    class _Tables:  # the stress tables in the shape of an entropy model
+        entropy_coder = tiny_codec.base.gaussian_conditional.entropy_coder
+        entropy_coder_precision = 16
+        _quantized_cdf = torch.tensor(_STRESS_CDFS[1:], dtype=torch.int32)
+        _cdf_length = torch.tensor(_STRESS_LENGTHS[1:], dtype=torch.int32)
+        _offset = torch.tensor(_STRESS_OFFSETS[1:], dtype=torch.int32)
+
+    model = _Tables() if table == "stress" else getattr(tiny_codec.base, table)  # (without its one-entry table)
+    cdf, lengths, offsets = _tables(model)
+    rng = random.Random(5)
+    over = 0
+    for _ in range(200):
+        n = rng.choice([entropy.MIN_SYMBOLS, 7, 60, 600])
+        sym, idx = _random_symbols(rng, lengths, offsets, n, huge=rng.choice([0.0, 0.02, 0.2, 0.6, 1.0]))
+        words = len(reference_encode(sym, idx, cdf, lengths, offsets)) // 4
+        bound = entropy.encoded_words_bound(model, torch.tensor(sym), torch.tensor(idx))
+        assert words <= bound <= words + 3 + n // 1000, (n, words, bound)
+        over += bound > n
+    assert over > 10  # the random inputs do include ones that would overrun the buffer
+
+
+def test_decoded_values_too_costly_for_the_encoder_are_refused_without_encoding(tiny_codec, monkeypatch):
+    """A junk string can decode (reading its zero padding) to escapes whose re-encoding would overrun
+    compressai's buffer; the canonical check must refuse those before calling its encoder."""
+    eb = tiny_codec.base.entropy_bottleneck
+    n_ch = eb._quantized_cdf.shape[0]
+    idx = torch.arange(n_ch, dtype=torch.int32).view(n_ch, 1, 1).expand(n_ch, 2, 2)
+    n = idx.numel()
+
+    class _Decoder:  # stands in for what such a junk string decodes to
+        def decode_with_indexes(self, *args):
+            return [entropy.MAX_SYMBOL] * n
+
+    class _Encoder:
+        calls = 0
+
+        def encode_with_indexes(self, *args):
+            type(self).calls += 1
+            raise AssertionError("compressai's encoder was called with values that overrun its buffer")
+
+    monkeypatch.setattr(entropy.ans, "RansDecoder", _Decoder)
+    monkeypatch.setattr(entropy.ans, "RansEncoder", _Encoder)
+    string = (1 << 40).to_bytes(8, "little") + bytes(4 * (n - 2))
+    with pytest.raises(BitstreamError, match="too costly for the encoder") as e:
+        entropy.decode_indexed(eb, string, idx, "z")
+    _one_line_bitstream_error(e)
+    assert _Encoder.calls == 0
+
+
+def test_strings_longer_than_the_encoder_writes_are_refused_before_decoding(tiny_codec, streams, monkeypatch):
+    """Junk appended to a string (lengths and CRC recomputed) used to cost ~33 bytes of memory per byte in the
+    padded copy before the canonical check refused it; now its length alone refuses it."""
+    monkeypatch.setattr(entropy.ans, "RansDecoder", _CountingDecoder)
+    strings, shape, size, rate = streams[0]
+    ys, zs = strings[0][0], strings[1][0]
+    n_z = tiny_codec.base.entropy_bottleneck._quantized_cdf.shape[0] * shape[0] * shape[1]
+    _CountingDecoder.calls = 0
+    with pytest.raises(BitstreamError, match="implausibly long y string") as e:  # from the header alone
+        tiny_codec.decompress([[ys + bytes(1 << 20)], [zs]], shape, rate, size=size)
+    _one_line_bitstream_error(e)
+    with pytest.raises(BitstreamError, match=f"implausibly long z string: {4 * n_z + 4} bytes"):
+        tiny_codec.decompress([[ys], [zs + bytes(4 * n_z + 4 - len(zs))]], shape, rate, size=size)
+    assert _CountingDecoder.calls == 0
+    eb = tiny_codec.base.entropy_bottleneck
+    idx = torch.arange(n_z // (shape[0] * shape[1]), dtype=torch.int32).view(-1, 1, 1).expand(-1, *shape)
+    with pytest.raises(BitstreamError, match="implausibly long z string"):  # decode_indexed on its own too
+        entropy.decode_indexed(eb, zs + bytes(4 * n_z), idx, "z")
+    assert _CountingDecoder.calls == 0
+    assert entropy.max_string_bytes(n_z) == 4 * n_z
+
+
+def test_encoder_side_refuses_latents_compressai_cannot_code(tiny_codec, monkeypatch):
+    """Latents from a broken checkpoint (non-finite, beyond ±MAX_SYMBOL, or costlier than the encoder's
+    buffer) are a one-line ValueError before compressai's encoder runs; ordinary ones code as before."""
+    eb, gc = tiny_codec.base.entropy_bottleneck, tiny_codec.base.gaussian_conditional
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, eb._quantized_cdf.shape[0], 3, 5, generator=g) * 3
+    assert entropy.encode_bottleneck(eb, z) == eb.compress(z)
+    y = torch.randn(1, 24, 8, 8, generator=g) * 4
+    idx = gc.build_indexes(torch.rand(y.shape, generator=g) * 5)
+    means = torch.randn(y.shape, generator=g)
+    assert entropy.encode_gaussian(gc, y, idx, means) == gc.compress(y, idx, means=means)
+
+    calls = []
+    for m in (eb, gc):
+        real = m.entropy_coder._encoder
+        monkeypatch.setattr(m.entropy_coder, "_encoder", type("E", (), {
+            "encode_with_indexes": lambda self, *a, real=real: (calls.append(1), real.encode_with_indexes(*a))[1]})())
+    huge = z.clone()
+    huge[1] = 0.9 * entropy.MAX_SYMBOL  # every value of image 2 a ~48-bit escape: 1.5 words a symbol
+    for bad, match in ((huge, "more than the"), (z * float("nan"), "not finite"), (z * 1e9, "beyond")):
+        with pytest.raises(ValueError, match=match) as e:
+            entropy.encode_bottleneck(eb, bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="more than the"):
+        entropy.encode_gaussian(gc, torch.full(y.shape, 0.9 * entropy.MAX_SYMBOL), idx, means)
+    assert calls == []
 
 
 # ---------------------------------------------------------------------------------------- decompress

@@ -438,6 +438,22 @@ def test_read_refuses_sparse_huge_file_without_reading(tmp_path):
     assert time.perf_counter() - t0 < 1.0
 
 
+def test_read_reserves_memory_for_the_file_not_for_the_limit(tmp_path):
+    """Reading a small file used to reserve MAX_FILE_BYTES (1 GiB) for a moment: a MemoryError under an
+    address-space limit that leaves room for the model and the image but not for that."""
+    import tracemalloc
+
+    path = tmp_path / "small.lpm"
+    ff.write(path, SAMPLE)
+    tracemalloc.start()
+    try:
+        assert ff.read(path) == SAMPLE
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
 def test_read_max_pixels_and_corruption_carry_path(tmp_path):
     path = tmp_path / "img.lpm"
     ff.write(path, SAMPLE)

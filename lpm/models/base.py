@@ -576,10 +576,10 @@ class TICCodec(CompressionModel):
         is called after each tile (once for an image coded whole)."""
         xp = self.pad(x)
         y, z = self._analysis(xp, prompts, tiled=True, progress=progress)
-        z_strings = self.entropy_bottleneck.compress(z)
+        z_strings = entropy.encode_bottleneck(self.entropy_bottleneck, z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         indexes, means = self.entropy_tables(z_hat, prompts)
-        y_strings = self.gaussian_conditional.compress(y, indexes, means=means.to(y.device))
+        y_strings = entropy.encode_gaussian(self.gaussian_conditional, y, indexes, means.to(y.device))
         checks = [entropy.table_check(i) for i in indexes]
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:]), "table_checks": checks}
 
