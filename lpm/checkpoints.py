@@ -335,6 +335,26 @@ def _prompted_tensor_count(cfg_key: str, pcfg_key: str, n_rates: int) -> int:
         return len(base.state_dict()) + (n_rates - 1) * len(module.state_dict())
 
 
+def _extrapolated_tensor_count(kind: str, cfg_key: str, fields: dict[str, Any]) -> Optional[int]:
+    """Tensors of a ``kind`` codec with ``fields["rates"]``, from builds on two and three of its rates (every
+    kind adds the same tensors per rate): building a long ladder of a deep config on ``meta`` costs minutes
+    of Python (a crafted low-rank-adapter file: 131 s), its short ladders a few seconds. ``None`` where
+    such a ladder cannot be built (the full build then says why)."""
+    rates, base_rate = fields.get("rates"), fields.get("base_rate")
+    if not isinstance(rates, list) or len(rates) < 4:
+        return None
+    others = [r for r in rates if r != base_rate]
+
+    def ladder(k: int) -> list:
+        return sorted([base_rate, *others[:k]]) if base_rate in rates else rates[: k + 1]
+
+    try:
+        small, more = (len(_layout(kind, cfg_key, _key({**fields, "rates": ladder(k)})).tensors) for k in (1, 2))
+    except Exception:  # noqa: BLE001 -- a short ladder this kind refuses: leave the verdict to the full build
+        return None
+    return small + (len(rates) - len(ladder(1))) * (more - small)
+
+
 @dataclass(frozen=True)
 class _Layout:
     """What a checkpoint's config builds: tensors (name → shape, dtype), entropy-table owners (prefix →
@@ -395,6 +415,11 @@ def _expected_layout(
         if kind == "prompted":
             n_expected = _prompted_tensor_count(cfg_key, _key(fields["prompt_config"]), len(fields["rates"]))
             if n_expected > 2 * n_file + 64:  # far more than the file holds: do not even build it on meta
+                raise misfit(f"{what} with {len(fields['rates'])} rates has {n_expected:,} tensors; "
+                             f"the file holds {n_file:,}")
+        elif kind != "tic":
+            n_expected = _extrapolated_tensor_count(kind, cfg_key, fields)
+            if n_expected is not None and n_expected > 2 * n_file + 64:
                 raise misfit(f"{what} with {len(fields['rates'])} rates has {n_expected:,} tensors; "
                              f"the file holds {n_file:,}")
         layout = _layout(kind, cfg_key, _key(fields))

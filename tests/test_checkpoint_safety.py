@@ -138,6 +138,45 @@ def test_giant_configs_are_refused_fast_and_without_allocating(ckpts, tmp_path):
         assert seconds < 1.0, (name, seconds)
 
 
+_FIVE_RATES = (0.0018, 0.0035, 0.0067, 0.013, 0.0483)
+
+
+def _five_rate_models() -> dict:
+    from lpm.models import LoRACodec
+
+    return {
+        "prompted": PromptedCodec(make_tiny_base(), _FIVE_RATES, 0.0483, PromptConfig(enc_channels=8, dec_channels=8)),
+        "rate_conditioned": RateConditionedCodec(make_tiny_base(), _FIVE_RATES,
+                                                 PromptConfig(enc_channels=8, dec_channels=8)),
+        "gain_units": GainUnitCodec(make_tiny_base(), _FIVE_RATES),
+        "lora": LoRACodec(make_tiny_base(), _FIVE_RATES, 0.0483),
+    }
+
+
+@pytest.mark.parametrize("kind", ["prompted", "rate_conditioned", "gain_units", "lora"])
+def test_tensor_count_from_short_ladders_is_the_full_builds(tmp_path, kind):
+    from lpm import checkpoints
+
+    path = tmp_path / f"{kind}.safetensors"
+    save_codec(path, _five_rate_models()[kind], meta={"base_rate": 0.0483, "budget": "test"})
+    md = read_metadata(path)
+    cfg, fields, _, _ = checkpoints._parse(path, md)
+    cfg_key, fields_key = checkpoints._key(cfg.to_dict()), checkpoints._key(fields)
+    full = len(checkpoints._layout(kind, cfg_key, fields_key).tensors)
+    assert checkpoints._extrapolated_tensor_count(kind, cfg_key, fields) == full == len(load_file(str(path)))
+
+
+def test_a_long_ladder_claimed_by_a_small_file_is_refused_before_it_is_built(tmp_path):
+    """A crafted low-rank-adapter file claiming a deep config and 64 rates used to be built on ``meta`` in
+    full (265k tensors: 131 s) before its missing tensors were noticed; the count now comes from two short
+    ladders."""
+    src = tmp_path / "lora.safetensors"
+    save_codec(src, _five_rate_models()["lora"], meta={"base_rate": 0.0483, "budget": "test"})
+    rates = [0.0005 * (i + 1) for i in range(63)] + [0.0483]
+    msg = _refused(_resave(src, tmp_path / "long.safetensors", rates=json.dumps(rates)), "the file holds")
+    assert "lora" in msg and "64 rates" in msg
+
+
 @pytest.mark.parametrize("change, match", [
     ({"N": -1}, "N must be an integer in 1..1024"),
     ({"N": "16"}, "N must be an integer"),

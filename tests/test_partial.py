@@ -225,6 +225,23 @@ def _repartial(src: Path, dst: Path, **changes) -> dict:
     return meta["partial"]
 
 
+@pytest.mark.parametrize("ledger", [
+    [{}],
+    [{"gpu_minutes": "1", "cpu_minutes": 0.0, "crops_seen": 8}],
+    [{"gpu_minutes": 0.0, "cpu_minutes": 1.0, "crops_seen": 8, "restarts": 5}],
+], ids=["empty-record", "minutes-as-string", "restarts-not-a-list"])
+def test_partials_with_broken_ledger_records_are_refused_before_anything_is_written(tmp_path, data_dir,
+                                                                                     stopped_base, ledger):
+    """Such records used to pass, train the whole stage, then fail adding the budget up (a TypeError or
+    ``lpm: error: gpu_minutes``), leaving an out_dir that could neither resume nor be continued into."""
+    ck = load_codec(stopped_base / PARTIAL_FILE)
+    save_codec(tmp_path / "bad.safetensors", ck.model, meta={**ck.meta, "ledger": ledger}, half=True)
+    out = tmp_path / "never"
+    with pytest.raises(TrainingStateError, match="ledger, finished list or restarts are not valid"):
+        Runner(_cfg(out, data_dir, continue_from=str(tmp_path / "bad.safetensors")), progress=False).run()
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_a_stage_continued_on_another_kind_of_device_books_each_part_by_its_device(tmp_path, data_dir, stopped_base):
     """The first 3 steps claim to have run on a GPU (the partial's GPU clock), the last 3 run here on the CPU:
     the ledger books both, and the budget line names both."""

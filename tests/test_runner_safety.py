@@ -4,6 +4,7 @@ SIGTERM / Ctrl-C save the state, say where it is and how to resume, print the re
 from __future__ import annotations
 
 import fractions
+import json
 import os
 import shutil
 import signal
@@ -97,6 +98,11 @@ BAD_STATES = {
     "step-as-string": lambda p: _edit_state(p, step="3"),
     "nan-elapsed": lambda p: _edit_state(p, elapsed=float("nan")),
     "ledger-not-json": lambda p: _edit_state(p, ledger="[{"),
+    # records that used to pass, train a whole stage, then crash adding them up (TypeError) with out_dir half written
+    "ledger-restarts-not-a-list": lambda p: _edit_state(p, ledger=json.dumps(
+        [{"gpu_minutes": 0.0, "cpu_minutes": 1.0, "crops_seen": 8, "restarts": 5}])),
+    "ledger-steps-as-string": lambda p: _edit_state(p, ledger=json.dumps(
+        [{"gpu_minutes": 0.0, "cpu_minutes": 1.0, "crops_seen": 8, "steps": "3"}])),
     "model-of-another-run": lambda p: _edit_state(p, model=_bad_model),
     "optimizer-of-another-run": lambda p: _edit_state(p, optimizer=_bad_optimizer),
     "rng-garbage": lambda p: _edit_state(p, torch_rng=torch.zeros(3, dtype=torch.uint8)),

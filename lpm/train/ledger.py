@@ -8,6 +8,7 @@ file, :func:`totals` adds records up and :func:`budget_string` states a run's bu
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -15,7 +16,7 @@ import torch
 
 from lpm.provenance import environment
 
-__all__ = ["LEDGER_FIELDS", "stage_record", "append_record", "totals", "budget_string"]
+__all__ = ["LEDGER_FIELDS", "stage_record", "append_record", "totals", "budget_string", "valid_records"]
 
 #: One budget record per finished stage (``ledger.jsonl``), read by :mod:`lpm.eval.savings`.
 LEDGER_FIELDS = (
@@ -42,6 +43,30 @@ def stage_record(
         "gpu_minutes": gpu_minutes, "cpu_minutes": minutes - gpu_minutes,
         "device": environment(device)["device"], "world_size": world_size, "restarts": list(restarts or []),
     }
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def valid_records(ledger: Any) -> bool:
+    """Whether ``ledger`` (read back from a training state or a partial checkpoint) is a list of records that
+    :func:`totals` and :func:`budget_string` can add up: finite non-negative ``gpu_minutes``, ``cpu_minutes``
+    and ``crops_seen``, ``steps`` (if present) a non-negative integer, ``restarts`` (if present) a list of
+    mappings. Checked before a run continues from them, so that a crafted record fails at once and not
+    when the first stage finishes, with its out_dir half written."""
+    if not isinstance(ledger, list):
+        return False
+    for r in ledger:
+        if not isinstance(r, dict) or not all(_count(r.get(k)) for k in ("gpu_minutes", "cpu_minutes", "crops_seen")):
+            return False
+        steps = r.get("steps")
+        if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+            return False
+        restarts = r.get("restarts")
+        if restarts is not None and not (isinstance(restarts, list) and all(isinstance(x, dict) for x in restarts)):
+            return False
+    return True
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

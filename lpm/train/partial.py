@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from lpm.checkpoints import CheckpointError, load_codec
+from lpm.train.ledger import valid_records
 from lpm.train.state import TrainingStateError, gpu_clocks_valid
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def read_partial(path: str | Path, cfg: "RunConfig", stages: list["Stage"],
     if gpu_clocks != (None, None) and not gpu_clocks_valid(*gpu_clocks, *clocks):
         raise _fail(path, "its GPU clocks are not valid")
     ledger, finished, restarts = loaded.meta.get("ledger", []), p.get("finished", []), p.get("restarts", [])
-    if not (isinstance(ledger, list) and all(isinstance(r, dict) for r in ledger)
+    if not (valid_records(ledger)
             and isinstance(finished, list) and all(isinstance(f, str) for f in finished)
             and isinstance(restarts, list) and all(isinstance(r, dict) for r in restarts)):
         raise _fail(path, "its ledger, finished list or restarts are not valid")

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lpm.fsutil import atomic_save
+from lpm.train.ledger import valid_records
 from lpm.train.stages import Stage
 from lpm.train.step import TrainStep, quantile_parameters
 
@@ -168,12 +169,7 @@ def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
         raise bad("its config, ledger or model list is not valid JSON") from None
     if not isinstance(saved, dict):
         raise bad("its config is not a mapping")
-    numbers = ("gpu_minutes", "cpu_minutes", "crops_seen")
-    if not isinstance(ledger, list) or not all(
-        isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
-                                    and math.isfinite(r[k]) and r[k] >= 0 for k in numbers)
-        for r in ledger
-    ):
+    if not valid_records(ledger):
         raise bad("its ledger is not a list of budget records")
     if not isinstance(finished, list) or not all(isinstance(f, str) for f in finished):
         raise bad("its list of written models is not a list of paths")
