@@ -250,9 +250,25 @@ def _decode_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
         and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 2, 3, 4)))
     )
     if not ok:
-        return _decode_with_pil(path, max_pixels)
+        out = _decode_with_pil(path, max_pixels)
+        bits = _tiff_bits(path)
+        if bits > 8 and out.dtype == np.uint8:  # e.g. 16-bit CMYK: PIL reads it at 8 bits
+            warnings.warn(f"{path}: {bits}-bit TIFF read at 8 bits (only PIL reads this layout; it keeps 8 bits "
+                          f"per sample)", UserWarning, stacklevel=4)
+        return out
     _check_size(path, array.shape[0], array.shape[1], max_pixels)
     return array
+
+
+def _tiff_bits(path: Path) -> int:
+    """Largest BitsPerSample of a TIFF's first page (0 if PIL cannot say)."""
+    try:
+        with Image.open(path) as im:
+            bits = im.tag_v2.get(258, 0)
+    except Exception:  # noqa: BLE001 -- only for a warning
+        return 0
+    bits = max(bits) if isinstance(bits, tuple) and bits else bits
+    return bits if isinstance(bits, int) else 0
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:

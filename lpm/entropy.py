@@ -198,11 +198,12 @@ def encoded_words_bound(model: EntropyModel, symbols: Tensor, indexes: Tensor) -
     flat = cdf.reshape(-1)
     freq = (flat[at + 1] - flat[at]).clamp(min=1)
     bits = float((PRECISION - torch.log2(freq.double())).sum()) + idx.numel() * _STEP_SLACK
-    raw = torch.where(v < 0, -2 * v - 1, 2 * (v - max_value)).masked_fill(~escape, 0)
+    v, max_value = v[escape], max_value[escape]  # escapes only (few in a real latent)
+    raw = torch.where(v < 0, -2 * v - 1, 2 * (v - max_value))
     nibbles = torch.zeros_like(raw)
     for j in range(16):  # int64 magnitudes have at most 16 nibbles
         nibbles += (raw >> (4 * j)) > 0
-    puts = torch.where(escape, nibbles + nibbles // 15 + 1, torch.zeros_like(nibbles))
+    puts = nibbles + nibbles // 15 + 1
     bits += float(puts.sum()) * (4 + _STEP_SLACK)
     return 2 + math.floor(bits / 32)
 

@@ -177,6 +177,18 @@ def test_signed_and_float_tiffs_are_refused(tmp_path, dtype):
         read_image(tmp_path / "s.tif")
 
 
+def test_16bit_tiff_that_only_pil_reads_warns_that_it_keeps_8_bits(tmp_path):
+    a = (rng().integers(0, 65536, (5, 6, 4))).astype(np.uint16)
+    (tmp_path / "c.tif").write_bytes(imagecodecs.tiff_encode(a, photometric="separated"))  # 16-bit CMYK
+    with pytest.warns(UserWarning, match="c.tif: 16-bit TIFF read at 8 bits"):
+        x, info = read_image(tmp_path / "c.tif")
+    assert info.bit_depth == 8 and (info.height, info.width) == (5, 6)
+    Image.fromarray(a[:, :, :3].astype(np.uint8)).convert("CMYK").save(tmp_path / "c8.tif")  # 8-bit: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_image(tmp_path / "c8.tif")
+
+
 def test_exif_orientation(tmp_path):
     a = rng().integers(0, 256, (8, 16, 3), dtype=np.uint8)
     exif = Image.Exif()
