@@ -311,6 +311,20 @@ def test_tensors_that_do_not_fit_the_config_are_one_line(ckpts, tmp_path, what, 
     _refused(_resave(src, tmp_path / "t.safetensors", tensors=_tensors(src, edit)), match)
 
 
+def test_broken_symbolic_links_say_what_is_wrong(tmp_path):
+    from lpm import zoo
+
+    (tmp_path / "dangling.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="is a symbolic link to a missing file .*gone.safetensors"):
+        zoo.load(str(tmp_path / "dangling.safetensors"))
+    with pytest.raises(FileNotFoundError, match="is a symbolic link in a loop"):
+        zoo.load(str(tmp_path / "a"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint file or zoo name"):
+        zoo.load(str(tmp_path / "nothing-here"))
+
+
 def test_a_known_good_file_with_another_config_says_do_not_fit(ckpts, tmp_path):
     src = ckpts["prompted"]
     _refused(_resave(src, tmp_path / "n.safetensors", codec_config=json.dumps({**_cfg(src), "N": 32})), "do not fit")
