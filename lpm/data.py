@@ -251,8 +251,8 @@ def _decode_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
     )
     if not ok:
         out = _decode_with_pil(path, max_pixels)
-        bits = _tiff_bits(path)
-        if bits > 8 and out.dtype == np.uint8:  # e.g. 16-bit CMYK: PIL reads it at 8 bits
+        bits = _tiff_bits(path) if out.dtype == np.uint8 else 0
+        if bits > 8:  # e.g. 16-bit CMYK: PIL reads it at 8 bits
             warnings.warn(f"{path}: {bits}-bit TIFF read at 8 bits (only PIL reads this layout; it keeps 8 bits "
                           f"per sample)", UserWarning, stacklevel=4)
         return out

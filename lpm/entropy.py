@@ -83,6 +83,7 @@ __all__ = [
     "MIN_TABLE_LENGTH",
     "check_framing",
     "table_min_bits",
+    "table_problem",
     "min_string_bytes",
     "read_bound",
     "check_strings",
@@ -116,11 +117,31 @@ def _check_coder(model: EntropyModel) -> None:
         raise ValueError(f"safe decoding supports compressai's 'ans' coder at {PRECISION} bits, not {name!r}")
     if model._quantized_cdf.numel() == 0:
         raise ValueError("entropy model tables are not built; call update() first")
-    # compressai builds every table with at least one value and the escape entry, and offsets of the size of
-    # its latents; its encoder divides by zero on a one-entry table and overflows int32 on huge offsets
-    if int(model._cdf_length.min()) < MIN_TABLE_LENGTH or int(model._offset.abs().max()) > MAX_SYMBOL:
-        raise ValueError(f"entropy tables out of range (CDF lengths below {MIN_TABLE_LENGTH} or offsets beyond "
-                         f"±{MAX_SYMBOL}): not tables compressai builds")
+    problem = table_problem(model)
+    if problem is not None:
+        raise ValueError(f"the entropy tables {problem}: not tables compressai builds")
+
+
+def table_problem(model: EntropyModel) -> str | None:
+    """Why compressai's rANS coder cannot take ``model``'s (built) tables safely, or ``None``: each CDF runs
+    ``0 … 2**precision``, strictly increasing over its length, and has at least one value and the escape
+    entry (compressai's encoder divides by zero on a one-entry table); offsets, and an entropy bottleneck's
+    quantiles (its medians), lie within ±``MAX_SYMBOL`` (beyond, its encoder hangs or overflows int32).
+    The checkpoint loader refuses such tables; every encode and decode checks them again."""
+    q, length = model._quantized_cdf, model._cdf_length.long()
+    top = 1 << int(model.entropy_coder_precision)
+    if bool(((length < MIN_TABLE_LENGTH) | (length > q.shape[1])).any()):
+        return f"have CDF lengths outside {MIN_TABLE_LENGTH}..{q.shape[1]}"
+    if bool((model._offset.long().abs() > MAX_SYMBOL).any()):
+        return f"have offsets beyond ±{MAX_SYMBOL}"
+    if isinstance(model, EntropyBottleneck) and not bool((model.quantiles.detach().abs() <= MAX_SYMBOL).all()):
+        return f"have quantiles beyond ±{MAX_SYMBOL}"
+    used = torch.arange(1, q.shape[1], device=q.device).unsqueeze(0) < length.unsqueeze(1)  # columns 1.. in each CDF
+    last = q.gather(1, (length - 1).unsqueeze(1)).squeeze(1)
+    rising = q[:, 1:] > q[:, :-1]
+    if bool((q[:, 0] != 0).any()) or bool((last != top).any()) or bool((used & ~rising).any()):
+        return f"are not valid CDFs (0 … {top}, strictly increasing)"
+    return None
 
 
 def check_framing(string: object, name: str) -> bytes:
@@ -215,6 +236,10 @@ def _check_length(s: bytes, bits: float, name: str, num_symbols: int) -> None:
             f"implausibly short {name} string: {len(s)} bytes for {num_symbols} latent values "
             f"(the coder's tables need at least {need})"
         )
+    _check_not_too_long(s, name, num_symbols)
+
+
+def _check_not_too_long(s: bytes, name: str, num_symbols: int) -> None:
     most = max_string_bytes(num_symbols)
     if len(s) > most:
         raise BitstreamError(
@@ -261,11 +286,7 @@ def decode_indexed(model: EntropyModel, string: bytes, indexes: Tensor, name: st
     n = indexes.numel()
     if n < MIN_SYMBOLS:
         raise ValueError(f"{name} latent of {n} values is too small to code (compressai needs at least {MIN_SYMBOLS})")
-    if len(s) > max_string_bytes(n):  # before the padded copy: its size must not follow the file's
-        raise BitstreamError(
-            f"implausibly long {name} string: {len(s)} bytes for {n} latent values "
-            f"(the encoder writes at most {max_string_bytes(n)})"
-        )
+    _check_not_too_long(s, name, n)  # before the padded copy: its size must not follow the file's
     idx = indexes.reshape(-1).int().tolist()
     cdf = model._quantized_cdf.tolist()
     lengths = model._cdf_length.reshape(-1).int().tolist()
