@@ -111,10 +111,11 @@ def markdown_table(data: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     names = {"prompts": "prompts alone", "gain": "prompts + latent gain", "separate": "separate model (control)",
              "lora": "low-rank adapters", "hidden": "token-fed additive prompts",
-             "hidden_add": "token-fed additive-only prompts (no keys/values)"}
+             "hidden_add": "token-fed additive-only prompts (no keys/values)",
+             "prompts (additive)": "prompts alone"}  # the variant's name in files of 2026-12-01 (settings follow)
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
     for r in against_control(data["rows"]):
-        name = names[r["variant"]]
+        name = names.get(r["variant"], r["variant"])  # older files name their variant in words
         settings = [f"{k}={v}" for k, v in (r.get("prompt_settings") or {}).items()]
         if r["variant"] in ("hidden", "hidden_add"):
             settings = [f"width {r['prompt_settings'].get('enc_channels')}"]

@@ -278,3 +278,13 @@ def test_hidden_probe_trains_token_fed_additive_prompts_at_stride_one_of_a_promp
     assert "token-fed additive-only prompts (no keys/values) (width" in probe.markdown_table(data)
     _, out2 = _probe(tmp_path / "w", "--rates", "0.025", "--variants", "hidden", "--hidden-width", "3")
     assert json.loads(out2.read_text())["rows"][0]["prompt_settings"]["enc_channels"] == 3
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "results" / "bench").glob("reach_probe_*.json")),
+                         ids=lambda p: p.name)
+def test_every_committed_probe_file_prints_its_table(path):
+    """The README cites these files; `reach_probe.py --table FILE` must print each (an older file's variant
+    names included), one row per probe."""
+    data = json.loads(path.read_text())
+    table = probe.markdown_table(data)
+    assert len(table.splitlines()) == 2 + len(data["rows"])
