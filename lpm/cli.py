@@ -376,8 +376,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--rate", type=float, help="λ in the model's range (default: the base rate)")
     g.add_argument(
         "--target-bpp", type=float,
-        help="largest rate whose file fits this many bits per pixel (an error, exit 2, if even the lowest "
-        "rate does not fit; the message gives the smallest achievable bpp)",
+        help="the rate whose file comes closest under this many bits per pixel (at most 1 %% under where the "
+        "search gets there; the largest rate that fits, where the size rises with λ; a warning where it does not); "
+        "an error, exit 2, if even the lowest rate does not fit, naming its bpp",
     )
     p.add_argument("-f", "--force", action="store_true", help=force_help)
     p.add_argument("--no-progress", action="store_true",

@@ -150,16 +150,18 @@ def compress_file(
     progress: Optional[Progress] = None,
     keep: Sequence[Union[str, os.PathLike]] = (),
 ) -> CodingResult:
-    """Read an image, code it at ``rate`` (default: the base rate) or at the largest rate whose *file*
-    (header included) fits ``target_bpp``, and write the ``.lpm`` file atomically.
+    """Read an image, code it at ``rate`` (default: the base rate) or at the rate whose *file* (header
+    included) comes closest under ``target_bpp`` (:func:`lpm.models.find_rate`: at most 1 % under it where a
+    search of up to 26 encodes gets there; for a checkpoint whose size rises with λ, the largest rate that
+    fits), and write the ``.lpm`` file atomically.
 
     ``progress(done, total)`` is called after each tile of each encoding (a ``target_bpp`` search encodes
     several times; each encoding counts from 1 again).
 
     The output is checked first (:func:`lpm.fsutil.check_output`): never the input itself nor a file of
     ``keep`` (the CLI names its checkpoint there), and an existing file only with ``force`` (a symbolic link is then replaced, not written through; a
-    directory, FIFO or device never). A ``target_bpp`` that even the smallest rate exceeds is a
-    ``ValueError`` naming the smallest achievable bpp; nothing is written then.
+    directory, FIFO or device never). A ``target_bpp`` that even the lowest rate exceeds is a
+    ``ValueError`` naming the lowest rate's bpp; nothing is written then.
     """
     from lpm.fsutil import check_output
 
@@ -237,6 +239,6 @@ def _warn_orientation(src: Union[str, os.PathLike]) -> None:
 
 def _unreachable_target(src: Union[str, os.PathLike], target_bpp: float, rate: float, bpp: float) -> str:
     return (
-        f"{os.fspath(src)}: no file fits {target_bpp:g} bpp; the smallest achievable is {bpp:.4f} bpp "
-        f"(lowest rate λ={rate:.5g}); nothing written"
+        f"{os.fspath(src)}: no file fits {target_bpp:g} bpp; the lowest rate λ={rate:.5g} gives {bpp:.4f} bpp "
+        f"(the smallest this checkpoint makes, where its size rises with λ); nothing written"
     )

@@ -13,7 +13,8 @@ Data flow of one slider move (all on the kernel's thread, so a CPU-only kernel s
 
 Results are cached per (λ rounded to 4 significant digits, preview/full): going back to a rate costs
 nothing, and the widget then says "cached" instead of a coding time. The target-bpp box searches, with
-:func:`lpm.models.find_rate` (false position in log λ and log size), the largest rate whose full-resolution *file* fits the target.
+:func:`lpm.models.find_rate` (false position in log λ and log size), the rate whose full-resolution *file* comes
+closest under the target (the largest rate that fits, where the size rises with λ; the status line says when it does not).
 
 While a rate is being coded, the numbers, the image and the zoom still on screen are those of the previous
 rate: they carry the CSS class ``lpm-stale`` (greyed out) until the new result replaces them. A small RD plot
@@ -31,6 +32,7 @@ from __future__ import annotations
 import html
 import math
 import time
+import warnings
 from typing import Any, Optional
 
 import imagecodecs
@@ -354,7 +356,8 @@ class RateSlider:
         return self._sizes[key]
 
     def find_rate_for_bpp(self, target_bpp: float, full: bool = True) -> dict[str, Any]:
-        """The largest (rounded) rate whose real file fits ``target_bpp``, coded with :meth:`code_at`.
+        """The (rounded) rate whose real file comes closest under ``target_bpp`` (for a checkpoint whose size
+        rises with λ, the largest rate that fits; see :func:`lpm.models.find_rate`), coded with :meth:`code_at`.
 
         A search in log λ (:func:`lpm.models.find_rate`, safeguarded false position) over rounded rates, so the returned result's
         ``bpp`` is the measured one. If even the lowest rate is over the target, the lowest rate's result is
@@ -414,7 +417,7 @@ class RateSlider:
             style={"description_width": "initial"}, layout=w.Layout(width="170px"),
         )
         target.add_class("lpm-target-bpp")
-        find = w.Button(description="find rate", tooltip="largest λ whose full-resolution file fits the target")
+        find = w.Button(description="find rate", tooltip="the λ whose full-resolution file comes closest under the target")
         find.add_class("lpm-find-rate")
         jumps = [w.Button(description=f"{r:g}", tooltip=f"trained rate λ={r:g}", layout=w.Layout(width="auto"))
                  for r in self.trained_rates]
@@ -566,10 +569,12 @@ class RateSlider:
     def _on_find(self) -> None:
         ui = self._ui
         target = float(ui["target"].value)
-        ui["status"].value = f"searching the largest λ whose full-resolution file fits {target:g} bpp…"
+        ui["status"].value = f"searching the λ whose full-resolution file comes closest under {target:g} bpp…"
         known = set(self._cache)
         self._set_stale(True)
-        res = self.find_rate_for_bpp(target, full=True)
+        with warnings.catch_warnings(record=True) as caught:  # a rate that is not monotone: said in the status
+            warnings.simplefilter("always", UserWarning)
+            res = self.find_rate_for_bpp(target, full=True)
         self._quiet = True
         try:
             ui["full"].value = True  # the target refers to the full image, so show it
@@ -582,3 +587,6 @@ class RateSlider:
                                   f"more than the target {target:g}")
         else:
             ui["status"].value = f"λ={res['rate']:.4g} gives {res['bpp']:.4f} bpp ≤ target {target:g}"
+        notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        if notes:
+            ui["status"].value += " — note: " + notes[0]

@@ -322,7 +322,7 @@ def test_unreachable_target_bpp_fails_and_names_the_smallest_bpp(files, capsys):
     before = _snapshot(files)
     rc, _, err = _run(capsys, "compress", "in.png", "t.lpm", *MODEL, "--target-bpp", "1e-9")
     _refused(rc, err, "in.png")
-    assert "smallest achievable is" in err and "bpp" in err
+    assert "the lowest rate λ=" in err and "bpp" in err
     assert _snapshot(files) == before
 
 

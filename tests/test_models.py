@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -385,10 +386,28 @@ def test_find_rate_on_a_non_monotone_curve_still_returns_a_size_that_fits():
         sizes[r] = 0.23 - 0.02 * x * x  # peak at 0.013
         return sizes[r]
 
+    warned = 0
     for target in (0.16, 0.17, 0.18, 0.19):  # between the sizes at the ends (0.152, 0.196); the middle peaks at 0.23
-        rate, measured = find_rate(measure, target, rng, tol=0.01)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rate, measured = find_rate(measure, target, rng, tol=0.01)
+        points = [sizes[r] for r in sorted(sizes)]
+        falls = any(b < a for a, b in zip(points, points[1:]))
+        # the user is told whenever the sizes it measured fall somewhere (they do for most targets here)
+        assert falls == any("does not rise with the rate" in str(w.message) for w in caught)
+        warned += falls
         assert measured <= target and measured == sizes[rate] and rate < 0.013
-    assert math.isfinite(sum(sizes.values()))
+        # of all the fitting sizes it measured, the one closest to the target
+        assert measured == max(s for s in sizes.values() if s <= target)
+        sizes.clear()
+    assert warned >= 1
+
+
+def test_find_rate_does_not_warn_on_a_rising_curve():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for target in (0.15, 0.3, 0.5, 0.8):
+            find_rate(_bent, target, (0.0018, 0.0483), tol=0.01)
 
 
 # --------------------------------------------------------------------------- config

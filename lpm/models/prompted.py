@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -297,16 +298,23 @@ def find_rate(
     tol: float = 0.01,
     max_iter: int = 24,
 ) -> tuple[float, float]:
-    """The largest rate whose measured size does not exceed ``target``, by safeguarded false position.
+    """A rate whose measured size fits ``target``, at most ``tol`` under it where the search gets there: for a
+    codec whose size rises with λ, the largest such rate (to within that tolerance), by safeguarded false
+    position.
 
     ``measure(rate)`` returns the real size at that rate (bpp or bytes, positive, non-decreasing in λ for a
     sane codec). The search brackets the answer in log λ and interpolates in (log λ, log size), where a
     codec's size is close to a straight line, so it needs far fewer encodes than bisection (each one is a
     whole encode: minutes for a large photo); the Illinois rule and a clamp to the inner 80 % of the
-    bracket keep it converging on steps, kinks and noise. Only measured sizes that fit are ever returned.
-    Stops when the measured size is within ``tol`` (relative) below the target or after ``max_iter``
-    encodes. Returns ``(rate, measured)``; if even the smallest rate is too big it returns the smallest rate
-    and its size (the caller decides whether that is an error); if the largest rate fits, the largest.
+    bracket keep it converging on steps, kinks and noise. Only measured sizes that fit are ever returned:
+    of those, the largest size (the larger rate on a tie). Stops when the measured size is within ``tol``
+    (relative) below the target or after ``max_iter`` encodes. Returns ``(rate, measured)``; if even the
+    smallest rate is too big it returns the smallest rate and its size (the caller decides whether that is
+    an error); if the largest rate fits, the largest.
+
+    Warns (``UserWarning``) when the sizes it measured do not rise with λ (a checkpoint whose rate is not
+    monotone, e.g. a smoke one): the rate returned fits, but another rate, larger or smaller, may give a file
+    that fits and comes closer to the target, and "the largest rate that fits" is then not what was searched.
     """
     lo, hi = rate_range
     s_lo = measure(lo)
@@ -315,6 +323,7 @@ def find_rate(
     s_hi = measure(hi)
     if s_hi <= target:
         return hi, s_hi
+    seen = {lo: s_lo, hi: s_hi}
     best = (lo, s_lo)
     # interpolate toward the middle of the accepted window [target·(1-tol), target]
     log_aim = math.log(max(target * (1 - tol / 2), 1e-300))
@@ -329,8 +338,11 @@ def find_rate(
         m = a - fa * w / (fb - fa) if fb > fa else 0.5 * (a + b)
         m = min(max(m, a + 0.1 * w), b - 0.1 * w)
         s = measure(math.exp(m))
+        seen[math.exp(m)] = s
         if s <= target:
-            best, a, fa = (math.exp(m), s), m, gap(s)
+            a, fa = m, gap(s)
+            if (s, math.exp(m)) > (best[1], best[0]):
+                best = (math.exp(m), s)
             if s >= target * (1 - tol):
                 break
             if kept == "b":
@@ -341,4 +353,12 @@ def find_rate(
             if kept == "a":
                 fa *= 0.5
             kept = "a"
+    points = sorted(seen.items())
+    falls = [(p, q) for p, q in zip(points, points[1:]) if q[1] < p[1]]
+    if falls:
+        (r0, s0), (r1, s1) = falls[0]
+        warnings.warn(
+            f"the file size does not rise with the rate for this checkpoint and image ({s0:.6g} at λ={r0:.5g}, "
+            f"{s1:.6g} at λ={r1:.5g}; {len(falls)} fall(s) in {len(points)} encodes): the rate found fits the "
+            f"target, but another rate may fit it more closely", UserWarning, stacklevel=2)
     return best
