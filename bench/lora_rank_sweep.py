@@ -8,8 +8,10 @@ against the prompt modules of ``tiny-smoke`` (same base, same budget). Smoke bud
     OMP_NUM_THREADS=1 python bench/lora_rank_sweep.py --data-dir ../shared/data --ranks 1 2 3 7 \\
         --json results/bench/lora_rank_sweep.json
 
-Needs the tiny-smoke base run (``results/runs/tiny-smoke-base/model.safetensors``; made by
-``scripts/make_smoke_checkpoint.py``).
+Starts from the tiny-smoke base: the base run (``results/runs/tiny-smoke-base/model.safetensors``, made by
+``scripts/make_smoke_checkpoint.py``) where it exists, else the frozen base inside the shipped
+``results/checkpoints/tiny-smoke.safetensors`` (the same weights, bit for bit: what
+``make_smoke_checkpoint.py --prompts-only`` also starts from); ``--init`` names another.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3, 7])
     ap.add_argument("--runs-dir", default="results/runs/lora-rank-sweep")
     ap.add_argument("--limit", type=int, default=0, help="first N Kodak images only")
+    ap.add_argument("--init", help="base to start from (default: the tiny-smoke base run, else the base inside "
+                    "the shipped tiny-smoke checkpoint)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -39,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     from lpm.train.runner import Runner, load_config
 
     root = zoo.PROJECT_ROOT
-    init = root / "results/runs/tiny-smoke-base/model.safetensors"
+    run_base = root / "results/runs/tiny-smoke-base/model.safetensors"
+    init = Path(args.init) if args.init else run_base if run_base.is_file() else zoo.CHECKPOINT_DIR / "tiny-smoke.safetensors"
     if not init.is_file():
-        raise SystemExit(f"{init} is missing: run scripts/make_smoke_checkpoint.py first")
+        raise SystemExit(f"{init} is missing (--init)")
+    print(f"base: {init}", flush=True)
     paths = find_images(locate_dataset("kodak", args.data_dir))[: args.limit or None]
     ref = zoo.load("tiny-smoke")
     ref_res = evaluate_codec(ref, paths, ref.model.rates, progress=False)["results"]
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     for rank in args.ranks:
         t0 = time.time()
         out = Path(args.runs_dir) / f"rank{rank}"
-        cfg = load_config(root / "configs/tiny-smoke-lora.yaml", out_dir=str(out), init=str(init),
+        cfg = load_config(root / "configs/tiny-smoke-lora.yaml", out_dir=str(out), init=str(init.resolve()),
                           name=f"tiny-smoke-lora-rank{rank}", lora={"rank": rank})
         runner = Runner(cfg, data_dir=args.data_dir, device="cpu", progress=False)
         written = runner.run(resume=(out / "state.pt").exists())

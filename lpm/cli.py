@@ -427,7 +427,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--continuous", type=int, default=0, help="also K log-spaced rates across the range")
     p.add_argument("--classical", nargs="+", metavar="CODEC", help="also measure classical codecs (jpeg webp avif jpegxl jpeg2000)")
     p.add_argument("--classical-only", action="store_true", help="skip the learned codec")
-    p.add_argument("--out-dir", default="results/eval", help="where JSON/CSV go (resumes from the CSV)")
+    p.add_argument("--out-dir", default="results/eval",
+                   help="where JSON/CSV go; resumes from the CSV (default: results/eval under the current directory; "
+                   "the notebooks' own cache is the project's results/eval, with other file names)")
     p.add_argument("--name", help="results name (default: the checkpoint's file name)")
     p.add_argument("--no-progress", action="store_true")
     model_args(p, device="auto")
