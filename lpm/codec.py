@@ -130,7 +130,7 @@ def decode_image(
                              **_progress_kw(progress))
     if legacy:
         warnings.warn(
-            "format version 1 stream (lpm 0.1): it carries no table check, so a decoder whose arithmetic differs "
+            "format version 1 stream (lpm 0.1, before 2026-11-25): it carries no table check, so a decoder whose arithmetic differs "
             "from the encoder's cannot notice; decoded with version 1's float32 hyper-synthesis (re-encode to "
             "get a version 2 file)", LegacyStreamWarning, stacklevel=2)
     info = ImageInfo(height=h.height, width=h.width, channels=h.channels, bit_depth=h.bit_depth, had_alpha=False)

@@ -44,7 +44,7 @@ whose arithmetic picks other entropy tables than the encoder's (the classic "enc
 CPU" failure of learned codecs). lpm computes the tables' inputs (the hyper-synthesis and its prompt nets) in
 float64 on the CPU at both ends, so they agree on any device and thread count; the table check is
 :func:`lpm.entropy.table_check` of the index map, which a decoder compares with its own before decoding and
-refuses with :class:`TableMismatchError` if they differ. **Version 1** files (lpm 0.1: hyper-synthesis in
+refuses with :class:`TableMismatchError` if they differ. **Version 1** files (lpm 0.1, before 2026-11-25: hyper-synthesis in
 float32 on the encoding device, no table check) are still decoded, with the float32 path of version 1 and a
 warning that a mismatch cannot be detected; lpm writes version 2 only.
 
