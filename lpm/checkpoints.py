@@ -66,7 +66,7 @@ from lpm.models import (
     check_ladder,
 )
 from lpm.entropy import table_problem
-from lpm.fsutil import atomic_save
+from lpm.fsutil import atomic_save, one_line
 from lpm.provenance import environment
 
 __all__ = [
@@ -148,7 +148,7 @@ def save_codec(
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300]
+    return one_line(e, 300)
 
 
 def _open(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]], int]:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, get_worker_info
 from PIL import Image, UnidentifiedImageError
 
-from lpm.fsutil import atomic_write
+from lpm.fsutil import atomic_write, one_line
 from lpm.paths import PROJECT_ROOT as _PROJECT_ROOT
 
 
@@ -369,8 +369,7 @@ def _array_to_tensor(path: Path, array: np.ndarray) -> tuple[torch.Tensor, Image
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    return one_line(exc, 300)
 
 
 # ----------------------------------------------------------------------------------------------

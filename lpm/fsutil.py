@@ -28,7 +28,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterable
 
-__all__ = ["OutputRefused", "atomic_save", "atomic_write", "atomic_write_text", "check_output", "file_kind"]
+__all__ = ["OutputRefused", "atomic_save", "atomic_write", "atomic_write_text", "check_output", "file_kind", "one_line"]
 
 # Characters of the output's name kept in the temporary's name: ".{prefix}.{12 hex}.tmp" then has at
 # most 1 + 32 * 4 + 1 + 12 + 4 = 146 bytes (4 bytes per character in UTF-8), well under NAME_MAX = 255.
@@ -40,6 +40,22 @@ _KINDS = (
     (stat.S_ISBLK, "block device"),
     (stat.S_ISSOCK, "socket"),
 )
+
+
+def one_line(exc: BaseException, limit: int = 300, *, with_type: bool = False) -> str:
+    """A library's error as one line for our own messages: whitespace collapsed; past ``limit`` characters cut
+    after the last whole sentence that fits (else the last whole word, then "…"), never inside a word.
+    ``with_type`` puts the exception's class name first; an empty message gives the class name."""
+    text = " ".join(str(exc).split())
+    if with_type or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if len(text) <= limit:
+        return text
+    head = text[: limit + 1]
+    end = head.rfind(". ")
+    if end >= limit // 3:
+        return head[: end + 1]
+    return head[: head.rfind(" ")].rstrip(" ,;:") + " …" if " " in head else head[:limit] + "…"
 
 
 class OutputRefused(ValueError):

@@ -440,3 +440,18 @@ def test_atomic_write_permissions_short_temporary_and_no_clobber(tmp_path):
     fsutil.atomic_write(tmp_path / name, b"three")
     assert (tmp_path / name).read_bytes() == b"three"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.bin", name])
+
+
+def test_library_errors_are_cut_at_a_sentence_or_word_never_inside_one():
+    from lpm.fsutil import one_line
+
+    torch_msg = ("PytorchStreamReader failed reading zip archive: failed finding central directory. This is an "
+                 "internal miniz error. If you are seeing this error, there is a high likelihood that your "
+                 "checkpoint file is corrupted.")
+    assert one_line(RuntimeError(torch_msg), 200, with_type=True) == (
+        "RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory. "
+        "This is an internal miniz error.")
+    cut = one_line(ValueError("checkpoint " * 40), 50)
+    assert cut.endswith(" …") and len(cut) <= 52 and all(w == "checkpoint" for w in cut[:-2].split())
+    assert one_line(ValueError("x" * 100), 50) == "x" * 50 + "…"
+    assert one_line(ValueError("  two\n  lines ")) == "two lines" and one_line(KeyError()) == "KeyError"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import Tensor, nn
 
-from lpm.fsutil import atomic_save
+from lpm.fsutil import atomic_save, one_line
 from lpm.train.ledger import valid_records
 from lpm.train.stages import Stage
 from lpm.train.step import TrainStep, quantile_parameters
@@ -92,7 +92,7 @@ def save_state(state: dict[str, Any], path: Path) -> None:
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+    return one_line(e, 200, with_type=True)
 
 
 def _is_rng_state(t: Any, like: Tensor) -> bool:
