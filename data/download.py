@@ -216,6 +216,19 @@ def download_bsds500(dest: Path, manifest: dict[str, str]) -> list[str]:
         tarball.unlink(missing_ok=True)
 
 
+def _remove_empty_folders(top: Path) -> None:
+    """Remove ``top`` and the folders below it that hold no file (bottom-up); never a file."""
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    try:
+        top.rmdir()
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Download or copy an image set and verify it against its sha256 manifest."
@@ -239,19 +252,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"manifest not found: {manifest_file}")
     manifest = read_manifest(manifest_file)
     dest = (args.dest / args.name).resolve()
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
-
-    if args.from_dir is not None:
-        problems = from_dir(args.from_dir, dest, args.name, manifest)
-    elif args.tarball is not None:
-        problems = extract_bsds500(args.tarball, dest, manifest)
-    elif args.name == "kodak":
-        problems = download_kodak(dest, manifest)
-    else:
-        problems = download_bsds500(dest, manifest)
-
-    if not problems:  # a final pass over everything, including files that were already there
-        problems = verify(dest, manifest)
+    try:
+        if args.from_dir is not None:
+            problems = from_dir(args.from_dir, dest, args.name, manifest)
+        elif args.tarball is not None:
+            problems = extract_bsds500(args.tarball, dest, manifest)
+        elif args.name == "kodak":
+            problems = download_kodak(dest, manifest)
+        else:
+            problems = download_bsds500(dest, manifest)
+        if not problems:  # a final pass over everything, including files that were already there
+            problems = verify(dest, manifest)
+    finally:
+        if created:
+            _remove_empty_folders(dest)  # a failed first attempt leaves no empty DEST/<name>/ behind
     if problems:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)

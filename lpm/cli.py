@@ -137,7 +137,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    print(f"{args.output}: {res.height}x{res.width}, rate λ={res.rate:.5g}, {res.num_bytes} bytes, {res.bpp:.4f} bpp")
+    print(f"{args.output}: {res.height}x{res.width} (HxW), rate λ={res.rate:.5g}, {res.num_bytes} bytes, {res.bpp:.4f} bpp")
     return 0
 
 
@@ -165,7 +165,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
                               force=args.force, progress=bar, keep=(ckpt.path,))
     finally:
         bar.close()
-    print(f"{args.output}: {res.height}x{res.width} decoded from {res.num_bytes} bytes ({res.bpp:.4f} bpp)")
+    print(f"{args.output}: {res.height}x{res.width} (HxW) decoded from {res.num_bytes} bytes ({res.bpp:.4f} bpp)")
     return 0
 
 
@@ -205,7 +205,8 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
             check_output(args.json, force=args.force, inputs=[*paths, ckpt.path])
     rates = args.rates or model.rates
     print(f"checkpoint {ckpt.path} (sha256 {ckpt.sha256[:16]}…; {ckpt.budget_label()})")
-    print(f"images: {folder} ({len(paths)} files); rates λ: {', '.join(f'{r:g}' for r in rates)}")
+    files = f"{len(paths)} file" + ("s" if len(paths) != 1 else "")
+    print(f"images: {folder} ({files}); rates λ: {', '.join(f'{r:g}' for r in rates)}")
     header = f"{'rate λ':>9s} {'bpp':>8s} {'PSNR dB':>8s} {'enc s':>7s} {'dec s':>7s}"
     print(header, flush=True)
     merged: Optional[dict] = None
@@ -407,7 +408,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list named configs and shipped checkpoints")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("train", help="run a training config (base, prompts, separate); resumable")
+    p = sub.add_parser("train", help="run a training config (base, prompts, lora, separate, rate_conditioned, gain_units); resumable")
     p.add_argument("config", help="YAML run config (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue the run in its out_dir")
     p.add_argument("--max-minutes", type=float, help="stop cleanly (and save) after this much training time")

@@ -69,7 +69,7 @@ class CodingResult:
 def _check_size(h: int, w: int, max_pixels: Optional[int]) -> None:
     if max_pixels is not None and h * w > max_pixels:
         raise ValueError(
-            f"image of {h}x{w} = {h * w} pixels exceeds the limit of {max_pixels} pixels "
+            f"image of {h}x{w} (HxW) = {h * w} pixels exceeds the limit of {max_pixels} pixels "
             f"(raise it with --max-pixels if this machine has the memory: about {BASE_BYTES / 1e9:g} GB plus "
             f"{BYTES_PER_PIXEL} bytes per pixel)"
         )

@@ -330,10 +330,10 @@ def _pil_to_array(path: Path, im: Image.Image) -> np.ndarray:
 
 def _check_size(path: Path, height: int, width: int, max_pixels: int | None) -> None:
     if height <= 0 or width <= 0:
-        raise ImageReadError(f"{path}: image has zero size ({width}x{height})")
+        raise ImageReadError(f"{path}: image has zero size ({height}x{width}, HxW)")
     if max_pixels is not None and height * width > max_pixels:
         raise ImageTooLargeError(
-            f"{path}: {width}x{height} image has {height * width} pixels, "
+            f"{path}: {height}x{width} (HxW) image has {height * width} pixels, "
             f"more than the allowed max_pixels={max_pixels}"
         )
 
@@ -345,7 +345,7 @@ def _array_to_tensor(path: Path, array: np.ndarray) -> tuple[torch.Tensor, Image
         raise ImageReadError(f"{path}: unsupported pixel layout {tuple(array.shape)}")
     height, width, n = array.shape
     if height == 0 or width == 0:
-        raise ImageReadError(f"{path}: image has zero size ({width}x{height})")
+        raise ImageReadError(f"{path}: image has zero size ({height}x{width}, HxW)")
     if array.dtype == np.uint8:
         bit_depth, scale = 8, 255.0
     elif array.dtype == np.uint16:

@@ -1,4 +1,4 @@
-"""Strip what running a notebook leaves in it, so that tracked notebooks carry none (docs/DESIGN.md).
+"""Strip what running a notebook leaves in it, so that tracked notebooks carry none (the house rule: notebooks are committed without outputs).
 
 JupyterLab saves (and autosaves) outputs, execution counts, widget state and run metadata into the
 notebook file itself; papermill's executed copies go to ``results/notebooks/`` instead. This removes:

@@ -554,6 +554,19 @@ def test_download_from_dir_detects_corruption(tmp_path):
     assert "sha256 mismatch: img1.png" in result.stderr and "train/img2.png" in result.stderr
     assert not (dest / "bsds500" / "img1.png").exists()
     assert not [p for p in (dest / "bsds500").rglob("*") if p.is_file()]  # no partial or temp files
+    assert dest.is_dir() and not (dest / "bsds500").exists()  # nor the empty folders it made for them
+
+
+def test_a_failed_download_keeps_what_was_there(tmp_path):
+    src, manifest = make_fake_set(tmp_path)
+    dest = tmp_path / "dest"
+    (dest / "kodak").mkdir(parents=True)
+    (dest / "kodak" / "mine.txt").write_text("keep")
+    (dest / "kodak" / "empty-but-mine").mkdir()
+    (src / "img1.png").unlink()
+    result = run_download("kodak", "--from-dir", str(src), "--dest", str(dest), "--manifest", str(manifest))
+    assert result.returncode == 1 and "missing" in result.stderr
+    assert (dest / "kodak" / "mine.txt").read_text() == "keep" and (dest / "kodak" / "empty-but-mine").is_dir()
 
 
 def test_download_bsds500_tarball(tmp_path):
