@@ -28,7 +28,8 @@ import secrets
 import stat
 from collections.abc import Callable, Iterable
 
-__all__ = ["OutputRefused", "atomic_save", "atomic_write", "atomic_write_text", "check_output", "file_kind", "one_line"]
+__all__ = ["OutputRefused", "atomic_save", "atomic_write", "atomic_write_text", "check_output", "file_kind", "one_line",
+           "remove_stale_temporaries"]
 
 # Characters of the output's name kept in the temporary's name: ".{prefix}.{12 hex}.tmp" then has at
 # most 1 + 32 * 4 + 1 + 12 + 4 = 146 bytes (4 bytes per character in UTF-8), well under NAME_MAX = 255.
@@ -212,6 +213,32 @@ def _atomic(path: str | os.PathLike[str], fill: Callable[[int, str], None], over
             except OSError:
                 pass
     _fsync_path(folder)  # make the new name durable too; best effort
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[str]:
+    """Remove the temporaries :func:`atomic_write` / :func:`atomic_save` left beside ``path`` when a process
+    was killed while writing it (``.{name}.{12 hex}.tmp``, regular files only); their names. Call it only where
+    nothing else can be writing ``path`` now (e.g. a training run holding its out_dir's lock)."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    prefix = f".{name[:_TMP_PREFIX_CHARS]}."
+    removed = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        middle = entry[len(prefix):-len(".tmp")]
+        if not (entry.startswith(prefix) and entry.endswith(".tmp") and len(middle) == 12
+                and all(c in "0123456789abcdef" for c in middle)):
+            continue
+        full = os.path.join(folder, entry)
+        try:
+            if stat.S_ISREG(os.lstat(full).st_mode):
+                os.unlink(full)
+                removed.append(entry)
+        except OSError:
+            pass
+    return removed
 
 
 def _fsync_path(path: str) -> None:

@@ -107,7 +107,22 @@ BAD_STATES = {
     "optimizer-of-another-run": lambda p: _edit_state(p, optimizer=_bad_optimizer),
     "rng-garbage": lambda p: _edit_state(p, torch_rng=torch.zeros(3, dtype=torch.uint8)),
     "directory": lambda p: (p.unlink(), p.mkdir()),
+    # torch.load does not check the zip's CRCs: one changed byte of a weight used to load as another weight
+    "bit-flip-in-a-tensor": lambda p: _flip_in_member(p, "/data/0"),
+    "junk-appended": lambda p: p.write_bytes(p.read_bytes() + os.urandom(70000)),
 }
+
+
+def _flip_in_member(path: Path, suffix: str) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(suffix))
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    raw[info.header_offset + 30 + name_len + extra_len + 1] ^= 0x01  # the data's second byte, CRC left as it was
+    path.write_bytes(bytes(raw))
 
 
 @pytest.mark.parametrize("name", sorted(BAD_STATES))
@@ -298,3 +313,89 @@ def test_a_second_run_on_a_busy_out_dir_is_refused_and_changes_nothing(tmp_path,
     fd = os.open(out, os.O_RDONLY)  # released after the run
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.close(fd)
+
+
+def _rows(out: Path) -> list[tuple]:
+    """log.csv without the columns that follow the wall clock (img/s, elapsed)."""
+    return [(r["stage"], r["rate"], r["step"], r["loss"], r["bpp"], r["psnr"], r["lr"]) for r in _log(out)]
+
+
+def test_a_killed_run_resumes_with_the_log_and_ledger_of_one_never_stopped(tmp_path, data_dir):  # noqa: F811
+    """Killed in step 5 (last state at step 3, one step into a 2-step log interval), with a torn log line and a
+    temporary of an interrupted save left behind: the resumed run's log.csv is the uninterrupted run's row for
+    row (no repeated rows, the first row after the resume averages the same steps), one ledger record, no
+    temporary left."""
+    from lpm.train.runner import load_config
+
+    ref_cfg = _write_config(tmp_path, data_dir, tmp_path / "ref", log_every=2)
+    Runner(load_config(ref_cfg), device="cpu", progress=False).run()
+
+    out = tmp_path / "run"
+    config = _write_config(tmp_path, data_dir, out, log_every=2)
+    real_next, calls = CropSampler.next, {"n": 0}
+
+    def dying_next(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise _Killed()
+        return real_next(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CropSampler, "next", dying_next)
+        with pytest.raises(_Killed):
+            Runner(load_config(config), device="cpu", progress=False).run()
+    assert [r[2] for r in _rows(out)] == ["2", "4"]  # step 4's row was written after the state of step 3
+    with open(out / "log.csv", "a") as f:
+        f.write("base,0.0483,6,1.2")  # a torn row
+    stale = out / ".state.pt.0123456789ab.tmp"
+    stale.write_bytes(b"half a state")
+    Runner(load_config(config), device="cpu", progress=False).run(resume=True)
+    assert _rows(out) == _rows(tmp_path / "ref")
+    assert len((out / "ledger.jsonl").read_text().splitlines()) == 1 and not stale.exists()
+
+
+def test_a_stage_booked_before_a_kill_is_booked_once(tmp_path, data_dir, monkeypatch):  # noqa: F811
+    """Killed after the stage's ledger record was written but before its model and state were: the resume
+    books the stage again; ledger.jsonl must then hold one record (as the model's meta does), not two."""
+    from lpm.train.runner import load_config
+
+    out = tmp_path / "run"
+    config = _write_config(tmp_path, data_dir, out)
+
+    def killed(self, stage):
+        raise _Killed()
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Runner, "_save_model", killed)
+        with pytest.raises(_Killed):
+            Runner(load_config(config), device="cpu", progress=False).run()
+    assert len((out / "ledger.jsonl").read_text().splitlines()) == 1  # booked, then killed
+    written = Runner(load_config(config), device="cpu", progress=False).run(resume=True)
+    records = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records == load_codec(written[0]).meta["ledger"]
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_good_state(tmp_path, data_dir, monkeypatch, capsys):  # noqa: F811
+    from lpm.train.step import TrainStep
+
+    out = tmp_path / "run"
+    config = _write_config(tmp_path, data_dir, out)
+    real_call, calls = TrainStep.__call__, {"n": 0}
+
+    def nan_from_step_5(self, x):
+        calls["n"] += 1
+        losses = real_call(self, x)
+        if calls["n"] >= 5:
+            with torch.no_grad():
+                self.params[0].fill_(float("nan"))
+            losses = {k: torch.full_like(v, float("nan")) for k, v in losses.items()}
+        return losses
+
+    monkeypatch.setattr(TrainStep, "__call__", nan_from_step_5)
+    rc = main(["train", str(config), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "training diverged in stage" in err[0] and "at step 5" in err[0], err
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["step"] == 3 and all(bool(torch.isfinite(v).all()) for v in state["model"].values()
+                                      if v.is_floating_point())
+    assert not (out / "model.safetensors").exists()

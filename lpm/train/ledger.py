@@ -16,7 +16,8 @@ import torch
 
 from lpm.provenance import environment
 
-__all__ = ["LEDGER_FIELDS", "stage_record", "append_record", "totals", "budget_string", "valid_records"]
+__all__ = ["LEDGER_FIELDS", "stage_record", "append_record", "write_ledger", "totals", "budget_string",
+           "valid_records"]
 
 #: One budget record per finished stage (``ledger.jsonl``), read by :mod:`lpm.eval.savings`.
 LEDGER_FIELDS = (
@@ -72,6 +73,16 @@ def valid_records(ledger: Any) -> bool:
 def append_record(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def write_ledger(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write ``ledger.jsonl`` as exactly ``records``, atomically. The runner keeps the file a copy of the
+    ledger in its training state (the authority): a run killed after booking a stage but before saving its
+    state books that stage again on resume, and the copy is then rewritten from the state instead of
+    gaining a second record (which would count the stage's budget twice)."""
+    from lpm.fsutil import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def totals(records: Iterable[dict[str, Any]]) -> dict[str, float]:

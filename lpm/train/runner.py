@@ -19,12 +19,17 @@ there before: under ``lpm train`` the command exits with 143 (SIGTERM, 128+15) o
 Python process dies of the SIGTERM as usual or gets its ``KeyboardInterrupt``. A second Ctrl-C quits at once
 without saving (the last periodic state stays). A signal that was ignored (``SIG_IGN``) stays ignored.
 
-Resuming trusts nothing in ``state.pt``: it is read with ``torch.load(weights_only=True)`` (never unpickling
-code) and its every field is checked (types, sizes, the model and optimizer states against this run's
+Resuming trusts nothing in ``state.pt``: its zip CRCs are checked, it is read with
+``torch.load(weights_only=True)`` (never unpickling code) and its every field is checked (types, sizes, the model and optimizer states against this run's
 model) before anything is written; a foreign, truncated, empty or garbage file is a
 :class:`TrainingStateError` (a ``ValueError``: ``lpm: error: ...``, exit 2) and the out_dir is left as it
 was. A fresh run (no ``--resume``) refuses an out_dir that already holds a run's state, ledger or model
 checkpoints, and ``--resume`` without a ``state.pt`` refuses one that holds a ledger or model checkpoints.
+Before training, the out_dir's records are made to agree with the state it starts from
+(:meth:`Runner._tidy_out_dir`): ``ledger.jsonl`` is the state's ledger, ``log.csv`` keeps its rows up to the
+state's step, temporaries of saves a killed process left are removed. A NaN or infinite loss (at a logging
+step) or trained weight (before any state is saved) ends the run with :class:`TrainingDiverged`, keeping the
+last good state.
 
 Outputs in ``out_dir``: ``model.safetensors`` (or ``model-<rate>.safetensors``), ``log.csv`` (step, stage,
 rate, loss, bpp, psnr, lr, img/s), ``ledger.jsonl`` (one budget record per stage end: see
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -64,10 +70,11 @@ from lpm.paths import PROJECT_ROOT
 from lpm.checkpoints import save_codec
 from lpm.data import find_images, locate_dataset, manifest_checksum, manifest_path, read_manifest
 from lpm.train.config import DataConfig, RunConfig, load_config
-from lpm.train.ledger import LEDGER_FIELDS, append_record, budget_string, stage_record
+from lpm.train.ledger import LEDGER_FIELDS, budget_string, stage_record, write_ledger
 from lpm.train.partial import (PARTIAL_FILE, Restart, load_partial_weights, partial_record, read_partial,
                                restart_seed, warmup_factor)
-from lpm.train.progress import StageLog
+from lpm.fsutil import remove_stale_temporaries
+from lpm.train.progress import StageLog, trim_log
 from lpm.train.sampler import CropSampler, read_declared_subset, subset
 from lpm.train.stages import STAGE_KINDS, Stage, StageContext, initial_base, ladder
 from lpm.train.state import (
@@ -82,6 +89,10 @@ from lpm.train.state import (
 from lpm.train.step import TrainStep, lr_at
 
 __all__ = ["RunConfig", "DataConfig", "Runner", "load_config", "LEDGER_FIELDS", "STATE_FORMAT", "TrainingStateError"]
+
+class TrainingDiverged(ValueError):
+    """The loss or the trained weights became NaN or infinite; the last state saved before is kept."""
+
 
 #: Signals that stop a run cleanly (state saved), then go on to the handler that was installed before.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -109,6 +120,7 @@ class Runner:
         self.out = Path(cfg.out_dir) if cfg.out_dir else PROJECT_ROOT / "results" / "runs" / cfg.name
         if self.out.exists() and not self.out.is_dir():
             raise TrainingStateError(f"{self.out}: out_dir is not a directory")
+        self._made_out = not self.out.exists()  # removed again if the run is refused before it writes anything
         self.out.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         root = locate_dataset(cfg.data.set, cfg.data.dir or data_dir)
@@ -221,7 +233,7 @@ class Runner:
             gpu_minutes=(self.gpu_elapsed - self.stage_gpu_start) / 60 * self.world,
         ))
         if self.rank == 0:
-            append_record(self.out / "ledger.jsonl", self.ledger[-1])
+            write_ledger(self.out / "ledger.jsonl", self.ledger)
         self.stage_start, self.stage_gpu_start = self.elapsed, self.gpu_elapsed
 
     def budget_string(self) -> str:
@@ -249,18 +261,53 @@ class Runner:
 
     # ------------------------------------------------------------------ state
     def _save_state(self, stage_idx: int, step: int, stage: Stage, train_step: Optional[TrainStep],
-                    sampler: Optional[CropSampler], keep_model: bool = True) -> None:
+                    sampler: Optional[CropSampler], keep_model: bool = True, log: Optional[StageLog] = None) -> None:
+        if keep_model and step > 0:
+            self._check_finite(stage, step)  # never replace the last good state with a diverged one
         if self.rank == 0:
             state = training_state(
                 self.cfg, stage=stage_idx, step=step, elapsed=self.elapsed, stage_start=self.stage_start,
                 gpu_elapsed=self.gpu_elapsed, stage_gpu_start=self.stage_gpu_start,
                 ledger=self.ledger, finished=self.finished, device=self.device,
                 model=stage.model if keep_model else None, train_step=train_step, sampler=sampler,
-                rate_generator=stage.rate_generator,
+                rate_generator=stage.rate_generator, log_pending=log.pending() if log is not None else None,
             )
             save_state(state, self.state_path)
         if self.world > 1:
             dist.barrier()
+
+    def _diverged(self, stage: Stage, step: int, what: str) -> TrainingDiverged:
+        kept = (f"the last good training state is kept in {self.state_path} ({self.resume_command()} continues "
+                "from it; a lower lr, or a smaller one for this stage, may avoid it)") if self.state_path.exists() else \
+            "no training state was saved"
+        return TrainingDiverged(f"training diverged in stage {stage.name} at step {step}: {what}; {kept}")
+
+    def _check_finite(self, stage: Stage, step: int) -> None:
+        """Raise :class:`TrainingDiverged` if a trained parameter holds NaN or infinity (one host sync)."""
+        if stage.params and not bool(torch.stack([p.detach().isfinite().all() for p in stage.params]).all()):
+            raise self._diverged(stage, step, "its trained parameters hold NaN or infinity")
+
+    def _tidy_out_dir(self, stages: list[Stage], state: Optional[dict], restart: Optional[Restart],
+                      first_stage: int) -> None:
+        """Rank 0, with the out_dir locked, before training: make the out_dir's records agree with where the run
+        starts. Temporaries of writes that a killed process left are removed; ``ledger.jsonl`` is rewritten as
+        the ledger of the state (or of the partial checkpoint) it continues from, so a stage booked again after
+        a kill is not counted twice; ``log.csv`` keeps the rows up to that point (later ones are written again
+        from the same steps; a fresh run starts it anew)."""
+        for name in ("state.pt", "ledger.jsonl", "log.csv", PARTIAL_FILE, "subset.txt", *(s.file for s in stages)):
+            remove_stale_temporaries(self.out / name)
+        if self.ledger or (self.out / "ledger.jsonl").exists():
+            write_ledger(self.out / "ledger.jsonl", self.ledger)
+        if state is not None:
+            at = int(state["step"])
+        elif restart is not None:
+            at = restart.step
+        else:
+            trim_log(self.out / "log.csv", lambda stage, step: False)
+            return
+        before = {s.name for s in stages[:first_stage]}
+        current = stages[first_stage].name if first_stage < len(stages) else None
+        trim_log(self.out / "log.csv", lambda stage, step: stage in before or (stage == current and step <= at))
 
     def _refuse_overwrite(self, why: str) -> None:
         """Refuse to start afresh in an out_dir holding outputs a fresh run would overwrite or mix with."""
@@ -273,8 +320,14 @@ class Runner:
     def run(self, resume: bool = False) -> list[Path]:
         """Train (or resume) the run; the written model checkpoints. The out_dir is locked for the run's
         lifetime, so a second run started on it meanwhile is refused instead of mixing their files."""
-        with self._out_dir_lock():
-            return self._run(resume)
+        try:
+            with self._out_dir_lock():
+                return self._run(resume)
+        except TrainingStateError:
+            if self._made_out and self.rank == 0:
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()  # only if still empty: a refused run leaves no new folder behind
+            raise
 
     @contextlib.contextmanager
     def _out_dir_lock(self) -> Iterator[None]:
@@ -341,9 +394,7 @@ class Runner:
         if self.rank == 0:
             with open(self.out / "config.yaml", "w") as f:
                 yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-            if restart is not None and not (self.out / "ledger.jsonl").exists():
-                for record in self.ledger:  # the finished stages' records travel with the partial checkpoint
-                    append_record(self.out / "ledger.jsonl", record)
+            self._tidy_out_dir(stages, state, restart, first_stage)
             if cfg.data_fraction < 1.0:
                 (self.out / "subset.txt").write_text(
                     "\n".join(str(p.relative_to(self.data_root)) for p in stages[0].paths) + "\n")
@@ -469,10 +520,12 @@ class Runner:
         log = StageLog(self.out / "log.csv" if self.rank == 0 else None, stage.name, stage.rate, steps=cfg.steps,
                        start=step, log_every=cfg.log_every, images_per_step=d.batch * self.world,
                        device=self.device, bar=self.progress)
+        if state is not None and step > 0 and state.get("log_pending") is not None:
+            log.restore(state["log_pending"])  # the next row averages the same steps as without the stop
         with log:
             while step < cfg.steps:
                 if self._should_stop(step):
-                    self._save_state(i, step, stage, train_step, sampler)
+                    self._save_state(i, step, stage, train_step, sampler, log=log)
                     self._save_partial(i, step, stage)
                     if self.rank == 0 and self._stop_signal is None:
                         print(f"stopped at step {step} of {cfg.steps} in stage {stage.name} after "
@@ -490,8 +543,11 @@ class Runner:
                 if on_gpu:
                     self.gpu_elapsed = gpu0 + self.elapsed - elapsed0
                 log.update(step, losses, lr, self.elapsed)
+                if log.last_loss is not None and not math.isfinite(log.last_loss):
+                    raise self._diverged(stage, step, f"the mean loss of the steps up to {step} is {log.last_loss}")
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    self._save_state(i, step, stage, train_step, sampler)
+                    self._save_state(i, step, stage, train_step, sampler, log=log)
+        self._check_finite(stage, step)
         stage.model.eval()
         (stage.aux or getattr(stage.model, "base", stage.model)).update(force=True)
         self._record_stage(i, stage)

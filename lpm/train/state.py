@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -61,10 +62,11 @@ def training_state(
     cfg: "RunConfig", *, stage: int, step: int, elapsed: float, stage_start: float, ledger: list[dict],
     finished: list[str], device: torch.device, model: Optional[nn.Module], train_step: Optional[TrainStep],
     sampler: Optional["CropSampler"], rate_generator: Optional[torch.Generator],
-    gpu_elapsed: float = 0.0, stage_gpu_start: float = 0.0,
+    gpu_elapsed: float = 0.0, stage_gpu_start: float = 0.0, log_pending: Optional[Tensor] = None,
 ) -> dict[str, Any]:
     """The state after ``step`` steps of stage ``stage``. ``model=None`` leaves the model out (the next stage
-    starts from what is on disk); ``train_step``/``sampler`` are ``None`` at a stage boundary."""
+    starts from what is on disk); ``train_step``/``sampler`` are ``None`` at a stage boundary; ``log_pending``:
+    the log's sums since its last row (:meth:`lpm.train.progress.StageLog.pending`)."""
     opts = train_step.state_dict() if train_step is not None else {"optimizer": {}, "aux_optimizer": {}}
     return {
         "format": STATE_FORMAT,
@@ -83,6 +85,8 @@ def training_state(
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
         "finished_models": json.dumps(finished),
         "rate_generator": rate_generator.get_state() if rate_generator is not None else torch.empty(0, dtype=torch.uint8),
+        # optional (older states lack it): the log's sums since its last row, [loss, bpp, mse, steps]
+        "log_pending": log_pending if log_pending is not None else torch.zeros(4, dtype=torch.float64),
     }
 
 
@@ -149,6 +153,7 @@ def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
     try:
         if path.stat().st_size == 0:
             raise bad("empty file, not an lpm training state")
+        _check_zip(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except TrainingStateError:
         raise
@@ -197,7 +202,27 @@ def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
     if state["sampler"] and (set(state["sampler"]) != {"generator"}
                              or not _is_rng_state(state["sampler"]["generator"], gen)):
         raise bad("its crop-sampler state does not fit this torch")
+    pending = state.get("log_pending")
+    if pending is not None and not (
+            isinstance(pending, Tensor) and pending.dtype == torch.float64 and tuple(pending.shape) == (4,)
+            and bool(torch.isfinite(pending).all()) and float(pending[3]).is_integer()
+            and 0 <= float(pending[3]) <= state["step"]):
+        raise bad("its log sums are not four finite numbers ending in a step count within the steps done")
     return state
+
+
+def _check_zip(path: Path) -> None:
+    """``torch.save`` writes a zip archive with a CRC-32 per member, which ``torch.load`` never checks: a
+    changed byte in a tensor would load as a silently different weight. Refuse what is not that archive
+    intact (a member whose bytes no longer match their CRC, or no readable archive at all)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            broken = z.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as e:
+        raise TrainingStateError(f"{path}: not a readable lpm training state ({_one_line(e)}); nothing was changed") from None
+    if broken is not None:
+        raise TrainingStateError(f"{path}: its bytes changed after it was written (member {broken[-60:]!r} fails "
+                                 "its CRC-32 check); nothing was changed")
 
 
 def check_state_fits(path: Path, state: dict, stages: list[Stage]) -> None:
