@@ -169,6 +169,9 @@ def test_read_ledger_sources_and_validation(tmp_path):
         read_ledger([{**{k: recs[1][k] for k in LEDGER_REQUIRED}, "model": "mystery"}])
     with pytest.raises(ValueError, match="prompt"):
         dataset_saving(recs[:1])
+    jsonl.write_text(json.dumps(recs[0]) + "\n{junk\n")
+    with pytest.raises(ValueError, match=r"ledger\.jsonl: line 2 is not a JSON budget record"):
+        read_ledger(jsonl)
 
 
 def test_ledger_format_matches_the_training_runner():

@@ -200,7 +200,14 @@ def read_ledger(source: Union[str, os.PathLike, Mapping[str, Any], Sequence[Mapp
 
             records = json.loads(read_metadata(path).get("meta", "{}")).get("ledger", [])
         else:
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            records = []
+            for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    raise ValueError(f"{path}: line {n} is not a JSON budget record: {line[:60]!r}") from None
     elif isinstance(source, Mapping):
         records = (source.get("meta") or {}).get("ledger", source.get("ledger", []))
     else:
