@@ -399,3 +399,8 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_good_state(tmp_p
     assert state["step"] == 3 and all(bool(torch.isfinite(v).all()) for v in state["model"].values()
                                       if v.is_floating_point())
     assert not (out / "model.safetensors").exists()
+    # the last good weights also as the partial checkpoint (what a GPU stretch brings back), finite, step 3
+    assert "partial.safetensors" in err[0]
+    part = load_codec(out / "partial.safetensors")
+    assert part.meta["partial"]["step"] == 3
+    assert all(bool(torch.isfinite(v).all()) for v in part.model.state_dict().values() if v.is_floating_point())

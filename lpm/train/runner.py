@@ -282,6 +282,22 @@ class Runner:
             "no training state was saved"
         return TrainingDiverged(f"training diverged in stage {stage.name} at step {step}: {what}; {kept}")
 
+    def _partial_from_state(self, i: int, stage: Stage) -> bool:
+        """After a divergence in stage ``i``: the last good weights of that stage (from ``state.pt``, saved
+        mid-stage) as ``partial.safetensors``, so that a stretch on a machine that keeps nothing brings them
+        back; False if the state holds none of this stage."""
+        if self.rank != 0 or not self.state_path.is_file():
+            return False
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            if int(state["stage"]) != i or int(state["step"]) == 0 or not state["model"]:
+                return False
+            stage.model.load_state_dict(state["model"])
+        except Exception:  # noqa: BLE001 -- the state was written by this run; nothing more to save if not
+            return False
+        self._save_partial(i, int(state["step"]), stage)
+        return True
+
     def _check_finite(self, stage: Stage, step: int) -> None:
         """Raise :class:`TrainingDiverged` if a trained parameter holds NaN or infinity (one host sync)."""
         if stage.params and not bool(torch.stack([p.detach().isfinite().all() for p in stage.params]).all()):
@@ -406,7 +422,14 @@ class Runner:
         try:
             for i in range(first_stage, len(stages)):
                 resume_here = state if (state and i == first_stage) else None
-                if not self._run_stage(i, stages[i], resume_here):
+                try:
+                    finished_stage = self._run_stage(i, stages[i], resume_here)
+                except TrainingDiverged as e:
+                    if self._partial_from_state(i, stages[i]):  # a machine that keeps nothing still gets them
+                        raise TrainingDiverged(f"{e}; its weights are also in {self.out / PARTIAL_FILE} (for "
+                                               "--continue-from elsewhere)") from None
+                    raise
+                if not finished_stage:
                     break
                 written.append(self._save_model(stages[i]))
                 self.finished = inherited + [str(p) for p in written]
