@@ -207,8 +207,9 @@ def test_torchrun_gloo_two_processes_stay_in_sync(tmp_path, data_dir):
     h0 = (tmp_path / "rank0.sha").read_text()
     h1 = (tmp_path / "rank1.sha").read_text()
     assert h0 == h1
-    assert (out / "model.safetensors").exists()
-    ledger = json.loads((out / "ledger.jsonl").read_text().splitlines()[0])
+    run = tmp_path / "run"  # the check trains into OUT/run, never into the config's out_dir
+    assert (run / "model.safetensors").exists() and not out.exists()
+    ledger = json.loads((run / "ledger.jsonl").read_text().splitlines()[0])
     assert ledger["world_size"] == 2 and ledger["crops_seen"] == 3 * 2 * 2
 
 

@@ -4,6 +4,8 @@
 
 Each rank writes ``OUT_DIR/rank<r>.sha`` (sha256 over its final model's tensors); equal files mean the ranks
 stayed in sync (gradients all-reduced, identical optimizer steps). Works with gloo on CPUs and NCCL on GPUs.
+The run itself goes to ``OUT_DIR/run`` (not the config's ``out_dir``), so checking a config of ``configs/``
+writes nothing into the project; it trains the config's steps, so give it a short one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from lpm.train.runner import Runner, load_config
 def main(argv: list[str]) -> int:
     config, out = argv[0], Path(argv[1])
     device = None if torch.cuda.is_available() else "cpu"
-    runner = Runner(load_config(config), device=device, progress=False)
+    runner = Runner(load_config(config, out_dir=str(out / "run")), device=device, progress=False)
     runner.run()
     h = hashlib.sha256()
     for k, v in sorted(runner.stages[-1].model.state_dict().items()):
