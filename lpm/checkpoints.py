@@ -66,7 +66,8 @@ from lpm.models import (
     check_ladder,
 )
 from lpm.entropy import table_problem
-from lpm.fsutil import atomic_save, one_line
+from lpm.fsutil import atomic_save
+from lpm.fsutil import one_line as _one_line
 from lpm.provenance import environment
 
 __all__ = [
@@ -145,10 +146,6 @@ def save_codec(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata=md))
     return file_sha256(path)
-
-
-def _one_line(e: BaseException) -> str:
-    return one_line(e, 300)
 
 
 def _open(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]], int]:

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, get_worker_info
 from PIL import Image, UnidentifiedImageError
 
-from lpm.fsutil import atomic_write, one_line
+from lpm.fsutil import atomic_write
+from lpm.fsutil import one_line as _one_line
 from lpm.paths import PROJECT_ROOT as _PROJECT_ROOT
 
 
@@ -366,10 +367,6 @@ def _array_to_tensor(path: Path, array: np.ndarray) -> tuple[torch.Tensor, Image
         x = x.expand(3, height, width).contiguous()
     info = ImageInfo(height, width, channels, bit_depth, had_alpha)
     return x, info
-
-
-def _one_line(exc: BaseException) -> str:
-    return one_line(exc, 300)
 
 
 # ----------------------------------------------------------------------------------------------

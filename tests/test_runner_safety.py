@@ -43,26 +43,31 @@ def _write_config(tmp_path: Path, data_folder: Path, out: Path, **kw) -> Path:
     return path
 
 
+def _kill_in_step(config: Path, step: int) -> None:
+    """Run ``config`` and kill it (an exception, nothing saved on the way out) when it draws the crops of ``step``."""
+    from lpm.train.runner import load_config
+
+    real_next, calls = CropSampler.next, {"n": 0}
+
+    def dying_next(self):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise _Killed()
+        return real_next(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CropSampler, "next", dying_next)
+        with pytest.raises(_Killed):
+            Runner(load_config(config), device="cpu", progress=False).run()
+
+
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory, data_dir) -> tuple[Path, Path]:  # noqa: F811
     """A run killed in step 5 (last state: step 3, with optimizer state): ``(config file, out_dir)``."""
     root = tmp_path_factory.mktemp("killed")
     out = root / "run"
     config = _write_config(root, data_dir, out)
-    real_next, calls = CropSampler.next, {"n": 0}
-
-    def dying_next(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise _Killed()
-        return real_next(self)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(CropSampler, "next", dying_next)
-        from lpm.train.runner import load_config
-
-        with pytest.raises(_Killed):
-            Runner(load_config(config), device="cpu", progress=False).run()
+    _kill_in_step(config, 5)
     state = torch.load(out / "state.pt", weights_only=True)
     assert state["step"] == 3 and state["optimizer"]["state"]
     return config, out
@@ -332,18 +337,7 @@ def test_a_killed_run_resumes_with_the_log_and_ledger_of_one_never_stopped(tmp_p
 
     out = tmp_path / "run"
     config = _write_config(tmp_path, data_dir, out, log_every=2)
-    real_next, calls = CropSampler.next, {"n": 0}
-
-    def dying_next(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise _Killed()
-        return real_next(self)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(CropSampler, "next", dying_next)
-        with pytest.raises(_Killed):
-            Runner(load_config(config), device="cpu", progress=False).run()
+    _kill_in_step(config, 5)
     assert [r[2] for r in _rows(out)] == ["2", "4"]  # step 4's row was written after the state of step 3
     with open(out / "log.csv", "a") as f:
         f.write("base,0.0483,6,1.2")  # a torn row

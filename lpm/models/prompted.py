@@ -324,7 +324,6 @@ def find_rate(
     if s_hi <= target:
         return hi, s_hi
     seen = {lo: s_lo, hi: s_hi}
-    best = (lo, s_lo)
     # interpolate toward the middle of the accepted window [target·(1-tol), target]
     log_aim = math.log(max(target * (1 - tol / 2), 1e-300))
 
@@ -341,8 +340,6 @@ def find_rate(
         seen[math.exp(m)] = s
         if s <= target:
             a, fa = m, gap(s)
-            if (s, math.exp(m)) > (best[1], best[0]):
-                best = (math.exp(m), s)
             if s >= target * (1 - tol):
                 break
             if kept == "b":
@@ -361,4 +358,5 @@ def find_rate(
             f"the file size does not rise with the rate for this checkpoint and image ({s0:.6g} at λ={r0:.5g}, "
             f"{s1:.6g} at λ={r1:.5g}; {len(falls)} fall(s) in {len(points)} encodes): the rate found fits the "
             f"target, but another rate may fit it more closely", UserWarning, stacklevel=2)
-    return best
+    size, rate = max((s, r) for r, s in points if s <= target)  # the largest fitting size (larger rate on a tie)
+    return rate, size

@@ -1,7 +1,7 @@
 """Budget records: one per finished stage, in a run's ``ledger.jsonl`` and in its checkpoints' ``meta``.
 
-:func:`stage_record` makes a record (fields :data:`LEDGER_FIELDS`), :func:`append_record` adds it to the
-file, :func:`totals` adds records up and :func:`budget_string` states a run's budget in one line (what
+:func:`stage_record` makes a record (fields :data:`LEDGER_FIELDS`), :func:`write_ledger` writes the records to
+the file, :func:`totals` adds records up and :func:`budget_string` states a run's budget in one line (what
 ``lpm train`` prints and checkpoints carry). :mod:`lpm.eval.savings` reads the records back.
 """
 
@@ -16,8 +16,7 @@ import torch
 
 from lpm.provenance import environment
 
-__all__ = ["LEDGER_FIELDS", "stage_record", "append_record", "write_ledger", "totals", "budget_string",
-           "valid_records"]
+__all__ = ["LEDGER_FIELDS", "stage_record", "write_ledger", "totals", "budget_string", "valid_records"]
 
 #: One budget record per finished stage (``ledger.jsonl``), read by :mod:`lpm.eval.savings`.
 LEDGER_FIELDS = (
@@ -68,11 +67,6 @@ def valid_records(ledger: Any) -> bool:
         if restarts is not None and not (isinstance(restarts, list) and all(isinstance(x, dict) for x in restarts)):
             return False
     return True
-
-
-def append_record(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def write_ledger(path: Path, records: Iterable[dict[str, Any]]) -> None:

@@ -68,12 +68,12 @@ from torch import nn
 
 from lpm.paths import PROJECT_ROOT
 from lpm.checkpoints import save_codec
+from lpm.fsutil import remove_stale_temporaries
 from lpm.data import find_images, locate_dataset, manifest_checksum, manifest_path, read_manifest
 from lpm.train.config import DataConfig, RunConfig, load_config
 from lpm.train.ledger import LEDGER_FIELDS, budget_string, stage_record, write_ledger
 from lpm.train.partial import (PARTIAL_FILE, Restart, load_partial_weights, partial_record, read_partial,
                                restart_seed, warmup_factor)
-from lpm.fsutil import remove_stale_temporaries
 from lpm.train.progress import StageLog, trim_log
 from lpm.train.sampler import CropSampler, read_declared_subset, subset
 from lpm.train.stages import STAGE_KINDS, Stage, StageContext, initial_base, ladder
@@ -89,6 +89,7 @@ from lpm.train.state import (
 from lpm.train.step import TrainStep, lr_at
 
 __all__ = ["RunConfig", "DataConfig", "Runner", "load_config", "LEDGER_FIELDS", "STATE_FORMAT", "TrainingStateError"]
+
 
 class TrainingDiverged(ValueError):
     """The loss or the trained weights became NaN or infinite; the last state saved before is kept."""
