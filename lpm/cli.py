@@ -265,7 +265,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             ckpt, folder, rates, out_dir=out_dir, name=name,
             dataset_name="kodak" if is_kodak else str(folder),
             manifest=manifest_path("kodak") if is_kodak and "kodak" in KNOWN_SETS else None,
-            device=args.device, progress=not args.no_progress,
+            device=args.device, progress=not args.no_progress, max_pixels=args.max_pixels,
         )
         r = res["results"]
         print(f"{name} ({ckpt.budget_label()})")
@@ -277,7 +277,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"wrote {out_dir / (name + '.json')}")
         bd_line(name, res)
     for codec in args.classical or []:
-        res = evaluate_classical(codec, folder, progress=not args.no_progress)
+        res = evaluate_classical(codec, folder, progress=not args.no_progress, max_pixels=args.max_pixels)
         path = save_results_json(res, out_dir / f"classical-{codec}.json")
         print(f"wrote {path}")
         bd_line(codec, res)

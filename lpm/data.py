@@ -235,58 +235,140 @@ def _check_single_frame(path: Path, im: Image.Image) -> None:
 
 
 def _decode_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
-    """TIFF through imagecodecs (PIL would cut 16-bit RGB to 8 bits); PIL if that fails."""
-    size = _header_size(path)
-    if size is not None:
-        _check_size(path, size[1], size[0], max_pixels)
-    try:
-        array = _imagecodecs().tiff_decode(path.read_bytes(), index=0)
-    except Exception:
-        array = None
+    """TIFF: size, pages and colour model from the file's own first directory, checked before any pixel is
+    decoded; then imagecodecs (PIL would cut 16-bit RGB to 8 bits) for grey and RGB samples, PIL for the
+    colour models whose samples are not what a viewer shows (palette, CMYK, YCbCr, Lab, ...)."""
+    layout = _tiff_layout(path)
+    _check_size(path, layout.height, layout.width, max_pixels)
+    bomb = Image.MAX_IMAGE_PIXELS
+    if bomb and layout.height * layout.width > 2 * bomb:  # where PIL itself refuses to open one
+        raise ImageTooLargeError(f"{path}: {layout.height}x{layout.width} (HxW) TIFF has {layout.height * layout.width} "
+                                 f"pixels, more than twice PIL's decompression-bomb limit of {bomb}")
+    if layout.pages > 1:
+        raise ImageReadError(_several_frames(path, layout.pages, "multi-page TIFF"))
+    if layout.sample_format in (2, 3):  # PIL would read signed samples as unsigned ones
+        kind = "int" if layout.sample_format == 2 else "float"
+        raise ImageReadError(f"{path}: TIFF with {kind}{layout.bits} samples is not supported (unsigned 8 or 16 bits "
+                             "only)")
+    if not 1 <= layout.samples <= 4:
+        raise ImageReadError(f"{path}: TIFF with {layout.samples} samples per pixel is not supported (1 to 4: grey, "
+                             "grey + alpha, colour, colour + alpha)")
+    array = None
+    if layout.photometric in (0, 1, 2) and layout.bits in (8, 16):  # MinIsWhite, MinIsBlack, RGB: the samples are the picture
+        try:
+            array = _imagecodecs().tiff_decode(path.read_bytes(), index=0)
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 -- no imagecodecs, or a layout it cannot read: PIL's turn
+            array = None
+    planar_shape = (layout.samples, layout.height, layout.width)
+    if array is not None and layout.planar == 2 and layout.samples > 1 and array.shape == planar_shape:
+        array = np.ascontiguousarray(np.moveaxis(array, 0, -1))  # planar (one plane per sample) -> interleaved
     if array is not None and array.dtype.kind in "if":  # PIL would read signed samples as unsigned ones
         raise ImageReadError(f"{path}: TIFF with {array.dtype} samples is not supported (unsigned 8 or 16 bits only)")
     ok = (
         array is not None
         and array.dtype in (np.uint8, np.uint16)
+        and array.shape[:2] == (layout.height, layout.width)
         and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 2, 3, 4)))
     )
     if not ok:
-        out = _decode_with_pil(path, max_pixels)
-        bits = _tiff_bits(path) if out.dtype == np.uint8 else 0
-        if bits > 8:  # e.g. 16-bit CMYK: PIL reads it at 8 bits
-            warnings.warn(f"{path}: {bits}-bit TIFF read at 8 bits (only PIL reads this layout; it keeps 8 bits "
-                          f"per sample)", UserWarning, stacklevel=4)
+        try:
+            out = _decode_with_pil(path, max_pixels)
+        except ImageReadError as exc:
+            if layout.photometric in (0, 1, 2) and layout.bits in (8, 16):
+                raise
+            name = _TIFF_PHOTOMETRIC.get(layout.photometric, f"photometric interpretation {layout.photometric}")
+            raise ImageReadError(f"{path}: {layout.bits}-bit {name} TIFF cannot be read here (lpm reads grey and RGB "
+                                 "TIFFs of 8 or 16 bits itself and leaves the rest to PIL, which cannot read this one); "
+                                 "convert it to an 8- or 16-bit RGB or grey PNG or TIFF") from exc
+        if out.shape[:2] != (layout.height, layout.width):
+            raise ImageReadError(f"{path}: TIFF decoded as {out.shape[0]}x{out.shape[1]} (HxW) where its header says "
+                                 f"{layout.height}x{layout.width}")
+        if out.dtype == np.uint8 and layout.bits > 8:  # e.g. 16-bit CMYK: PIL reads it at 8 bits
+            warnings.warn(f"{path}: {layout.bits}-bit TIFF read at 8 bits (only PIL reads this layout; it keeps 8 "
+                          f"bits per sample)", UserWarning, stacklevel=4)
         return out
-    _check_size(path, array.shape[0], array.shape[1], max_pixels)
+    if layout.photometric == 0:  # MinIsWhite: 0 is white; store as MinIsBlack
+        array = np.iinfo(array.dtype).max - array
     return array
 
 
-def _tiff_bits(path: Path) -> int:
-    """Largest BitsPerSample of a TIFF's first page (0 if PIL cannot say)."""
-    try:
-        with Image.open(path) as im:
-            bits = im.tag_v2.get(258, 0)
-    except Exception:  # noqa: BLE001 -- only for a warning
-        return 0
-    bits = max(bits) if isinstance(bits, tuple) and bits else bits
-    return bits if isinstance(bits, int) else 0
+#: TIFF PhotometricInterpretation values (tag 262) that get a name in messages.
+_TIFF_PHOTOMETRIC = {0: "MinIsWhite", 1: "grey", 2: "RGB", 3: "palette", 4: "transparency-mask", 5: "CMYK",
+                     6: "YCbCr", 8: "CIELab", 9: "ICCLab", 10: "ITULab", 32844: "LogL", 32845: "LogLuv"}
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` from the header as PIL reads it (no pixels decoded), or None.
+@dataclass(frozen=True)
+class _TiffLayout:
+    width: int
+    height: int
+    pages: int  # directories in the main chain, counted up to 2
+    photometric: int  # tag 262; -1 when absent
+    bits: int  # largest BitsPerSample
+    samples: int  # SamplesPerPixel
+    planar: int  # PlanarConfiguration: 1 interleaved, 2 one plane per sample
+    sample_format: int  # SampleFormat: 1 unsigned, 2 signed, 3 floating point
 
-    Refuses (:class:`ImageReadError`) a file PIL sees as several frames or pages.
+
+def _tiff_layout(path: Path) -> _TiffLayout:
+    """Read a TIFF's (or BigTIFF's) first image directory without decoding pixels.
+
+    Raises :class:`ImageReadError` for a file whose directory cannot be read or lacks its size: such a file
+    is refused rather than decoded blind (its pixels could be any size).
     """
-    try:
-        with Image.open(path) as im:
-            _check_single_frame(path, im)
-            return im.size
-    except ImageReadError:
-        raise
-    except Image.DecompressionBombError as exc:  # as for every other format: refused, never decoded blind
-        raise ImageTooLargeError(f"{path}: {_one_line(exc)}") from exc
-    except Exception:  # PIL cannot parse it: the size is checked after decoding
-        return None
+    def bad(why: str) -> ImageReadError:
+        return ImageReadError(f"{path}: not a readable TIFF ({why})")
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        def read(offset: int, n: int) -> bytes:
+            if offset < 0 or offset + n > size:
+                raise bad(f"directory data at byte {offset} lies outside the {size}-byte file")
+            f.seek(offset)
+            return f.read(n)
+
+        head = read(0, 16 if size >= 16 else 8)
+        end = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(end + "H", head[2:4])[0] == 43
+        if big:
+            if len(head) < 16 or struct.unpack(end + "HH", head[4:8]) != (8, 0):
+                raise bad("BigTIFF header")
+            first = struct.unpack(end + "Q", head[8:16])[0]
+        else:
+            first = struct.unpack(end + "I", head[4:8])[0]
+        count_fmt, entry_size, value_size, next_fmt = ("Q", 20, 8, "Q") if big else ("H", 12, 4, "I")
+        count_size = struct.calcsize(count_fmt)
+        n = struct.unpack(end + count_fmt, read(first, count_size))[0]
+        if not 0 < n <= 4096:
+            raise bad(f"first directory has {n} entries")
+        entries = read(first + count_size, n * entry_size)
+        tags: dict[int, list[int]] = {}
+        widths = {1: "B", 3: "H", 4: "I", 16: "Q"}  # BYTE, SHORT, LONG, LONG8
+        for i in range(n):
+            e = entries[i * entry_size : (i + 1) * entry_size]
+            tag, kind = struct.unpack(end + "HH", e[:4])
+            if tag not in (256, 257, 258, 262, 277, 284, 339) or kind not in widths:
+                continue
+            count = struct.unpack(end + ("Q" if big else "I"), e[4 : 4 + (8 if big else 4)])[0]
+            if not 0 < count <= 64:
+                raise bad(f"tag {tag} has {count} values")
+            fmt = end + widths[kind] * count
+            raw = e[entry_size - value_size :]
+            need = struct.calcsize(fmt)
+            if need > value_size:
+                raw = read(struct.unpack(end + ("Q" if big else "I"), raw)[0], need)
+            tags[tag] = list(struct.unpack(fmt, raw[:need]))
+        if 256 not in tags or 257 not in tags:
+            raise bad("its first directory gives no ImageWidth/ImageLength")
+        pages = 1
+        nxt = struct.unpack(end + next_fmt, read(first + count_size + n * entry_size, struct.calcsize(next_fmt)))[0]
+        if nxt != 0 and nxt != first and nxt + count_size <= size:
+            pages = 2  # a second directory in the main chain: PIL and viewers see a second page
+    return _TiffLayout(width=tags[256][0], height=tags[257][0], pages=pages,
+                       photometric=tags.get(262, [-1])[0], bits=max(tags.get(258, [1])),
+                       samples=tags.get(277, [1])[0], planar=tags.get(284, [1])[0],
+                       sample_format=max(tags.get(339, [1])))
 
 
 def _decode_with_pil(path: Path, max_pixels: int | None) -> np.ndarray:

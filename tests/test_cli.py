@@ -334,3 +334,18 @@ def test_without_model_the_cli_uses_the_papers_method_named_in_the_zoo(tmp_path,
     rc, out, _ = _run(capsys, "models")
     marked = [line for line in out.splitlines() if "(default)" in line]
     assert rc == 0 and len(marked) == 1 and marked[0].startswith(f"checkpoint {zoo.DEFAULT_CHECKPOINT} (default):")
+
+
+def test_cli_eval_honours_max_pixels_for_the_codec_and_the_classical_codecs(tmp_path, ckpt, capsys):
+    """``lpm eval --max-pixels`` was accepted and ignored: a 40x48 image was evaluated under a limit of 100."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _png(imgs / "a.png", _rgb(40, 48, 1))
+    rc, out, err = _run(capsys, "eval", "--model", ckpt, "--images", imgs, "--out-dir", tmp_path / "ev",
+                        "--name", "t", "--max-pixels", "100", "--no-progress")
+    assert rc != 0 and "a.png: 40x48 (HxW) image has 1920 pixels, more than the allowed max_pixels=100" in err
+    assert not (tmp_path / "ev" / "t.json").exists()
+    rc, out, err = _run(capsys, "eval", "--images", imgs, "--out-dir", tmp_path / "ev", "--classical-only",
+                        "--classical", "jpeg", "--max-pixels", "100", "--no-progress")
+    assert rc != 0 and "max_pixels=100" in err
+    assert not (tmp_path / "ev" / "classical-jpeg.json").exists()

@@ -168,6 +168,141 @@ def test_tiff_pil_calls_a_bomb_is_refused_before_decoding(tmp_path, monkeypatch)
     assert decoded == []
 
 
+def _tiff_entries(data: bytes) -> dict[int, tuple[int, int]]:
+    """{tag: (offset of its 12-byte entry, type)} of a little-endian classic TIFF's first directory."""
+    assert data[:4] == b"II*\x00"
+    first = struct.unpack("<I", data[4:8])[0]
+    n = struct.unpack("<H", data[first : first + 2])[0]
+    out = {}
+    for i in range(n):
+        at = first + 2 + 12 * i
+        tag, kind = struct.unpack("<HH", data[at : at + 4])
+        out[tag] = (at, kind)
+    return out
+
+
+def _set_tiff_tag(data: bytes, tag: int, value: int) -> bytes:
+    """Rewrite one single-valued SHORT/LONG tag in place (TIFFs carry no checksum: nothing else to redo)."""
+    at, kind = _tiff_entries(data)[tag]
+    raw = struct.pack("<H", value) + b"\0\0" if kind == 3 else struct.pack("<I", value)
+    return data[: at + 8] + raw + data[at + 12 :]
+
+
+def _count_tiff_decodes(monkeypatch) -> list:
+    decoded = []
+    real = data._imagecodecs().tiff_decode
+    monkeypatch.setattr(data._imagecodecs(), "tiff_decode", lambda *a, **k: (decoded.append(1), real(*a, **k))[1])
+    return decoded
+
+
+def test_tiff_that_pil_cannot_open_is_size_checked_from_its_own_directory(tmp_path, monkeypatch):
+    """A LERC TIFF (a compression PIL does not know) skipped the pre-decode size check: a 31 kB file declaring
+    20480x20480 was decoded whole (2 GB) by imagecodecs before ``max_pixels`` refused it, and under a memory
+    limit the MemoryError came out as "not an image file PIL can identify"."""
+    a = rng().integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    raw = imagecodecs.tiff_encode(a)
+    bomb = _set_tiff_tag(_set_tiff_tag(_set_tiff_tag(raw, 256, 20480), 257, 20480), 259, 34887)  # LERC
+    (tmp_path / "bomb.tif").write_bytes(bomb)
+    with pytest.raises(Exception):  # noqa: B017 -- PIL cannot read it at all: that is the case here
+        Image.open(tmp_path / "bomb.tif").load()
+    decoded = _count_tiff_decodes(monkeypatch)
+    with pytest.raises(ImageTooLargeError, match=r"bomb.tif: 20480x20480 \(HxW\) image has 419430400 pixels"):
+        read_image(tmp_path / "bomb.tif", max_pixels=10**6)
+    (tmp_path / "no_size.tif").write_bytes(_set_tiff_tag(raw, 256, 0))
+    with pytest.raises(ImageReadError, match="zero size"):
+        read_image(tmp_path / "no_size.tif")
+    for cut in (10, len(raw) // 2):  # the directory sits at the end of what tiff_encode writes
+        (tmp_path / "cut.tif").write_bytes(raw[:cut] if cut == 10 else raw[: _tiff_entries(raw)[256][0]])
+        with pytest.raises(ImageReadError, match="cut.tif: not a readable TIFF"):
+            read_image(tmp_path / "cut.tif")
+    assert decoded == []
+
+
+def test_multi_page_tiff_is_refused_whatever_its_compression(tmp_path, monkeypatch):
+    """The multi-page check lived in PIL's view of the file: a two-page LERC TIFF was coded as its first page."""
+    pages = [Image.fromarray(rng().integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+    pages[0].save(tmp_path / "two.tif", save_all=True, append_images=pages[1:])
+    (tmp_path / "two_lerc.tif").write_bytes(_set_tiff_tag((tmp_path / "two.tif").read_bytes(), 259, 34887))
+    decoded = _count_tiff_decodes(monkeypatch)
+    for name in ("two.tif", "two_lerc.tif"):
+        with pytest.raises(ImageReadError, match=f"{name}: multi-page TIFF"):
+            read_image(tmp_path / name)
+    assert decoded == []
+
+
+def test_tiff_colours_are_what_a_viewer_shows(tmp_path):
+    """Palette and MinIsWhite TIFFs were taken as raw samples: palette indexes as a grey image, 200 as 55."""
+    stripes = np.zeros((16, 24), np.uint8)
+    stripes[:, 8:16], stripes[:, 16:] = 1, 2
+    pal = Image.fromarray(stripes, mode="P")
+    pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 759)
+    pal.save(tmp_path / "pal.tif")
+    x, info = read_image(tmp_path / "pal.tif")
+    assert info.channels == 3
+    assert x[:, 0, 0].tolist() == [1, 0, 0] and x[:, 0, 10].tolist() == [0, 1, 0] and x[:, 0, 20].tolist() == [0, 0, 1]
+
+    g = rng().integers(0, 256, (16, 24), dtype=np.uint8)
+    (tmp_path / "white.tif").write_bytes(imagecodecs.tiff_encode(g, photometric="miniswhite"))
+    x, _ = read_image(tmp_path / "white.tif")
+    assert np.array_equal(np.round(x[0].numpy() * 255).astype(np.uint8), 255 - g)
+    g16 = g.astype(np.uint16) * 257
+    (tmp_path / "white16.tif").write_bytes(imagecodecs.tiff_encode(g16, photometric="miniswhite"))
+    x, info = read_image(tmp_path / "white16.tif")
+    assert info.bit_depth == 16 and np.array_equal(np.round(x[0].numpy() * 65535).astype(np.uint16), 65535 - g16)
+
+    a16 = rng().integers(0, 65536, (16, 24, 3), dtype=np.uint16)  # one plane per sample: PIL cannot read it
+    (tmp_path / "planar.tif").write_bytes(imagecodecs.tiff_encode(np.moveaxis(a16, -1, 0), photometric="rgb",
+                                                                  planarconfig="separate"))
+    x, info = read_image(tmp_path / "planar.tif")
+    assert info.bit_depth == 16 and np.array_equal(np.round(x.permute(1, 2, 0).numpy() * 65535).astype(np.uint16), a16)
+    a = rng().integers(0, 256, (3, 3, 3), dtype=np.uint8)  # as many samples as rows and columns: not planar
+    (tmp_path / "tiny.tif").write_bytes(imagecodecs.tiff_encode(a, photometric="rgb"))
+    x, _ = read_image(tmp_path / "tiny.tif")
+    assert np.array_equal(np.round(x.permute(1, 2, 0).numpy() * 255).astype(np.uint8), a)
+    (tmp_path / "big.tif").write_bytes(imagecodecs.tiff_encode(a16, photometric="rgb", bigtiff=True))
+    x, info = read_image(tmp_path / "big.tif")
+    assert info.bit_depth == 16 and np.array_equal(np.round(x.permute(1, 2, 0).numpy() * 65535).astype(np.uint16), a16)
+    a8 = (a16 >> 8).astype(np.uint8)
+    for big in (False, True):  # big-endian, classic and BigTIFF (imagecodecs' writer swaps 16-bit data there)
+        (tmp_path / "mm.tif").write_bytes(_big_endian_tiff(a8, bigtiff=big))
+        x, _ = read_image(tmp_path / "mm.tif")
+        assert np.array_equal(np.round(x.permute(1, 2, 0).numpy() * 255).astype(np.uint8), a8)
+
+
+def _big_endian_tiff(a: np.ndarray, bigtiff: bool) -> bytes:
+    """An uncompressed 8-bit RGB TIFF in Motorola byte order, written by hand."""
+    h, w, c = a.shape
+    pixels = a.tobytes()
+    off_fmt, cnt_fmt, entry = (">Q", ">Q", 20) if bigtiff else (">I", ">H", 12)
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, 0),
+            (277, 3, 1, c), (278, 3, 1, h), (279, 4, 1, len(pixels))]
+    head = b"MM\x00+" + struct.pack(">HHQ", 8, 0, 16) if bigtiff else b"MM\x00*" + struct.pack(">I", 8)
+    ifd_size = struct.calcsize(cnt_fmt) + entry * len(tags) + struct.calcsize(off_fmt)
+    data_at = len(head) + ifd_size
+    ifd = struct.pack(cnt_fmt, len(tags))
+    for tag, kind, count, value in tags:
+        value = data_at if tag == 273 else value
+        slot = 8 if bigtiff else 4
+        packed = struct.pack(">H", value) if kind == 3 else struct.pack(">I", value)
+        ifd += struct.pack(">HH", tag, kind) + struct.pack(off_fmt, count) + packed.ljust(slot, b"\0")
+    return head + ifd + struct.pack(off_fmt, 0) + pixels
+
+
+def test_tiff_layouts_that_cannot_be_shown_right_are_refused(tmp_path):
+    g16 = rng().integers(0, 65536, (16, 24), dtype=np.uint16)
+    (tmp_path / "pal16.tif").write_bytes(
+        imagecodecs.tiff_encode(g16, photometric="palette", colormap=np.zeros((3, 65536), np.uint16)))
+    with pytest.raises(ImageReadError, match="pal16.tif: 16-bit palette TIFF cannot be read here"):
+        read_image(tmp_path / "pal16.tif")
+    rgb16 = imagecodecs.tiff_encode(np.stack([g16] * 3, -1), photometric="rgb")
+    (tmp_path / "lab.tif").write_bytes(_set_tiff_tag(rgb16, 262, 8))  # CIELab: L*a*b* samples
+    with pytest.raises(ImageReadError, match="lab.tif: 16-bit CIELab TIFF cannot be read here"):
+        read_image(tmp_path / "lab.tif")
+    (tmp_path / "six.tif").write_bytes(_set_tiff_tag(rgb16, 277, 6))  # RGB and three extra samples
+    with pytest.raises(ImageReadError, match="six.tif: TIFF with 6 samples per pixel is not supported"):
+        read_image(tmp_path / "six.tif")
+
+
 @pytest.mark.parametrize("dtype", [np.int8, np.int16, np.float32])
 def test_signed_and_float_tiffs_are_refused(tmp_path, dtype):
     """int8 TIFFs used to be read by PIL as unsigned "L" pixels (-127 became 129) without a word."""

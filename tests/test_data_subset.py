@@ -212,3 +212,24 @@ def test_a_partial_copy_without_a_marker_is_named_and_a_declared_one_is_not(tmp_
     Runner(_cfg(tmp_path, tmp_path / "gpu", "d", kind="prompts", init="unused.safetensors", rates=[0.013, 0.0483],
                 data=data), progress=False)
     assert "lacks" not in capsys.readouterr().err
+
+
+def test_training_images_are_read_with_a_pixel_limit(tmp_path, monkeypatch):
+    """The trainer read every image with no limit at all: a small file declaring a huge image was decoded
+    whole while the sampler preloaded the set. Now the CLI's default limit applies (or the one given)."""
+    import numpy as np
+    from PIL import Image
+
+    from lpm import limits
+    from lpm.data import ImageTooLargeError
+    from lpm.train.sampler import CropSampler
+
+    paths = []
+    for i, (h, w) in enumerate([(40, 48), (64, 80)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((h, w, 3), 9 * i, np.uint8)).save(paths[-1])
+    assert CropSampler(paths, 32, 2).next().shape == (2, 3, 32, 32)
+    with pytest.raises(ImageTooLargeError, match=r"1.png: 64x80 \(HxW\) image has 5120 pixels"):
+        CropSampler(paths, 32, 2, max_pixels=5000)
+    monkeypatch.setattr(limits, "available_memory", lambda: 0)  # default: the floor, 2048² pixels
+    assert CropSampler(paths, 32, 2).max_pixels == limits.MIN_DEFAULT_MAX_PIXELS

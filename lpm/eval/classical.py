@@ -279,6 +279,7 @@ def evaluate_classical(
     image_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     qualities: Sequence[float] | None = None,
     progress: bool = True,
+    max_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Encode and decode every image at every quality with one classical codec; average per quality.
 
@@ -289,6 +290,8 @@ def evaluate_classical(
         qualities: the sweep (see :data:`CLASSICAL_SETTINGS` for what quality means per codec); sorted
             ascending and de-duplicated. ``None``: the codec's default sweep.
         progress: show a tqdm progress bar.
+        max_pixels: refuse (:class:`lpm.data.ImageTooLargeError`) an image with more pixels than this,
+            from its header, before decoding it; ``None``: no limit.
 
     Returns:
         ``{"name", "description", "results": {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time",
@@ -310,7 +313,7 @@ def evaluate_classical(
 
     images: list[np.ndarray] = []
     for p in paths:
-        x, _info = read_image(p)
+        x, _info = read_image(p, max_pixels=max_pixels)
         images.append(np.ascontiguousarray(to_uint8(x)))
 
     bar = None

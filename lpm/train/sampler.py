@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from lpm.data import find_images, pad_to, read_image, sha256_file
+from lpm.limits import default_max_pixels
 
 __all__ = ["CropSampler", "DeclaredSubset", "SUBSET_MARKER", "read_declared_subset", "subset",
            "write_declared_subset"]
@@ -187,7 +188,12 @@ def write_declared_subset(source: Union[str, os.PathLike], dest: Union[str, os.P
 
 
 class CropSampler:
-    """Random ``crop``² crops with random flips, ``batch`` at a time, from in-memory uint8 images."""
+    """Random ``crop``² crops with random flips, ``batch`` at a time, from in-memory uint8 images.
+
+    Each image is read with a pixel limit (``max_pixels``; default :func:`lpm.limits.default_max_pixels`,
+    the CLI's): a training folder is a directory of files like any other, and a small file declaring a
+    huge image is refused from its header instead of being decoded.
+    """
 
     def __init__(
         self,
@@ -198,9 +204,11 @@ class CropSampler:
         seed: int = 0,
         device: Union[str, torch.device] = "cpu",
         preload: bool = True,
+        max_pixels: Optional[int] = None,
     ) -> None:
         if not paths:
             raise ValueError("no training images")
+        self.max_pixels = int(default_max_pixels() if max_pixels is None else max_pixels)
         self.paths = [Path(p) for p in paths]
         self.crop, self.batch, self.device = int(crop), int(batch), torch.device(device)
         self.preload = preload
@@ -208,7 +216,7 @@ class CropSampler:
         self.images: Optional[list[Tensor]] = [self._load(p) for p in self.paths] if preload else None
 
     def _load(self, path: Path) -> Tensor:
-        x, _ = read_image(path)
+        x, _ = read_image(path, max_pixels=self.max_pixels)
         x = pad_to(x, self.crop, self.crop)
         return torch.round(x * 255).to(torch.uint8).to(self.device)
 
