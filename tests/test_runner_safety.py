@@ -20,7 +20,7 @@ from test_runner import _cfg, _log, data_dir  # noqa: F401 -- the fake bsds500 f
 
 from lpm.cli import main
 from lpm.checkpoints import load_codec
-from lpm.train.runner import Runner, TrainingStateError
+from lpm.train.runner import Runner, TrainingStateError, load_config
 from lpm.train.sampler import CropSampler
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -45,8 +45,6 @@ def _write_config(tmp_path: Path, data_folder: Path, out: Path, **kw) -> Path:
 
 def _kill_in_step(config: Path, step: int) -> None:
     """Run ``config`` and kill it (an exception, nothing saved on the way out) when it draws the crops of ``step``."""
-    from lpm.train.runner import load_config
-
     real_next, calls = CropSampler.next, {"n": 0}
 
     def dying_next(self):
@@ -115,7 +113,37 @@ BAD_STATES = {
     # torch.load does not check the zip's CRCs: one changed byte of a weight used to load as another weight
     "bit-flip-in-a-tensor": lambda p: _flip_in_member(p, "/data/0"),
     "junk-appended": lambda p: p.write_bytes(p.read_bytes() + os.urandom(70000)),
+    # a field no state has used to load and be ignored: 2 GiB of zeros in it made a 2 MB file a memory bomb
+    "unknown-field": lambda p: _edit_state(p, pad=torch.zeros(4)),
+    "deflated-zeros": lambda p: _deflate(p, extra=torch.zeros(1 << 24)),  # 64 MiB of zeros in ~70 kB
 }
+
+
+def _deflate(path: Path, extra: torch.Tensor) -> None:
+    """Re-zip a state with DEFLATE, CRCs recomputed (torch.load inflates such members without a word)."""
+    import zipfile
+
+    _edit_state(path, pad=extra)
+    raw = path.with_suffix(".stored")
+    path.rename(raw)
+    with zipfile.ZipFile(raw) as zi, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zo:
+        for info in zi.infolist():
+            zo.writestr(info.filename, zi.read(info))
+    raw.unlink()
+    assert path.stat().st_size < 2 << 20
+
+
+def test_a_compressed_state_is_refused_before_torch_load_inflates_it(tmp_path, killed_run, monkeypatch):
+    from lpm.train import state as state_mod
+    from lpm.train.state import TrainingStateError
+
+    config, src = killed_run
+    path = tmp_path / "state.pt"
+    shutil.copyfile(src / "state.pt", path)
+    _deflate(path, extra=torch.zeros(1 << 24))
+    monkeypatch.setattr(state_mod.torch, "load", lambda *a, **k: pytest.fail("torch.load was reached"))
+    with pytest.raises(TrainingStateError, match="is compressed, which torch.save never writes"):
+        state_mod.read_state(path, load_config(config))
 
 
 def _flip_in_member(path: Path, suffix: str) -> None:

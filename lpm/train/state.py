@@ -40,6 +40,8 @@ STATE_FIELDS: dict[str, Any] = {
     "ledger": str, "model": dict, "optimizer": dict, "aux_optimizer": dict, "sampler": dict,
     "torch_rng": Tensor, "cuda_rng": Tensor, "finished_models": str, "rate_generator": Tensor,
 }
+#: Fields older states lack (checked where they are used); any other key is refused.
+OPTIONAL_FIELDS = frozenset({"gpu_elapsed", "stage_gpu_start", "log_pending"})
 #: Config keys that may change between a run and its resumption.
 VOLATILE = frozenset({"max_minutes", "checkpoint_every", "log_every", "out_dir", "channels_last"})
 
@@ -166,6 +168,9 @@ def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
     for k, kind in STATE_FIELDS.items():
         if k not in state or not isinstance(state[k], kind) or isinstance(state[k], bool):
             raise bad(f"field {k!r} is missing or of the wrong type")
+    unknown = sorted(str(k)[:40] for k in state if k not in STATE_FIELDS and k not in OPTIONAL_FIELDS and k != "format")
+    if unknown:
+        raise bad(f"it holds fields an lpm training state does not have: {unknown[:5]}")
     try:
         saved = json.loads(state["config"])
         ledger = json.loads(state["ledger"])
@@ -214,10 +219,23 @@ def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
 def _check_zip(path: Path) -> None:
     """``torch.save`` writes a zip archive with a CRC-32 per member, which ``torch.load`` never checks: a
     changed byte in a tensor would load as a silently different weight. Refuse what is not that archive
-    intact (a member whose bytes no longer match their CRC, or no readable archive at all)."""
+    intact (a member whose bytes no longer match their CRC, or no readable archive at all). ``torch.save``
+    stores its members uncompressed; a compressed member (``torch.load`` would inflate it: a 2 MB file can
+    hold gigabytes of zeros) or members larger together than the file are refused before anything is read."""
+    size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+            packed = [m.filename[-60:] for m in members if m.compress_type != zipfile.ZIP_STORED]
+            if packed:
+                raise TrainingStateError(f"{path}: member {packed[0]!r} is compressed, which torch.save never "
+                                         "writes; not an lpm training state; nothing was changed")
+            if sum(m.file_size for m in members) > size:
+                raise TrainingStateError(f"{path}: its members claim more bytes than the {size}-byte file holds; "
+                                         "not an lpm training state; nothing was changed")
             broken = z.testzip()
+    except TrainingStateError:
+        raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as e:
         raise TrainingStateError(f"{path}: not a readable lpm training state ({_one_line(e)}); nothing was changed") from None
     if broken is not None:
