@@ -66,7 +66,7 @@ from lpm.models import (
     check_ladder,
 )
 from lpm.entropy import table_problem
-from lpm.fsutil import atomic_save
+from lpm.fsutil import atomic_save, printable
 from lpm.fsutil import one_line as _one_line
 from lpm.provenance import environment
 
@@ -504,8 +504,8 @@ class LoadedCodec:
 
     @property
     def budget(self) -> Optional[str]:
-        b = self.meta.get("budget")
-        return str(b) if b is not None else None
+        b = self.meta.get("budget")  # read from the file: printed and shown, so never with control characters
+        return printable(str(b)) if b is not None else None
 
     def budget_label(self) -> str:
         """The budget, or a plain statement that none is recorded (for tables and footnotes)."""

@@ -18,6 +18,9 @@ device or socket) is never replaced; a symbolic link is replaced itself, never w
 ``gzip``/``zstd``: an output that is the same file as an input (also through a symbolic or hard link)
 is always refused; an existing output is refused unless ``force``; with ``force``, a symbolic link
 is replaced (not followed), and directories, FIFOs, devices and sockets are still refused.
+
+:func:`open_append` opens the files that grow row by row (a training log, an evaluation's per-image CSV):
+only a regular file or a new one; a symbolic link at the path is refused, never written through.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ import errno
 import os
 import secrets
 import stat
+import unicodedata
 from collections.abc import Callable, Iterable
+from typing import TextIO
 
 __all__ = ["OutputRefused", "atomic_save", "atomic_write", "atomic_write_text", "check_output", "file_kind", "one_line",
-           "remove_stale_temporaries"]
+           "open_append", "printable", "remove_stale_temporaries"]
 
 # Characters of the output's name kept in the temporary's name: ".{prefix}.{12 hex}.tmp" then has at
 # most 1 + 32 * 4 + 1 + 12 + 4 = 146 bytes (4 bytes per character in UTF-8), well under NAME_MAX = 255.
@@ -57,6 +62,14 @@ def one_line(exc: BaseException, limit: int = 300, *, with_type: bool = False) -
     if end >= limit // 3:
         return head[: end + 1]
     return head[: head.rfind(" ")].rstrip(" ,;:") + " …" if " " in head else head[:limit] + "…"
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print: control and format characters (escape sequences, bidirectional overrides,
+    newlines) written as ``\\x1b``-style escapes, so that text from a file cannot move the cursor, retitle
+    the terminal or forge output lines."""
+    return "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 class OutputRefused(ValueError):
@@ -162,6 +175,30 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, overwrite: bool =
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> None:
     """:func:`atomic_write` of ``text`` encoded as UTF-8."""
     atomic_write(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def open_append(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> TextIO:
+    """Open ``path`` to append text (created if absent; ``newline=""`` as the csv module wants).
+
+    Refused (``OSError`` naming ``path``): a symbolic link (a log or table is never written through a link
+    left in an output folder), a directory, FIFO, device or socket.
+    """
+    name = os.fspath(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    if os.path.islink(name):  # also where O_NOFOLLOW does not exist
+        raise OSError(errno.ELOOP, f"{name}: is a symbolic link; lpm does not append through links (remove it)")
+    try:
+        fd = os.open(name, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{name}: is a symbolic link; lpm does not append through links (remove it)"
+                          ) from None
+        raise _named(exc, name) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{name}: is a {file_kind(mode)}, not a regular file")
+    return os.fdopen(fd, "a", newline="", encoding=encoding)
 
 
 def atomic_save(

@@ -376,3 +376,21 @@ def test_saved_checkpoint_has_ordinary_file_permissions(tmp_path):
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary left
+
+
+def test_a_checkpoints_budget_text_reaches_the_terminal_without_control_characters(tmp_path, capsys):
+    """The budget is read from the file and printed by roundtrip/eval: escape sequences in it used to clear
+    the screen, retitle the terminal and forge output lines."""
+    from lpm.checkpoints import load_codec as load
+
+    path = tmp_path / "ansi.safetensors"
+    evil = "\x1b[2J\x1b[H\x1b]0;pwned\x07fine\nimages: FAKE LINE\u202etxt.exe"
+    save_codec(path, make_tiny_codec(), meta={"base_rate": 0.0483, "budget": evil})
+    budget = load(path).budget
+    assert budget == "\\x1b[2J\\x1b[H\\x1b]0;pwned\\x07fine\\nimages: FAKE LINE\\u202etxt.exe"
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (40, 48), (90, 120, 30)).save(tmp_path / "imgs" / "a.png")
+    assert main(["roundtrip", "--model", str(path), "--images", str(tmp_path / "imgs"), "--rates", "0.0483",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out and "\nimages: FAKE" not in out

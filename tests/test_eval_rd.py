@@ -229,3 +229,39 @@ def test_results_of_format_version_1_are_moved_aside_and_measured_again(setup, f
     rows = _rows(out / "tiny_per_image.csv")
     assert len(rows) == 3 * len(RATES) and {r["lpm_format"] for r in rows} == {"2"}
     assert res["meta"]["lpm_format"] == 2 and res["results"]["bpp"] == first_run[1]["results"]["bpp"]
+
+
+def test_per_image_csv_is_never_truncated_or_appended_through_a_link(setup, tmp_path):
+    """The per-image CSV is cut back (a torn last row) and appended to: a link planted at its path used to
+    have its target cut and written."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\nno newline at the end")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lpm_per_image.csv").symlink_to(victim)
+    with pytest.raises(OSError, match="lpm_per_image.csv: is a symbolic link"):
+        evaluate_codec(setup["model"], setup["images"] / "a_rgb.png", [0.013], progress=False, out_dir=out)
+    assert victim.read_text() == "precious\nno newline at the end"
+
+
+def test_open_append_refuses_links_and_special_files(tmp_path):
+    import os
+
+    from lpm.fsutil import open_append
+
+    with open_append(tmp_path / "log.csv") as f:
+        f.write("a,b\n")
+    with open_append(tmp_path / "log.csv") as f:
+        f.write("1,2\n")
+    assert (tmp_path / "log.csv").read_text() == "a,b\n1,2\n"
+    (tmp_path / "link.csv").symlink_to(tmp_path / "log.csv")
+    (tmp_path / "dangling.csv").symlink_to(tmp_path / "nowhere.csv")
+    for name in ("link.csv", "dangling.csv"):
+        with pytest.raises(OSError, match=f"{name}: is a symbolic link"):
+            open_append(tmp_path / name)
+    assert not (tmp_path / "nowhere.csv").exists()
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError, match="fifo"):  # refused at once, not a hang waiting for a reader
+        open_append(tmp_path / "fifo")
+    with pytest.raises(OSError, match="is a directory|Is a directory"):
+        open_append(tmp_path)

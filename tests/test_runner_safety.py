@@ -426,3 +426,23 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_good_state(tmp_p
     part = load_codec(out / "partial.safetensors")
     assert part.meta["partial"]["step"] == 3
     assert all(bool(torch.isfinite(v).all()) for v in part.model.state_dict().values() if v.is_floating_point())
+
+
+def test_a_run_writes_no_file_through_a_link_in_its_out_dir(tmp_path, data_dir):  # noqa: F811
+    """config.yaml and subset.txt were written with a plain open(): a link at those paths had its target
+    overwritten. log.csv (appended to) is rewritten in place of a link, never through it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    victims = {}
+    for name in ("config.yaml", "subset.txt", "log.csv"):
+        victims[name] = tmp_path / f"victim_{name}"
+        victims[name].write_text("precious\n")
+        (out / name).symlink_to(victims[name])
+    config = _write_config(tmp_path, data_dir, out, steps=2)
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["fraction"] = 0.5
+    config.write_text(yaml.safe_dump(raw))
+    Runner(load_config(config), device="cpu", progress=False).run()
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious\n", name
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name

@@ -57,6 +57,7 @@ from lpm import fileformat
 from lpm.codec import decode_image, encode_image
 from lpm.data import find_images, manifest_checksum, read_image, to_uint8
 from lpm.eval.metrics import MS_SSIM_MIN_SIDE, ms_ssim_rgb, psnr
+from lpm.fsutil import open_append
 from lpm.jsonio import strict_json, write_json
 from lpm.models import PromptedCodec
 from lpm.provenance import environment
@@ -130,6 +131,8 @@ def _rate_key(rate: float) -> str:
 
 def _read_rows(csv_path: Path) -> list[dict[str, Any]]:
     """Rows of an existing per-image CSV (a half-written last line is cut off the file and dropped)."""
+    if csv_path.is_symlink():  # it is truncated and appended to: never through a link
+        raise OSError(f"{csv_path}: is a symbolic link; lpm does not append through links (remove it)")
     if not csv_path.is_file():
         return []
     data = csv_path.read_bytes()
@@ -306,7 +309,7 @@ def evaluate_codec(
     csv_file = writer = None
     if csv_path is not None and n_done < len(todo):
         new = not csv_path.is_file() or csv_path.stat().st_size == 0
-        csv_file = open(csv_path, "a", newline="", encoding="utf-8")
+        csv_file = open_append(csv_path)
         writer = csv.DictWriter(csv_file, fieldnames=CSV_FIELDS)
         if new:
             writer.writeheader()

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lpm.fsutil import atomic_write
+from lpm.fsutil import atomic_write, atomic_write_text
 from lpm.jsonio import strict_json, write_json
 
 PathLike = Union[str, os.PathLike]
@@ -152,11 +152,11 @@ def save_table(df: pd.DataFrame, name: str, results_dir: Optional[PathLike] = No
     folder = out / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = folder / f"{_safe(name)}.csv", folder / f"{_safe(name)}.md"
-    df.to_csv(csv_path, index=False)
+    atomic_write_text(csv_path, df.to_csv(index=False))
     text = markdown_table(df, floatfmt)
     if caption:
         text += "\n" + caption.strip() + "\n"
-    md_path.write_text(text, encoding="utf-8")
+    atomic_write_text(md_path, text)
     return {"csv": csv_path, "md": md_path}
 
 

@@ -17,6 +17,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from lpm.fsutil import atomic_write_text, open_append
+
 __all__ = ["LOG_COLUMNS", "StageLog", "trim_log"]
 
 LOG_COLUMNS = ("stage", "rate", "step", "loss", "bpp", "psnr", "lr", "img_per_s", "elapsed_min")
@@ -27,8 +29,6 @@ def trim_log(path: Path, keep: Callable[[str, int], bool]) -> int:
     holds, in their order; the number of rows dropped. A run resumed from its training state drops the rows
     written after that state (they are written again, from the same steps), and a torn last line of a killed
     run; a fresh run drops them all. No file: nothing to do."""
-    from lpm.fsutil import atomic_write_text
-
     if not path.is_file():
         return 0
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
@@ -68,7 +68,7 @@ class StageLog:
         self.file = self.writer = self.bar = None
         if path is not None:
             new = not path.exists()
-            self.file = open(path, "a", newline="")
+            self.file = open_append(path)
             self.writer = csv.writer(self.file)
             if new:
                 self.writer.writerow(LOG_COLUMNS)

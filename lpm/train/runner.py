@@ -68,7 +68,7 @@ from torch import nn
 
 from lpm.paths import PROJECT_ROOT
 from lpm.checkpoints import save_codec
-from lpm.fsutil import remove_stale_temporaries
+from lpm.fsutil import atomic_write_text, remove_stale_temporaries
 from lpm.data import find_images, locate_dataset, manifest_checksum, manifest_path, read_manifest
 from lpm.train.config import DataConfig, RunConfig, load_config
 from lpm.train.ledger import LEDGER_FIELDS, budget_string, stage_record, write_ledger
@@ -409,12 +409,11 @@ class Runner:
                   f"{restart.path} (sha256 {restart.sha256[:16]}…) with a fresh optimizer and a "
                   f"{restart.warmup}-step learning-rate warm-up", flush=True)
         if self.rank == 0:
-            with open(self.out / "config.yaml", "w") as f:
-                yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             self._tidy_out_dir(stages, state, restart, first_stage)
             if cfg.data_fraction < 1.0:
-                (self.out / "subset.txt").write_text(
-                    "\n".join(str(p.relative_to(self.data_root)) for p in stages[0].paths) + "\n")
+                atomic_write_text(self.out / "subset.txt",
+                                  "\n".join(str(p.relative_to(self.data_root)) for p in stages[0].paths) + "\n")
         handlers = self._install_signal_handlers()
         # a continued run lists the stages finished elsewhere (their files stayed there) but writes only its own
         inherited = list(self.restart.finished) if self.restart is not None else []

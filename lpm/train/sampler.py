@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from lpm.data import find_images, pad_to, read_image, sha256_file
+from lpm.fsutil import atomic_write_text
 from lpm.limits import default_max_pixels
 
 __all__ = ["CropSampler", "DeclaredSubset", "SUBSET_MARKER", "read_declared_subset", "subset",
@@ -179,9 +180,7 @@ def write_declared_subset(source: Union[str, os.PathLike], dest: Union[str, os.P
     doc = {"format": SUBSET_FORMAT, "set": set_name, "splits": list(splits), "fraction": float(fraction),
            "seed": int(seed), "images_in_set": len(everything), "files": files,
            "note": "only this subset is here: runs of other splits/fraction/seed are refused"}
-    tmp = dest / (SUBSET_MARKER + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, dest / SUBSET_MARKER)
+    atomic_write_text(dest / SUBSET_MARKER, json.dumps(doc, indent=1) + "\n")
     declared = read_declared_subset(dest)
     assert declared is not None
     return declared
