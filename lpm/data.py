@@ -27,6 +27,7 @@ manifests and ``data/download.py``; :func:`locate_dataset` finds a local copy an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -73,6 +74,7 @@ __all__ = [
     "read_image",
     "read_manifest",
     "sha256_file",
+    "images_sha256",
     "to_uint8",
     "verify_manifest",
     "write_image",
@@ -658,6 +660,17 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def images_sha256(paths: Sequence[str | os.PathLike[str]], digests: dict[str, str] | None = None) -> str:
+    """One sha256 for a list of images: over each file's name and content sha256, in the order given (the id
+    under which results of exactly these images are cached). ``digests``: ``{str(path): sha256}`` already
+    computed."""
+    h = hashlib.sha256()
+    for p in paths:
+        digest = (digests or {}).get(str(p)) or sha256_file(p)
+        h.update(f"{Path(p).name}\0{digest}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
 def read_manifest(manifest_path: str | os.PathLike[str]) -> dict[str, str]:
     """Parse a ``sha256sum``-style manifest into ``{relative path: hex digest}``.
 
@@ -820,6 +833,11 @@ class EvalImages:
     manifest: Path | None
     notice: str | None
 
+    @functools.cached_property
+    def sha256(self) -> str:
+        """:func:`images_sha256` of ``paths``: what cached results must have been measured on."""
+        return images_sha256(self.paths)
+
 
 def sample_photos(cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """Write scikit-image's bundled sample photographs as PNGs (once) and return their paths."""
@@ -922,5 +940,21 @@ def resolve_eval_images(
             "or to the published anchors, and outputs go to results/cache/sample-photos/ unless RESULTS_DIR is "
             "given. Set DATA_DIR to the directory holding kodak/ (e.g. ../shared/data) for the real figures."
         )
+    paths = list(paths[:limit] if limit else paths)
     manifest = manifest_path("kodak") if name == "kodak" else None
-    return EvalImages(tuple(paths[:limit] if limit else paths), name, manifest, notice)
+    if manifest is not None:  # a folder named kodak is Kodak only if its files are the manifest's
+        listed = read_manifest(manifest)
+        wrong = [p.name for p in paths if listed.get(p.name) != sha256_file(p)]
+        if wrong:
+            folder = paths[0].parent
+            name, manifest = KODAK_UNVERIFIED, None
+            notice = (f"NOTICE: {len(wrong)} of the {len(paths)} images in {folder} are not the Kodak images of "
+                      f"{manifest_path('kodak').name} (e.g. {', '.join(wrong[:3])}: another sha256, or not listed);"
+                      f" they are evaluated as images of your own, named '{KODAK_UNVERIFIED}' — numbers are NOT "
+                      f"comparable to Kodak results or to the published anchors, and outputs go to "
+                      f"results/cache/{KODAK_UNVERIFIED}/ unless RESULTS_DIR is given.")
+    return EvalImages(tuple(paths), name, manifest, notice)
+
+
+#: Name of a folder called ``kodak`` whose files are not those of the Kodak manifest.
+KODAK_UNVERIFIED = "kodak-unverified"

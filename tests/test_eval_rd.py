@@ -210,7 +210,7 @@ def test_results_of_format_version_1_are_moved_aside_and_measured_again(setup, f
     is not reused: it is kept as <name>_per_image.format1.csv and every row is measured again."""
     out = setup["root"] / "out_v1"
     out.mkdir()
-    fields = [f for f in rd.CSV_FIELDS if f != "lpm_format"]
+    fields = [f for f in rd.CSV_FIELDS if f not in ("lpm_format", "image_sha256")]
     src_rows = _rows(first_run[0] / "tiny_per_image.csv")
     with open(out / "tiny_per_image.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -265,3 +265,30 @@ def test_open_append_refuses_links_and_special_files(tmp_path):
         open_append(tmp_path / "fifo")
     with pytest.raises(OSError, match="is a directory|Is a directory"):
         open_append(tmp_path)
+
+
+def test_rows_are_reused_only_for_the_same_bytes_of_an_image(setup, tmp_path):
+    """Per-image rows were keyed on the image's path: a file replaced by another image kept its old numbers."""
+    src = setup["images"] / "a_rgb.png"
+    img = tmp_path / "img.png"
+    img.write_bytes(src.read_bytes())
+    first = evaluate_codec(setup["model"], img, [0.013], progress=False, out_dir=tmp_path / "out", name="t")
+    assert _rows(tmp_path / "out" / "t_per_image.csv")[0]["image_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    Image.fromarray(np.zeros((30, 20, 3), np.uint8)).save(img)  # another image under the same name
+    second = evaluate_codec(setup["model"], img, [0.013], progress=False, out_dir=tmp_path / "out", name="t")
+    assert second["results"]["bpp"] != first["results"]["bpp"]
+    assert second["meta"]["images_sha256"] != first["meta"]["images_sha256"]
+    alone = evaluate_codec(setup["model"], img, [0.013], progress=False)
+    assert second["results"]["bpp"] == alone["results"]["bpp"]
+
+
+def test_per_image_csv_of_lpm_0_2_is_moved_aside_and_measured_again(setup, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    old = [f for f in CSV_FIELDS if f != "image_sha256"]
+    text = ",".join(old) + "\n"
+    (out / "t_per_image.csv").write_text(text)
+    with pytest.warns(UserWarning, match=r"rows without the sha256 of their images \(lpm 0.2.0\)"):
+        evaluate_codec(setup["model"], setup["images"] / "a_rgb.png", [0.013], progress=False, out_dir=out, name="t")
+    assert (out / "t_per_image.unhashed.csv").read_text() == text
+    assert len(_rows(out / "t_per_image.csv")) == 1

@@ -271,6 +271,9 @@ def test_training_data_with_and_without_ledger(tiny_codec, tmp_path):
 def _fake_kodak_context(tmp_path: Path, ours_bpp, ours_psnr) -> F.Context:
     """A context over 24 fake 'kodak' images whose evaluation cache holds the given curve for tiny-smoke."""
     ck = F.load_checkpoint("tiny-smoke")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 25):  # the cache is of these bytes (its images_sha256)
+        Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)).save(tmp_path / f"kodim{i:02d}.png")
     imgs = EvalImages(tuple(tmp_path / f"kodim{i:02d}.png" for i in range(1, 25)), "kodak", None, None)
     ctx = F.Context([ck], imgs, tmp_path, smoke=False)
     path = F.eval_cache_path(tmp_path, ck.label, imgs, False)
@@ -279,7 +282,7 @@ def _fake_kodak_context(tmp_path: Path, ours_bpp, ours_psnr) -> F.Context:
     path.write_text(json.dumps({"name": path.stem, "results": {"bpp": ours_bpp, "psnr-rgb": ours_psnr,
                                                                  "ms-ssim-rgb": [None] * 6, "rate": rates},
                                 "meta": {"checkpoint_sha256": ck.info["sha256"], "dataset": "kodak", "num_images": 24,
-                                         "lpm_format": fileformat.FORMAT_VERSION}}))
+                                         "lpm_format": fileformat.FORMAT_VERSION, "images_sha256": imgs.sha256}}))
     return ctx
 
 
@@ -334,3 +337,28 @@ def test_range_claim_verdicts():
     with_cont = Curve("ours", bpp_c, [0.0] * 7, rates=rates_c, trained=[r != 0.004 for r in rates_c])
     assert range_row(with_cont, sep, "b")["verdict"] == "supported"
     assert range_row(None, sep, "b", "no cache")["verdict"] == "not measurable yet: no cache"
+
+
+def test_eval_cache_is_of_the_images_content_not_their_folder_name(tmp_path):
+    """The cache was keyed on the folder's name and image count: another folder called 'photos' with as many
+    images got the first one's RD numbers."""
+    from lpm.figures.curves import _cached_codec_results
+
+    ck = F.load_checkpoint("tiny-smoke")
+    sets = []
+    for tag, colour in (("A", (200, 10, 10)), ("B", (10, 200, 10))):
+        folder = tmp_path / tag / "photos"
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8), colour).save(folder / "p.png")
+        sets.append(EvalImages((folder / "p.png",), "photos", None, None))
+    a, b = sets
+    path = F.eval_cache_path(tmp_path / "res", ck.label, a, False)
+    assert path == F.eval_cache_path(tmp_path / "res", ck.label, b, False)  # one file for both: its meta decides
+    path.parent.mkdir(parents=True)
+    rates = list(ck.model.rates)
+    path.write_text(json.dumps({"name": path.stem, "results": {"bpp": [0.1] * 6, "psnr-rgb": [30.0] * 6,
+                                                                 "ms-ssim-rgb": [None] * 6, "rate": rates},
+                                "meta": {"checkpoint_sha256": ck.info["sha256"], "dataset": "photos", "num_images": 1,
+                                         "lpm_format": fileformat.FORMAT_VERSION, "images_sha256": a.sha256}}))
+    assert _cached_codec_results(path, ck.info, a, None) is not None
+    assert _cached_codec_results(path, ck.info, b, None) is None

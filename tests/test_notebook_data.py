@@ -40,6 +40,16 @@ def _pngs(folder: Path, n: int = 2) -> Path:
     return folder
 
 
+def _trust_as_kodak(monkeypatch, folder: Path) -> Path:
+    """Make the fake images in ``folder`` pass as Kodak: a manifest of them stands in for data/kodak.sha256."""
+    manifest = folder.parent / "fake-kodak.sha256"
+    manifest.write_text("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+                                for p in sorted(folder.glob("*.png"))))
+    real = data.manifest_path
+    monkeypatch.setattr(data, "manifest_path", lambda name: manifest if name == "kodak" else real(name))
+    return manifest
+
+
 @pytest.fixture
 def no_env(monkeypatch):
     monkeypatch.delenv("LPM_DATA_DIR", raising=False)
@@ -65,8 +75,8 @@ def test_named_dir_without_kodak_or_images_is_an_error(no_env, tmp_path):
         resolve_eval_images(tmp_path)
 
 
-def test_named_dir_with_kodak_or_images(no_env, tmp_path):
-    _pngs(tmp_path / "root" / "kodak", 3)
+def test_named_dir_with_kodak_or_images(no_env, tmp_path, monkeypatch):
+    _trust_as_kodak(monkeypatch, _pngs(tmp_path / "root" / "kodak", 3))
     imgs = resolve_eval_images(tmp_path / "root")
     assert imgs.name == "kodak" and len(imgs.paths) == 3 and imgs.notice is None
     assert imgs.manifest == data.manifest_path("kodak")
@@ -75,7 +85,7 @@ def test_named_dir_with_kodak_or_images(no_env, tmp_path):
 
 
 def test_relative_data_dir_resolves_against_project_root(no_env, tmp_path, monkeypatch):
-    _pngs(tmp_path / "d" / "kodak")
+    _trust_as_kodak(monkeypatch, _pngs(tmp_path / "d" / "kodak"))
     rel = os.path.relpath(tmp_path / "d", PROJECT_ROOT)
     elsewhere = tmp_path / "elsewhere" / "deeper"
     elsewhere.mkdir(parents=True)
@@ -107,8 +117,39 @@ def test_fallback_only_when_nothing_is_named(no_env, tmp_path, monkeypatch):
     assert imgs.name == "sample-photos" and len(imgs.paths) == 2 and "NOT comparable" in imgs.notice
     assert all(p.parent == tmp_path / "photos" for p in imgs.paths)
     assert resolve_eval_images("", cache_dir=tmp_path / "photos").name == "sample-photos"  # "" names nothing
-    _pngs(tmp_path / "empty-data" / "kodak")
+    _trust_as_kodak(monkeypatch, _pngs(tmp_path / "empty-data" / "kodak"))
     assert resolve_eval_images(None).name == "kodak"  # data/kodak beats the fallback
+
+
+def test_a_kodak_folder_of_other_images_is_not_taken_for_kodak(no_env, tmp_path, monkeypatch):
+    """A folder named kodak was Kodak by its name alone: 24 other images named kodim01..24 had every curve
+    taken from the real Kodak cache and their figures written into the committed results/."""
+    folder = tmp_path / "fake" / "kodak"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(1, 25):
+        (folder / f"kodim{i:02d}.png").write_bytes(imagecodecs.png_encode(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)))
+    imgs = resolve_eval_images(tmp_path / "fake")
+    assert imgs.name == data.KODAK_UNVERIFIED and imgs.manifest is None and len(imgs.paths) == 24
+    assert "24 of the 24 images" in imgs.notice and "NOT comparable" in imgs.notice
+    assert F.results_dir(None, False, imgs) == (RESULTS / "cache" / data.KODAK_UNVERIFIED).resolve()
+    _trust_as_kodak(monkeypatch, folder)
+    assert resolve_eval_images(tmp_path / "fake").name == "kodak"
+    (folder / "kodim07.png").write_bytes((folder / "kodim07.png").read_bytes() + b"\0")  # one file changed
+    imgs = resolve_eval_images(tmp_path / "fake")
+    assert imgs.name == data.KODAK_UNVERIFIED and "1 of the 24 images" in imgs.notice and "kodim07.png" in imgs.notice
+
+
+def test_naming_the_committed_results_for_other_images_writes_below_it(no_env, tmp_path):
+    """RESULTS_DIR="results" with images that are not Kodak sent figures and tables over the committed Kodak
+    ones (only the record was diverted)."""
+    own = resolve_eval_images(_pngs(tmp_path / "mine"))
+    for name in ("results", str(RESULTS), str(RESULTS) + "/"):
+        with pytest.warns(UserWarning, match="holds Kodak results only"):
+            assert F.results_dir(name, False, own) == (RESULTS / "cache" / "mine").resolve()
+    with pytest.warns(UserWarning, match="a smoke run"):
+        assert F.results_dir("results", True, own) == (RESULTS / "cache" / "smoke").resolve()
+    assert F.results_dir(tmp_path / "elsewhere", False, own) == (tmp_path / "elsewhere").resolve()
 
 
 # ------------------------------------------------------------------------------------------ output folder

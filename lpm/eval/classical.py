@@ -55,7 +55,7 @@ try:
 except ImportError:  # e.g. a GPU machine without the wheel: the learned codec's evaluation still works
     imagecodecs = None
 
-from lpm.data import find_images, read_image, to_uint8
+from lpm.data import find_images, images_sha256, read_image, to_uint8
 from lpm.eval.metrics import MS_SSIM_MIN_SIDE, PSNR_CAP_DB, ms_ssim_rgb, psnr
 from lpm.jsonio import write_json
 
@@ -387,6 +387,7 @@ def _meta(spec: _Spec, paths: list[Path], images: list[np.ndarray], qs: list[flo
         "qualities": list(qs),
         "image_count": len(images),
         "images": [p.name for p in paths],
+        "images_sha256": images_sha256(paths),
         "image_sizes": [list(img.shape[:2]) for img in images],
         "ms_ssim_image_count": int(n_msssim),
         "pytorch_msssim": msssim_version,

@@ -55,7 +55,7 @@ import torch
 
 from lpm import fileformat
 from lpm.codec import decode_image, encode_image
-from lpm.data import find_images, manifest_checksum, read_image, to_uint8
+from lpm.data import find_images, images_sha256, manifest_checksum, read_image, sha256_file, to_uint8
 from lpm.eval.metrics import MS_SSIM_MIN_SIDE, ms_ssim_rgb, psnr
 from lpm.fsutil import open_append
 from lpm.jsonio import strict_json, write_json
@@ -70,6 +70,7 @@ BPP_DEFINITION = "8*file bytes/pixels (header+CRC included)"
 #: Columns of ``<name>_per_image.csv``.
 CSV_FIELDS = (
     "image",
+    "image_sha256",
     "rate",
     "checkpoint_sha256",
     "lpm_format",
@@ -91,7 +92,9 @@ CSV_FIELDS = (
 _NUMERIC = ("bpp", "bpp_payload", "psnr_rgb", "ms_ssim_rgb", "encoding_time", "decoding_time")
 _INTS = ("lpm_format", "height", "width", "channels", "bit_depth", "bytes", "payload_bytes")
 #: Columns of the per-image CSVs of lpm 0.1 (format version 1 streams, no ``lpm_format`` column).
-_CSV_FIELDS_V1 = tuple(f for f in CSV_FIELDS if f != "lpm_format")
+_CSV_FIELDS_V1 = tuple(f for f in CSV_FIELDS if f not in ("lpm_format", "image_sha256"))
+#: Columns of the per-image CSVs of lpm 0.2.0 (no ``image_sha256``: a row could not tell its image's content).
+_CSV_FIELDS_0_2 = tuple(f for f in CSV_FIELDS if f != "image_sha256")
 
 PathLike = Union[str, os.PathLike]
 
@@ -146,16 +149,20 @@ def _read_rows(csv_path: Path) -> list[dict[str, Any]]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return []
-        if tuple(reader.fieldnames) == _CSV_FIELDS_V1:  # rows of format version 1 streams: keep them aside
+        old = {_CSV_FIELDS_V1: ("format1", "results of .lpm format version 1 files",
+                                f"with format version {fileformat.FORMAT_VERSION}"),
+               _CSV_FIELDS_0_2: ("unhashed", "rows without the sha256 of their images (lpm 0.2.0)",
+                                 "with each image's sha256 recorded")}.get(tuple(reader.fieldnames))
+        if old is not None:  # rows this lpm cannot reuse: keep them aside
             f.close()
-            aside = csv_path.with_name(csv_path.stem + ".format1.csv")
+            tag, what, how = old
+            aside = csv_path.with_name(f"{csv_path.stem}.{tag}.csv")
             n = 1
             while aside.exists():
                 n += 1
-                aside = csv_path.with_name(f"{csv_path.stem}.format1-{n}.csv")
+                aside = csv_path.with_name(f"{csv_path.stem}.{tag}-{n}.csv")
             os.replace(csv_path, aside)
-            warnings.warn(f"{csv_path} holds results of .lpm format version 1 files; moved to {aside.name}, "
-                          f"measuring again with format version {fileformat.FORMAT_VERSION}", stacklevel=3)
+            warnings.warn(f"{csv_path} holds {what}; moved to {aside.name}, measuring again {how}", stacklevel=3)
             return []
         if tuple(reader.fieldnames) != CSV_FIELDS:
             raise ValueError(
@@ -285,12 +292,14 @@ def evaluate_codec(
 
     out = Path(out_dir) if out_dir is not None else None
     csv_path = stream_dir = None
+    digests = {str(p): sha256_file(p) for p in paths}  # a row is reused only for the same bytes of its image
     done: dict[tuple[str, str], dict[str, Any]] = {}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         csv_path = out / f"{name}_per_image.csv"
         for row in _read_rows(csv_path):
-            if row["checkpoint_sha256"] == sha and row["lpm_format"] == fileformat.FORMAT_VERSION:
+            if (row["checkpoint_sha256"] == sha and row["lpm_format"] == fileformat.FORMAT_VERSION
+                    and row["image_sha256"] == digests.get(row["image"])):
                 done.setdefault((row["image"], _rate_key(row["rate"])), row)
         if keep_streams:
             stream_dir = out / f"{name}_streams"
@@ -326,6 +335,7 @@ def evaluate_codec(
                     continue
                 row, data = _measure(model, model_id, path, rate, device, max_pixels)
                 row["checkpoint_sha256"] = sha
+                row["image_sha256"] = digests[str(path)]
                 row["lpm_format"] = fileformat.FORMAT_VERSION
                 row["stream"] = ""
                 if stream_dir is not None:
@@ -371,6 +381,7 @@ def evaluate_codec(
         trained_rates=list(getattr(model, "rates", [])),
         dataset=dataset_name,
         num_images=len(paths),
+        images_sha256=images_sha256(paths, digests),
         ms_ssim_images=n_msssim,
         bpp_definition=BPP_DEFINITION,
         psnr_definition="PSNR of round(x*255) vs round(x_hat*255) over RGB, averaged over images (dB)",

@@ -43,7 +43,9 @@ def results_dir(RESULTS_DIR: Optional[PathLike] = None, smoke: bool = False, ima
     numbers only, so anything else goes to ``results/cache/`` (git-ignored) unless ``RESULTS_DIR`` says where:
 
     * ``RESULTS_DIR`` if given; a relative path is resolved against the project root (not the current
-      directory, which is ``notebooks/`` in a notebook kernel);
+      directory, which is ``notebooks/`` in a notebook kernel) — except that naming the committed
+      ``results/`` itself for a smoke run or for images that are not the 24 Kodak images gives the
+      folder below instead, with a warning: figures, tables and records there come from Kodak only;
     * else ``results/cache/smoke`` for a smoke run;
     * else ``results/cache/<images>/`` when ``images`` (:class:`lpm.data.EvalImages`) are not the 24 Kodak
       images — e.g. ``results/cache/sample-photos/`` for the fallback photographs, ``results/cache/<folder>/``
@@ -52,10 +54,20 @@ def results_dir(RESULTS_DIR: Optional[PathLike] = None, smoke: bool = False, ima
     """
     from lpm.paths import PROJECT_ROOT
 
+    committed = (PROJECT_ROOT / "results").resolve()
+    not_kodak = smoke or (images is not None and not isinstance(images, str) and not _full_kodak(images))
     if RESULTS_DIR is not None and str(RESULTS_DIR) != "":
         out = Path(RESULTS_DIR).expanduser()
         out = out if out.is_absolute() else PROJECT_ROOT / out
-    elif smoke:
+        if not (not_kodak and out.resolve() == committed):
+            out.mkdir(parents=True, exist_ok=True)
+            return out.resolve()
+        moved = results_dir(None, smoke, images)
+        what = "a smoke run" if smoke else f"'{images.name}' ({len(images.paths)} images, not the 24 Kodak images)"
+        warnings.warn(f"RESULTS_DIR {str(RESULTS_DIR)!r} is the committed results folder, which holds Kodak results "
+                      f"only; the figures, tables and records of {what} go to {moved}", stacklevel=2)
+        return moved
+    if smoke:
         out = PROJECT_ROOT / "results" / "cache" / "smoke"
     elif images is not None and not _full_kodak(images):
         name = images.name if images.name != "kodak" else f"kodak-{len(images.paths)}-images"

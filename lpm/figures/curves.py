@@ -106,8 +106,9 @@ def _cached_codec_results(path: Path, info: Mapping[str, Any], images: Any,
     except (ValueError, KeyError):
         return None
     if meta.get("checkpoint_sha256") != info.get("sha256") or meta.get("dataset") != images.name \
-            or meta.get("num_images") != len(images.paths) or meta.get("lpm_format") != fileformat.FORMAT_VERSION:
-        return None  # another checkpoint, image set or .lpm format version (other bytes): measure again
+            or meta.get("num_images") != len(images.paths) or meta.get("lpm_format") != fileformat.FORMAT_VERSION \
+            or meta.get("images_sha256") != images.sha256:
+        return None  # another checkpoint, other images (by content) or .lpm format version: measure again
     if rates is None:
         return res
     idx = []
@@ -228,7 +229,8 @@ def classical_curve(codec: str, images: Any, results_dir: PathLike, *, qualities
     if path.is_file() and not recompute:
         try:
             cand = json.loads(path.read_text(encoding="utf-8"))
-            if cand["meta"]["images"] == names and [float(q) for q in cand["results"]["quality"]] == qs:
+            if cand["meta"]["images"] == names and cand["meta"].get("images_sha256") == images.sha256 \
+                    and [float(q) for q in cand["results"]["quality"]] == qs:
                 res = cand
                 log(f"{spec.title}: cached results {path}")
         except (ValueError, KeyError):
