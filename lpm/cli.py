@@ -305,8 +305,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return 1
     where = params.get("RESULTS_DIR") or ("results/cache/smoke/" if args.smoke else
                                           "results/ (Kodak) or results/cache/<images>/ (other images)")
+    shown = done[0].parent if done else None
+    if shown is not None:
+        try:
+            shown = shown.relative_to(Path.cwd())
+        except ValueError:
+            pass
     print(f"all {len(done)} notebooks ran in {time.perf_counter() - t0:.0f} s; figures, tables and records are in "
-          f"{where}; executed notebooks in results/notebooks/")
+          f"{where}; executed notebooks in {shown}/")
     return 0
 
 

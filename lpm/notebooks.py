@@ -103,6 +103,13 @@ def _ipc_kernel_manager(folder: str) -> type:
     return IPCKernelManager
 
 
+def _keep_failed(running: Path, failed: Path) -> Path:
+    """Move a failed run's executed copy to ``failed`` (what it shows is the failure); the good copy stays."""
+    if running.exists():
+        os.replace(running, failed)
+    return failed
+
+
 def run_all(
     parameters: dict[str, Any],
     *,
@@ -112,12 +119,20 @@ def run_all(
     timeout: Optional[int] = None,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
-    """Execute ``notebooks`` (default: all, in order) with ``parameters``; returns the executed copies."""
+    """Execute ``notebooks`` (default: all, in order) with ``parameters``; returns the executed copies.
+
+    They go to ``out_dir`` (default: ``RESULTS_DIR/notebooks``, for a smoke run ``results/cache/smoke/notebooks``,
+    else ``results/notebooks``). Each is written under a temporary name while it runs: a good run replaces the
+    previous copy, a failed one is kept as ``<name>.failed.ipynb`` beside it and the previous good copy stays.
+    """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     notebooks = list(notebooks) if notebooks is not None else find_notebooks()
-    results = Path(parameters.get("RESULTS_DIR") or PROJECT_ROOT / "results")
+    if parameters.get("RESULTS_DIR"):
+        results = Path(parameters["RESULTS_DIR"])
+    else:
+        results = PROJECT_ROOT / "results" / ("cache/smoke" if parameters.get("SMOKE") else "")
     out_dir = Path(out_dir) if out_dir else results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []
@@ -125,23 +140,28 @@ def run_all(
     manager = _ipc_kernel_manager(sockets)
     for i, nb in enumerate(notebooks, 1):
         out = out_dir / nb.name
+        running, failed = out_dir / f".{nb.stem}.running.ipynb", out_dir / f"{nb.stem}.failed.ipynb"
         t0 = time.perf_counter()
         log(f"[{i}/{len(notebooks)}] {nb.name} ...")
         stream = _Prefixed(f"  {nb.stem}: ", log)
         try:
             pm.execute_notebook(
-                str(nb), str(out), parameters=parameters, kernel_name=kernel_name, progress_bar=False,
+                str(nb), str(running), parameters=parameters, kernel_name=kernel_name, progress_bar=False,
                 cwd=str(nb.parent), execution_timeout=timeout, stdout_file=stream,
                 kernel_manager_class=manager,
             )
         except PapermillExecutionError as e:
-            cell, first_line = _source_cell(out, e.cell_index)
+            cell, first_line = _source_cell(running, e.cell_index)
             msg = f"{e.ename}: {' '.join(str(e.evalue).split())[:600]}" + (f" [cell starts: {first_line}]" if first_line else "")
-            raise NotebookFailed(nb.name, cell, msg, out) from None
-        except Exception as e:  # kernel died, bad notebook file, ...
-            raise NotebookFailed(nb.name, None, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", out) from None
+            raise NotebookFailed(nb.name, cell, msg, _keep_failed(running, failed)) from None
+        except BaseException as e:  # kernel died, bad notebook file, Ctrl-C, ...
+            kept = _keep_failed(running, failed)
+            if not isinstance(e, Exception):
+                raise
+            raise NotebookFailed(nb.name, None, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", kept) from None
         finally:
             stream.flush()
+        os.replace(running, out)
         log(f"[{i}/{len(notebooks)}] {nb.name} done in {time.perf_counter() - t0:.1f} s -> {out}")
         done.append(out)
     try:

@@ -251,6 +251,7 @@ class RateSlider:
         self._ui: Optional[dict[str, Any]] = None
         self._box: Any = None
         self._quiet = False  # set while the code itself changes widget values (observers then do nothing)
+        self._shown: Optional[float] = None  # the rate of the result on screen
 
     # ------------------------------------------------------------------------------------------ pure Python
     def _kind(self, full: bool) -> str:
@@ -494,12 +495,24 @@ class RateSlider:
         return f"— {type(self.model).__name__}"
 
     def _safely(self, fn, *args) -> None:
-        """Run a UI callback; errors go to the status line instead of the (hidden) widget log."""
+        """Run a UI callback; errors go to the status line instead of the (hidden) widget log, and the screen
+        is made consistent again: what is shown is no longer greyed, and the slider goes back to its rate."""
         try:
             fn(*args)
         except Exception as e:  # noqa: BLE001 - shown to the user
-            if self._ui is not None:
-                self._ui["status"].value = f"<span style='color:#b00'>error: {html.escape(str(e))}</span>"
+            if self._ui is None:
+                return
+            note = ""
+            if self._shown is not None:
+                self._set_stale(False)
+                note = f"; still showing λ={self._shown:.4g}"
+                if self._ui["slider"].value != self._shown:
+                    self._quiet = True
+                    try:
+                        self._ui["slider"].value = self._shown
+                    finally:
+                        self._quiet = False
+            self._ui["status"].value = f"<span style='color:#b00'>error: {html.escape(str(e))}{note}</span>"
 
     def _set_stale(self, stale: bool) -> None:
         """Mark (or unmark) what is on screen as the previous rate's: numbers, image, zoom, RD plot."""
@@ -526,6 +539,7 @@ class RateSlider:
         )
         ui["image"].value = res["png_bytes"]
         ui["zoom"].value = res["zoom_png"]
+        self._shown = res["rate"]
         ui["zoom_ref"].value = _png(_enlarge(ref[zy : zy + zs, zx : zx + zs]))
         kind = "full resolution" if res["full"] else "preview"
         ui["rd"].value = rd_svg(self.session_points(res["full"]), res["rate"],

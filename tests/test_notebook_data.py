@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -286,3 +287,58 @@ def test_pre_commit_hook_refuses_outputs(tmp_path):
     subprocess.run([*git, "add", "."], check=True)
     r = subprocess.run([*git, "commit", "-q", "-m", "x"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_relative_checkpoint_paths_are_from_the_project_root(no_env, tmp_path, monkeypatch):
+    """CHECKPOINTS: [results/checkpoints/x.safetensors] worked from the project root and failed in a kernel
+    in notebooks/ (the current directory decided, unlike DATA_DIR and RESULTS_DIR)."""
+    rel = "results/checkpoints/tiny-smoke.safetensors"
+    monkeypatch.chdir(NOTEBOOK_DIR)
+    ck = F.load_checkpoint(rel)
+    assert ck.label == "tiny-smoke" and ck.models[0].sha256 == lpm.zoo.CHECKPOINTS["tiny-smoke"].sha256
+    assert F.checkpoint_spec(rel) == str(PROJECT_ROOT / rel) and F.checkpoint_spec("tiny-smoke") == "tiny-smoke"
+    assert F.checkpoint_spec(tmp_path / "x.safetensors") == str(tmp_path / "x.safetensors")
+    with pytest.raises(FileNotFoundError, match=str(PROJECT_ROOT / "results" / "checkpoints" / "nope.safetensors")):
+        F.load_checkpoint("results/checkpoints/nope.safetensors")
+
+
+def test_notebook_number_parameters_are_checked_by_name():
+    """IMAGE=30 gave "IndexError: tuple index out of range", IMAGE=1.0 a TypeError, PER_GAP=-1 and
+    N_CONTINUOUS=-2 ran as 0 and recorded the negative number, a codec typo surfaced after minutes of measuring."""
+    assert F.int_param("IMAGE", 3, high=23) == 3 and F.int_param("PER_GAP", np.int64(2)) == 2
+    for bad in (30, -1, 1.0, 2.5, "3", True, None):
+        with pytest.raises(ValueError, match=r"IMAGE must be an integer 0\.\.23, got"):
+            F.int_param("IMAGE", bad, high=23)
+    with pytest.raises(ValueError, match=r"PER_GAP must be an integer 0 or more, got -1"):
+        F.int_param("PER_GAP", -1)
+    assert F.index_params("IMAGES", 1, 3) == [1] and F.index_params("IMAGES", [0, 2], 3) == [0, 2]
+    for bad in ([], [3], [0, 1.0], "0", None):
+        with pytest.raises(ValueError, match="IMAGES"):
+            F.index_params("IMAGES", bad, 3)
+    assert F.classical_names(["jpg", "JPEG-XL", "webp"]) == ["jpeg", "jpegxl", "webp"]
+    with pytest.raises(ValueError, match="unknown classical codec 'webpp'; known: "):
+        F.classical_names(["jpg", "webpp"])
+    with pytest.raises(ValueError, match="CLASSICAL must be a list"):
+        F.classical_names("jpeg")
+    from lpm.eval.compare import between_rates
+
+    with pytest.raises(ValueError, match="per_gap must be an integer 0 or more"):
+        between_rates([0.1, 0.2], -1)
+    with pytest.raises(ValueError, match="continuous rates must be an integer 0 or more"):
+        F.continuous_rates(F.load_checkpoint("tiny-smoke").model, -2)
+
+
+@pytest.mark.parametrize("notebook, params, needle", [
+    ("rate_slider", {"IMAGE": 30}, "IMAGE must be an integer 0..1, got 30"),
+    ("rd_curves", {"CLASSICAL": ["jpg", "webpp"]}, "unknown classical codec 'webpp'"),
+])
+def test_a_bad_notebook_parameter_stops_at_once_with_its_name(tmp_path, notebook, params, needle):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match=re.escape(needle)) as e:
+        papermill.execute_notebook(str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"SMOKE": True, "DATA_DIR": str(_pngs(tmp_path / "imgs")),
+                                               "RESULTS_DIR": str(tmp_path / "res"), **params},
+                                   kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOK_DIR))
+    assert e.value.exec_count <= 3  # the parameter check, not minutes of measuring first
+    assert not (tmp_path / "res" / "eval").exists()

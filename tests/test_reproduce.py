@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -33,10 +34,42 @@ def test_batch_runs_in_order_and_names_the_failing_cell(tmp_path, capsys):
     assert rc == 1
     assert "[1/2] good.ipynb" in out and "zz_bad.ipynb" in err and "cell 2" in err and "broken on purpose" in err
     assert json.loads((res / "rec.json").read_text()) == {"smoke": True}  # parameters were injected
-    assert (res / "notebooks" / "good.ipynb").exists() and (res / "notebooks" / "zz_bad.ipynb").exists()
+    assert (res / "notebooks" / "good.ipynb").exists() and (res / "notebooks" / "zz_bad.failed.ipynb").exists()
+    assert str(res / "notebooks" / "zz_bad.failed.ipynb") in err
     rc = main(["reproduce", "--notebooks-dir", str(nbs), "--results-dir", str(res), "--only", "good"])
     assert rc == 0
     assert main(["reproduce", "--notebooks-dir", str(nbs), "--only", "nope"]) == 2
+
+
+def test_a_failed_run_keeps_the_last_good_executed_notebook(tmp_path, capsys):
+    """A failed (or smoke) run used to overwrite the previous good executed copy with its traceback."""
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "nb.ipynb", ["import os\nif os.environ.get('LPM_TEST_BREAK'):\n    raise RuntimeError('now broken')",
+                                 "print('fine')"])
+    res = tmp_path / "res"
+    assert main(["reproduce", "--notebooks-dir", str(nbs), "--results-dir", str(res)]) == 0
+    good = (res / "notebooks" / "nb.ipynb").read_bytes()
+    os.environ["LPM_TEST_BREAK"] = "1"
+    try:
+        assert main(["reproduce", "--notebooks-dir", str(nbs), "--results-dir", str(res)]) == 1
+    finally:
+        del os.environ["LPM_TEST_BREAK"]
+    assert (res / "notebooks" / "nb.ipynb").read_bytes() == good
+    assert "now broken" in (res / "notebooks" / "nb.failed.ipynb").read_text()
+    assert sorted(p.name for p in (res / "notebooks").iterdir()) == ["nb.failed.ipynb", "nb.ipynb"]
+    capsys.readouterr()
+
+
+def test_smoke_runs_keep_their_executed_notebooks_apart(tmp_path, monkeypatch):
+    from lpm import notebooks
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "nb.ipynb", ["x = 1"])
+    monkeypatch.setattr(notebooks, "PROJECT_ROOT", tmp_path / "proj")
+    done = notebooks.run_all({"SMOKE": True}, notebooks=[nbs / "nb.ipynb"], log=lambda m: None)
+    assert done == [tmp_path / "proj" / "results" / "cache" / "smoke" / "notebooks" / "nb.ipynb"]
 
 
 def test_project_notebooks_are_ordered_and_stripped():

@@ -285,6 +285,34 @@ def test_widget_marks_stale_says_cached_and_plots_the_session(smoke, image, monk
     assert ".lpm-stale" in s.widget().children[0].value and "pixelated" in s.widget().children[0].value
 
 
+def test_an_error_leaves_the_screen_consistent(smoke, image, monkeypatch):
+    """A failed move left everything greyed and the slider at the failed rate while the numbers were still
+    the previous rate's; a NaN target did the same. Now the status says what failed and what is shown, the
+    screen is not greyed, and the slider is back at the rate shown."""
+    model, model_id, _ = smoke
+    s = RateSlider(model, model_id, *image, preview_size=PREVIEW, rate=model.rates[1])
+    s.widget()
+    ui = s._ui
+    stale_keys = ("shown", "image", "zoom", "rd")
+    shown = ui["shown"].value
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated encoder failure")
+
+    monkeypatch.setattr(slider_mod, "encode_image", broken)
+    ui["slider"].value = model.rates[3]
+    assert "simulated encoder failure" in ui["status"].value and f"still showing λ={model.rates[1]:.4g}" in ui["status"].value
+    assert not any(STALE in ui[k]._dom_classes for k in stale_keys)
+    assert ui["slider"].value == model.rates[1] and ui["shown"].value == shown
+    monkeypatch.undo()
+    ui["target"].value = float("nan")
+    ui["find"].click()
+    assert "target bpp must be a positive number" in ui["status"].value
+    assert not any(STALE in ui[k]._dom_classes for k in stale_keys) and ui["slider"].value == model.rates[1]
+    ui["slider"].value = model.rates[3]  # and it recovers
+    assert f">{model.rates[3]:.4g}<" in ui["shown"].value and ui["status"].value == ""
+
+
 def test_rd_svg_handles_one_and_no_points():
     assert "nothing coded yet" in rd_svg([])
     one = rd_svg([{"rate": 0.01, "bpp": 0.3, "psnr": 28.0, "trained": False}], 0.01)

@@ -93,6 +93,8 @@ def method_of(ckpt: Any) -> Method:
 
 def between_rates(rates: Sequence[float], per_gap: int) -> list[float]:
     """``per_gap`` rates evenly spaced in log λ strictly inside every gap of the sorted trained ``rates``."""
+    if isinstance(per_gap, bool) or not isinstance(per_gap, int) or per_gap < 0:
+        raise ValueError(f"per_gap must be an integer 0 or more, got {per_gap!r:.40}")
     rs = sorted(float(r) for r in rates)
     out = []
     for a, b in zip(rs, rs[1:]):

@@ -49,7 +49,8 @@ if "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules and
     matplotlib.use("Agg")  # not interactive: render to files only
 
 from lpm.figures.context import (  # noqa: E402
-    KODAK_COUNT, Checkpoint, Context, PathLike, clean_numbers, load_checkpoint, markdown_table, read_record, record,
+    KODAK_COUNT, Checkpoint, Context, PathLike, checkpoint_spec, classical_names, clean_numbers, index_params, int_param,
+    load_checkpoint, markdown_table, read_record, record,
     results_dir, save_figure, save_table, setup, show,
 )
 from lpm.figures.curves import (  # noqa: E402
@@ -87,6 +88,8 @@ __all__ = [
     "bd_against",
     "bd_table",
     "checkpoint_curve",
+    "checkpoint_spec",
+    "classical_names",
     "claims_table",
     "classical_curve",
     "classical_curves",
@@ -97,6 +100,8 @@ __all__ = [
     "default_attention_layer",
     "eval_cache_path",
     "ledger_from_meta",
+    "index_params",
+    "int_param",
     "load_checkpoint",
     "markdown_table",
     "ours_rates",

@@ -305,15 +305,62 @@ def _label(spec: str, path: Optional[Path]) -> str:
     return path.parent.name if path.stem == "model" else path.stem
 
 
+def int_param(name: str, value: Any, *, low: int = 0, high: Optional[int] = None) -> int:
+    """A notebook's integer parameter, checked: an ``int`` (not a bool, not ``2.5`` or ``"3"``) in
+    ``low..high``; anything else is a ``ValueError`` that names the parameter and what it takes."""
+    span = f"{low}..{high}" if high is not None else f"{low} or more"
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) \
+            or not (low <= value and (high is None or value <= high)):
+        raise ValueError(f"{name} must be an integer {span}, got {value!r:.60}")
+    return int(value)
+
+
+def index_params(name: str, value: Any, count: int, what: str = "images") -> list[int]:
+    """Indices into ``count`` items (one integer or a list of them), each checked as :func:`int_param`."""
+    if count < 1:
+        raise ValueError(f"{name}: there are no {what} to index")
+    values = [value] if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{name} must be an index 0..{count - 1} into the {count} {what} or a non-empty list of "
+                         f"them, got {value!r:.60}")
+    return [int_param(name, v, low=0, high=count - 1) for v in values]
+
+
+def classical_names(names: Any) -> list[str]:
+    """The classical codecs a notebook is asked for, checked before anything is measured: canonical names
+    (aliases such as ``jpg``, ``jxl`` accepted); an unknown one is a ``ValueError`` listing the known ones."""
+    from lpm.eval.classical import lookup_spec
+
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"CLASSICAL must be a list of codec names, got {names!r:.60}")
+    return [lookup_spec(n).name for n in names]
+
+
+def checkpoint_spec(spec: PathLike) -> str:
+    """A notebook's checkpoint parameter as :func:`lpm.zoo.load` takes it: a zoo name as it is; a path with
+    ``~`` expanded and, if relative, resolved against the project root — as ``DATA_DIR`` and ``RESULTS_DIR``
+    are, so that ``results/checkpoints/x.safetensors`` means one file from a kernel in ``notebooks/`` and from
+    papermill started anywhere."""
+    from lpm import zoo
+    from lpm.paths import PROJECT_ROOT
+
+    spec = str(spec)
+    if spec in zoo.CHECKPOINTS:
+        return spec
+    path = Path(spec).expanduser()
+    return str(path if path.is_absolute() else PROJECT_ROOT / path)
+
+
 def load_checkpoint(spec: PathLike, device: str = "cpu") -> Checkpoint:
     """Load a zoo name, a checkpoint file (any kind :func:`lpm.checkpoints.load_codec` reads) or a
-    folder of checkpoint files (one per rate: a separate-models curve)."""
+    folder of checkpoint files (one per rate: a separate-models curve); a relative path is taken from the
+    project root (:func:`checkpoint_spec`)."""
     from lpm import zoo
 
     spec = str(spec)
     if spec in zoo.CHECKPOINTS:
         return Checkpoint(spec, spec, [zoo.load(spec, device=device)], False)
-    path = Path(spec).expanduser()
+    path = Path(checkpoint_spec(spec))
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         if not files:
@@ -321,7 +368,7 @@ def load_checkpoint(spec: PathLike, device: str = "cpu") -> Checkpoint:
         models = sorted((zoo.load(str(f), device=device) for f in files), key=lambda m: m.base_rate)
         separate = len(models) > 1 or models[0].meta.get("kind") == "separate"
         return Checkpoint(spec, _label(spec, path), models, separate)
-    loaded = zoo.load(spec, device=device)
+    loaded = zoo.load(str(path), device=device)
     return Checkpoint(spec, _label(spec, path), [loaded], loaded.meta.get("kind") == "separate")
 
 

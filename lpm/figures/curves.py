@@ -81,7 +81,9 @@ class Curve:
 def continuous_rates(model: Any, n: int) -> list[float]:
     """``n`` log-spaced rates across the model's range (midpoints of ``n`` equal log-λ cells, as
     ``lpm eval --continuous``), leaving out any that coincide with a trained rate."""
-    if n <= 0:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"the number of continuous rates must be an integer 0 or more, got {n!r:.40}")
+    if n == 0:
         return []
     lo, hi = (math.log(r) for r in model.rate_range)
     trained = [float(r) for r in getattr(model, "rates", [])]

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from lpm.figures.curves import Curve, anchor_group
 from lpm.figures.tables import _crop_map
@@ -293,6 +294,8 @@ def plot_rd(curves: Sequence[Curve], anchors: Sequence[Curve] = (), metric: str 
             axz.plot(x, y, **kw)
         axz.set_xlim(box[0], box[1])
         axz.set_ylim(box[2], box[3])
+        axz.xaxis.set_major_locator(MaxNLocator(4))  # a narrow bpp span: default ticks ran into one string
+        axz.yaxis.set_major_locator(MaxNLocator(6))
         axz.grid(True, alpha=0.3)
         axz.set_xlabel("bits per pixel")
         axz.set_ylabel(ylabel.split("  ")[0])
