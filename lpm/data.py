@@ -301,11 +301,14 @@ _TIFF_PHOTOMETRIC = {0: "MinIsWhite", 1: "grey", 2: "RGB", 3: "palette", 4: "tra
                      6: "YCbCr", 8: "CIELab", 9: "ICCLab", 10: "ITULab", 32844: "LogL", 32845: "LogLuv"}
 
 
+_MAX_TIFF_PAGES = 10_000
+
+
 @dataclass(frozen=True)
 class _TiffLayout:
     width: int
     height: int
-    pages: int  # directories in the main chain, counted up to 2
+    pages: int  # directories in the main chain (counted up to _MAX_TIFF_PAGES)
     photometric: int  # tag 262; -1 when absent
     bits: int  # largest BitsPerSample
     samples: int  # SamplesPerPixel
@@ -363,10 +366,18 @@ def _tiff_layout(path: Path) -> _TiffLayout:
             tags[tag] = list(struct.unpack(fmt, raw[:need]))
         if 256 not in tags or 257 not in tags:
             raise bad("its first directory gives no ImageWidth/ImageLength")
-        pages = 1
-        nxt = struct.unpack(end + next_fmt, read(first + count_size + n * entry_size, struct.calcsize(next_fmt)))[0]
-        if nxt != 0 and nxt != first and nxt + count_size <= size:
-            pages = 2  # a second directory in the main chain: PIL and viewers see a second page
+        # pages: the directories of the main chain (as PIL and viewers count them), a loop or a bad link ends it
+        pages, seen, at, entries_of = 1, {first}, first, n
+        while pages < _MAX_TIFF_PAGES:
+            nxt = struct.unpack(end + next_fmt, read(at + count_size + entries_of * entry_size,
+                                                     struct.calcsize(next_fmt)))[0]
+            if nxt == 0 or nxt in seen or nxt + count_size > size:
+                break
+            entries_of = struct.unpack(end + count_fmt, read(nxt, count_size))[0]
+            if not 0 < entries_of <= 4096 or nxt + count_size + entries_of * entry_size + struct.calcsize(next_fmt) > size:
+                break
+            pages, at = pages + 1, nxt
+            seen.add(nxt)
     return _TiffLayout(width=tags[256][0], height=tags[257][0], pages=pages,
                        photometric=tags.get(262, [-1])[0], bits=max(tags.get(258, [1])),
                        samples=tags.get(277, [1])[0], planar=tags.get(284, [1])[0],

@@ -63,12 +63,11 @@ BAD = [
     ("rates", {"rates": 0.013}),
     ("rates", {"rates": [0.001 * (i + 1) for i in range(65)]}),
     ("base_rate", {**PROMPTS, "base_rate": 0.0483}),  # a prompts run's base rate must be on its ladder
-    ("lr", {"lr": 0}),
     ("lr", {"lr": -1e-3}),
     ("lr", {"lr": math.nan}),
     ("lr", {"lr": "1e-3"}),
     ("aux_lr", {"aux_lr": math.inf}),
-    ("aux_lr", {"aux_lr": 0.0}),
+    ("aux_lr", {"aux_lr": -0.5}),
     ("clip", {"clip": -1.0}),
     ("clip", {"clip": None}),
     ("clip", {"clip": math.nan}),
@@ -208,11 +207,11 @@ def test_malformed_files_are_value_errors(tmp_path, text, what):
 
 
 def test_good_values_pass_and_keep_their_meaning(tmp_path):
-    cfg = RunConfig(**_base(name="probe-lora-0.0067", lmbda=1, max_minutes=0, clip=0, lr_drops=[0.5, 0.5],
+    cfg = RunConfig(**_base(name="probe-lora-0.0067", lmbda=1, max_minutes=0, clip=0, lr=0, lr_drops=[0.5, 0.5],
                             out_dir=tmp_path / "run", seed=2**32 - 1,
                             data=_data(crop=MAX_CROP, fraction=1, splits=("train",), dir=tmp_path)))
     assert cfg.lmbda == 1.0 and isinstance(cfg.lmbda, float)
-    assert cfg.max_minutes == 0.0 and cfg.clip == 0.0 and cfg.lr_drops == [0.5, 0.5]
+    assert cfg.lr == 0.0 and cfg.max_minutes == 0.0 and cfg.clip == 0.0 and cfg.lr_drops == [0.5, 0.5]
     assert cfg.out_dir == str(tmp_path / "run") and cfg.data.dir == str(tmp_path)  # PathLike -> str
     assert cfg.data.splits == ["train"] and cfg.data.fraction == 1.0
     ms = RunConfig(**_base(metric="ms-ssim", data=_data(crop=161)))

@@ -281,8 +281,8 @@ class RunConfig:
         self.log_every = _int("log_every", self.log_every, 1)
         self.restart_warmup = _int("restart_warmup", self.restart_warmup, 0)
         self.seed = _int("seed", self.seed, 0, MAX_SEED)
-        self.lr = _real("lr", self.lr)
-        self.aux_lr = _real("aux_lr", self.aux_lr)
+        self.lr = _real("lr", self.lr, lo_open=False)  # 0: weights stay as they are (a check that a run moves nothing)
+        self.aux_lr = _real("aux_lr", self.aux_lr, lo_open=False)
         self.clip = _real("clip", self.clip, lo_open=False,  # 0: no clipping (TrainStep skips it)
                           what="a finite number >= 0 (the gradient norm's bound; 0 turns clipping off)")
         if isinstance(self.lr_drops, tuple):
