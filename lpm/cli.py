@@ -237,11 +237,16 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import math as _m
 
-    from lpm.data import KNOWN_SETS, locate_dataset, manifest_path
+    from lpm.data import find_images, kodak_identity, locate_dataset
     from lpm.eval import bd_rate, evaluate_classical, evaluate_codec, load_anchors, save_results_json
 
     folder = Path(args.images) if args.images else locate_dataset("kodak", args.data_dir)
-    is_kodak = not args.images
+    dataset_name, manifest = str(folder), None
+    if not args.images:  # the data directory's kodak/ is Kodak only if its files are the manifest's
+        dataset_name, manifest, notice = kodak_identity(find_images(folder))
+        if notice:
+            print(f"lpm: warning: {notice.removeprefix('NOTICE: ').split(' — ')[0]} — numbers are NOT "
+                  "comparable to Kodak results or to the published anchors", file=sys.stderr)
     out_dir = Path(args.out_dir)
     vtm = load_anchors("VTM")
 
@@ -263,8 +268,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         name = args.name or ckpt.path.stem
         res = evaluate_codec(
             ckpt, folder, rates, out_dir=out_dir, name=name,
-            dataset_name="kodak" if is_kodak else str(folder),
-            manifest=manifest_path("kodak") if is_kodak and "kodak" in KNOWN_SETS else None,
+            dataset_name=dataset_name, manifest=manifest,
             device=args.device, progress=not args.no_progress, max_pixels=args.max_pixels,
         )
         r = res["results"]

@@ -952,20 +952,31 @@ def resolve_eval_images(
             "given. Set DATA_DIR to the directory holding kodak/ (e.g. ../shared/data) for the real figures."
         )
     paths = list(paths[:limit] if limit else paths)
-    manifest = manifest_path("kodak") if name == "kodak" else None
-    if manifest is not None:  # a folder named kodak is Kodak only if its files are the manifest's
-        listed = read_manifest(manifest)
-        wrong = [p.name for p in paths if listed.get(p.name) != sha256_file(p)]
-        if wrong:
-            folder = paths[0].parent
-            name, manifest = KODAK_UNVERIFIED, None
-            notice = (f"NOTICE: {len(wrong)} of the {len(paths)} images in {folder} are not the Kodak images of "
-                      f"{manifest_path('kodak').name} (e.g. {', '.join(wrong[:3])}: another sha256, or not listed);"
-                      f" they are evaluated as images of your own, named '{KODAK_UNVERIFIED}' — numbers are NOT "
-                      f"comparable to Kodak results or to the published anchors, and outputs go to "
-                      f"results/cache/{KODAK_UNVERIFIED}/ unless RESULTS_DIR is given.")
+    if name == "kodak":  # a folder named kodak is Kodak only if its files are the manifest's
+        name, manifest, unverified = kodak_identity(paths)
+        notice = unverified or notice
+    else:
+        manifest = None
     return EvalImages(tuple(paths), name, manifest, notice)
 
 
 #: Name of a folder called ``kodak`` whose files are not those of the Kodak manifest.
 KODAK_UNVERIFIED = "kodak-unverified"
+
+
+def kodak_identity(paths: Sequence[Path]) -> tuple[str, Path | None, str | None]:
+    """What images found in a folder named ``kodak`` are: ``("kodak", manifest, None)`` if every file is one of
+    the Kodak manifest's with its sha256, else ``("kodak-unverified", None, notice)`` — images of the user's
+    own, whose numbers must not be filed as Kodak results (the notice says so, and why)."""
+    manifest = manifest_path("kodak")
+    listed = read_manifest(manifest)
+    wrong = [p.name for p in paths if listed.get(p.name) != sha256_file(p)]
+    if not wrong and paths:
+        return "kodak", manifest, None
+    folder = paths[0].parent if paths else "the folder"
+    notice = (f"NOTICE: {len(wrong)} of the {len(paths)} images in {folder} are not the Kodak images of "
+              f"{manifest.name} (e.g. {', '.join(wrong[:3])}: another sha256, or not listed);"
+              f" they are evaluated as images of your own, named '{KODAK_UNVERIFIED}' — numbers are NOT "
+              f"comparable to Kodak results or to the published anchors, and outputs go to "
+              f"results/cache/{KODAK_UNVERIFIED}/ unless RESULTS_DIR is given.")
+    return KODAK_UNVERIFIED, None, notice

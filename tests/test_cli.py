@@ -292,6 +292,38 @@ def test_cli_eval_writes_results_and_classical(tmp_path, ckpt, capsys):
     assert "BD-rate vs VTM" in out
 
 
+def test_cli_eval_of_a_data_dir_whose_kodak_folder_is_not_kodak_files_nothing_as_kodak(tmp_path, ckpt, capsys):
+    """``lpm eval --data-dir D`` reads D/kodak; files there that are not the manifest's Kodak images (same names,
+    other bytes) are recorded as 'kodak-unverified' with no manifest, with a warning, never as Kodak."""
+    fake = tmp_path / "data" / "kodak"
+    fake.mkdir(parents=True)
+    _png(fake / "kodim01.png", _rgb(40, 48, 3))
+    rc, out, err = _run(capsys, "eval", "--model", ckpt, "--data-dir", tmp_path / "data", "--out-dir",
+                        tmp_path / "ev", "--name", "t", "--rates", "0.013", "--no-progress")
+    assert rc == 0, err
+    assert "not the Kodak images" in err and "NOT comparable" in err
+    meta = json.loads((tmp_path / "ev" / "t.json").read_text())["meta"]
+    assert meta["dataset"] == "kodak-unverified" and "dataset_manifest" not in meta
+
+
+def test_cli_eval_of_the_real_kodak_files_records_the_manifest(tmp_path, ckpt, capsys):
+    """The same command on (one of) the real Kodak images files them as Kodak, with the manifest's sha256."""
+    from lpm.data import locate_dataset
+
+    try:
+        real = locate_dataset("kodak")
+    except FileNotFoundError:
+        pytest.skip("no Kodak copy here (set LPM_DATA_DIR)")
+    (tmp_path / "data" / "kodak").mkdir(parents=True)
+    (tmp_path / "data" / "kodak" / "kodim24.png").write_bytes((real / "kodim24.png").read_bytes())
+    rc, out, err = _run(capsys, "eval", "--model", ckpt, "--data-dir", tmp_path / "data", "--out-dir",
+                        tmp_path / "ev", "--name", "t", "--rates", "0.013", "--no-progress", "--max-pixels", "400000")
+    assert rc == 0, err
+    assert "warning" not in err
+    meta = json.loads((tmp_path / "ev" / "t.json").read_text())["meta"]
+    assert meta["dataset"] == "kodak" and len(meta["dataset_manifest_sha256"]) == 64
+
+
 def test_decompress_without_model_uses_the_shipped_checkpoint_the_header_names(tmp_path, capsys):
     """A file made by a shipped checkpoint that is not the default one decodes without ``--model``; a file
     from an unshipped checkpoint falls back to the default one, which refuses it, naming both ids."""

@@ -38,6 +38,11 @@ BAD = [
     ("steps", {"steps": 1000.0}),  # integral floats are refused too: counts are written in digits
     ("steps", {"steps": 0}),
     ("steps", {"steps": True}),
+    ("steps", {"steps": 10**20}),  # a typo, not a plan: it ran with a 2e15-hour estimate
+    ("steps", {"steps": 10**9 + 1}),
+    ("checkpoint_every", {"checkpoint_every": 2**63}),
+    ("log_every", {"log_every": 2**70}),
+    ("restart_warmup", {"restart_warmup": 10**10}),
     ("checkpoint_every", {"checkpoint_every": 0}),
     ("checkpoint_every", {"checkpoint_every": 1.5}),
     ("log_every", {"log_every": "10"}),
@@ -63,6 +68,10 @@ BAD = [
     ("rates", {"rates": 0.013}),
     ("rates", {"rates": [0.001 * (i + 1) for i in range(65)]}),
     ("base_rate", {**PROMPTS, "base_rate": 0.0483}),  # a prompts run's base rate must be on its ladder
+    ("2 rates", {"kind": "rate_conditioned", "rates": [0.013]}),  # was an error after the out_dir was made
+    ("2 rates", {"kind": "gain_units", "rates": [0.013]}),
+    ("prompt", {"kind": "rate_conditioned", "prompt": {"latent_gain": True}}),
+    ("prompt", {"kind": "rate_conditioned", "prompt": {"additive": True}}),
     ("lr", {"lr": -1e-3}),
     ("lr", {"lr": math.nan}),
     ("lr", {"lr": "1e-3"}),

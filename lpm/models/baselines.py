@@ -139,15 +139,20 @@ class RateConditionedCodec(VariableRateCodec):
         if not lo < hi:
             raise ValueError(f"lambda_range must be 0 < λ_min < λ_max, got ({lo}, {hi})")
         self.prompt_config = prompt_config or PromptConfig()
-        if self.prompt_config.latent_gain:
-            raise ValueError("RateConditionedCodec does not use latent gains (prompt_config.latent_gain=True)")
-        c = self.prompt_config
-        if c.additive or c.enc_source != "image" or c.dec_source != "latent" or not c.kv_prompts:
-            raise ValueError("RateConditionedCodec feeds its prompt nets the image and the latents with the λ map: "
-                             "prompt_config additive, enc_source, dec_source and kv_prompts must keep their defaults")
+        self.check_prompt_config(self.prompt_config)
         self.base = base
         self.base.requires_grad_(True)
         self.prompts = RateConditionedPrompts(base, self.prompt_config)
+
+    @staticmethod
+    def check_prompt_config(c: PromptConfig) -> None:
+        """``ValueError`` unless ``c`` is a prompt configuration this codec can use (also checked by a run
+        config, :mod:`lpm.train.config`, before a run writes anything)."""
+        if c.latent_gain:
+            raise ValueError("RateConditionedCodec does not use latent gains (prompt_config.latent_gain=True)")
+        if c.additive or c.enc_source != "image" or c.dec_source != "latent" or not c.kv_prompts:
+            raise ValueError("RateConditionedCodec feeds its prompt nets the image and the latents with the λ map: "
+                             "prompt_config additive, enc_source, dec_source and kv_prompts must keep their defaults")
 
     @property
     def lambda_range(self) -> tuple[float, float]:

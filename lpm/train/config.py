@@ -8,7 +8,8 @@ range is a ``ValueError`` naming the key and the offending value (``lpm train`` 
 * integers (``steps``, ``checkpoint_every``, ``log_every``, ``restart_warmup``, ``seed``, ``prompt_stride``,
   ``data.crop``, ``data.batch``) must be integers: not booleans, not strings, and not floats, also not ones
   with an integral value (``1000.0``, ``1.0e+3``): YAML reads ``1e3`` as a string and ``1.0e+3`` as a float, so
-  a count is written in digits;
+  a count is written in digits; step counts (``steps``, ``checkpoint_every``, ``log_every``,
+  ``restart_warmup``) are at most :data:`MAX_STEPS`;
 * numbers (``lmbda``, ``base_rate``, every entry of ``rates``, ``lr``, ``aux_lr``, ``clip``, ``max_minutes``,
   ``lr_drops``, ``data.fraction``) must be finite real numbers (integers accepted), not strings (YAML reads
   ``1e-3`` as a string: ``1.0e-3`` is a number); λ values are positive as a checkpoint's loader requires
@@ -35,11 +36,11 @@ import yaml
 from lpm import zoo
 from lpm.checkpoints import MAX_RATES
 from lpm.data import KNOWN_SETS
-from lpm.models import RATE_REL_TOL, LoRAConfig, PromptConfig
+from lpm.models import RATE_REL_TOL, LoRAConfig, PromptConfig, RateConditionedCodec
 from lpm.models.base import TILE, TILE_HALO
 from lpm.train.stages import STAGE_KINDS
 
-__all__ = ["DataConfig", "RunConfig", "load_config", "KINDS", "METRICS", "MAX_CROP", "MAX_BATCH", "MAX_SEED"]
+__all__ = ["DataConfig", "RunConfig", "load_config", "KINDS", "METRICS", "MAX_CROP", "MAX_BATCH", "MAX_SEED", "MAX_STEPS"]
 
 KINDS = tuple(STAGE_KINDS)
 #: The distortion terms of :class:`lpm.train.losses.RateDistortionLoss`.
@@ -56,6 +57,10 @@ MIN_MSSSIM_CROP = 161
 MAX_BATCH = 4096
 #: Seeds are 0..MAX_SEED (torch generators take 64 bits; the runner adds offsets per rank and restart).
 MAX_SEED = 2**32 - 1
+#: Most steps per stage, and the bound of ``checkpoint_every``/``log_every``/``restart_warmup``: a count beyond
+#: it is a typo, not a plan (10⁹ steps of batch 8 at the H100 target of 480 img/s are six months of one GPU); an
+#: unbounded count ran, with a progress bar estimating 2·10¹⁵ hours.
+MAX_STEPS = 10**9
 #: Most bytes of a run name in UTF-8 (a folder name; file systems allow 255).
 MAX_NAME_BYTES = 255
 
@@ -259,9 +264,19 @@ class RunConfig:
         if not isinstance(self.prompt, dict):
             raise ValueError(f"prompt must be a mapping of prompt-module settings, got {_show(self.prompt)}")
         try:  # ValueError for unknown keys or bad values, before anything runs
-            PromptConfig.from_dict({**zoo.CONFIGS[self.model]["prompt"], **self.prompt})
+            prompt = PromptConfig.from_dict({**zoo.CONFIGS[self.model]["prompt"], **self.prompt})
         except (TypeError, ValueError) as e:
             raise ValueError(f"prompt: {e}") from None
+        if self.kind in ("rate_conditioned", "gain_units"):  # one model for the ladder's whole λ span
+            ladder = self.rates or zoo.CONFIGS[self.model]["rates"]
+            if len(ladder) < 2:
+                raise ValueError(f"a {self.kind} run needs at least 2 rates (its λ range is their span), got "
+                                 f"{_show(ladder)}")
+        if self.kind == "rate_conditioned":
+            try:
+                RateConditionedCodec.check_prompt_config(prompt)
+            except ValueError as e:
+                raise ValueError(f"prompt: {e}") from None
         if self.lora is not None:
             if self.kind != "lora":
                 raise ValueError(f"`lora:` settings belong to a lora run, not a {self.kind} run")
@@ -276,10 +291,10 @@ class RunConfig:
                     or self.prompt_stride not in (1, 2):
                 raise ValueError(f"prompt_stride must be 1 or 2, got {_show(self.prompt_stride)}")
             self.prompt_stride = int(self.prompt_stride)
-        self.steps = _int("steps", self.steps, 1)
-        self.checkpoint_every = _int("checkpoint_every", self.checkpoint_every, 1)
-        self.log_every = _int("log_every", self.log_every, 1)
-        self.restart_warmup = _int("restart_warmup", self.restart_warmup, 0)
+        self.steps = _int("steps", self.steps, 1, MAX_STEPS)
+        self.checkpoint_every = _int("checkpoint_every", self.checkpoint_every, 1, MAX_STEPS)
+        self.log_every = _int("log_every", self.log_every, 1, MAX_STEPS)
+        self.restart_warmup = _int("restart_warmup", self.restart_warmup, 0, MAX_STEPS)
         self.seed = _int("seed", self.seed, 0, MAX_SEED)
         self.lr = _real("lr", self.lr, lo_open=False)  # 0: weights stay as they are (a check that a run moves nothing)
         self.aux_lr = _real("aux_lr", self.aux_lr, lo_open=False)
