@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -43,7 +44,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 __all__ = ["main"]
 
@@ -58,6 +59,41 @@ def _set_threads(args: argparse.Namespace) -> None:
 
     n = args.threads if getattr(args, "threads", None) else default_threads()
     torch.set_num_threads(max(1, int(n)))
+
+
+def _int_arg(lo: int, hi: Optional[int] = None, what: str = "") -> "Callable[[str], int]":
+    """An argparse type: an integer in ``lo..hi`` (``what`` says why the bound is there)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if n < lo or (hi is not None and n > hi):
+            span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise argparse.ArgumentTypeError(f"expected an integer {span}{what}, got {n}")
+        return n
+    return parse
+
+
+#: Most torch threads ``--threads`` takes (5000 ran a 65x33 image 2.3x slower, in 1.2 GB).
+MAX_THREADS = 1024
+
+
+def _shown(path: object) -> str:
+    """A path as the user can read it on any terminal: undecodable bytes as ``\\xff``, control characters
+    escaped (a name that is not UTF-8 made the success line fail after the file was written)."""
+    from lpm.fsutil import printable
+
+    return printable(os.fsdecode(os.fspath(path)) if isinstance(path, (str, bytes, os.PathLike)) else str(path))
+
+
+def _distinct_rates(rates: Sequence[float]) -> list[float]:
+    """``rates`` in the order given, each λ once (a repeated one was measured and written twice)."""
+    out: list[float] = []
+    for r in rates:
+        if not any(math.isclose(r, q, rel_tol=1e-9) for q in out):
+            out.append(r)
+    return out
 
 
 def _device_arg(text: str) -> str:
@@ -137,7 +173,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    print(f"{args.output}: {res.height}x{res.width} (HxW), rate λ={res.rate:.5g}, {res.num_bytes} bytes, {res.bpp:.4f} bpp")
+    print(f"{_shown(args.output)}: {res.height}x{res.width} (HxW), rate λ={res.rate:.5g}, {res.num_bytes} bytes, "
+          f"{res.bpp:.4f} bpp")
     return 0
 
 
@@ -165,7 +202,8 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
                               force=args.force, progress=bar, keep=(ckpt.path,))
     finally:
         bar.close()
-    print(f"{args.output}: {res.height}x{res.width} (HxW) decoded from {res.num_bytes} bytes ({res.bpp:.4f} bpp)")
+    print(f"{_shown(args.output)}: {res.height}x{res.width} (HxW) decoded from {res.num_bytes} bytes "
+          f"({res.bpp:.4f} bpp)")
     return 0
 
 
@@ -198,15 +236,21 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
     model = ckpt.model
     folder = Path(args.images) if args.images else locate_dataset("kodak", args.data_dir)
     paths = find_images(folder)[: args.limit or None]
+    rates = _distinct_rates(args.rates or model.rates)
+    for rate in rates:  # every rate before the first is measured (an outside one failed after minutes)
+        getattr(model, "check_rate", float)(rate)
     if args.json:  # before the long run: never overwrite an image or, without --force, an existing file
         from lpm.fsutil import check_output
 
-        if Path(args.json).parent.is_dir():
+        folder_of_json = Path(args.json).parent
+        existing = next(p for p in (folder_of_json, *folder_of_json.parents) if p.exists() or p == Path(p.anchor))
+        if existing.exists() and not existing.is_dir():
+            raise ValueError(f"--json {_shown(args.json)}: {_shown(existing)} is not a folder")
+        if folder_of_json.is_dir():
             check_output(args.json, force=args.force, inputs=[*paths, ckpt.path])
-    rates = args.rates or model.rates
-    print(f"checkpoint {ckpt.path} (sha256 {ckpt.sha256[:16]}…; {ckpt.budget_label()})")
+    print(f"checkpoint {_shown(ckpt.path)} (sha256 {ckpt.sha256[:16]}…; {ckpt.budget_label()})")
     files = f"{len(paths)} file" + ("s" if len(paths) != 1 else "")
-    print(f"images: {folder} ({files}); rates λ: {', '.join(f'{r:g}' for r in rates)}")
+    print(f"images: {_shown(folder)} ({files}); rates λ: {', '.join(f'{r:g}' for r in rates)}")
     header = f"{'rate λ':>9s} {'bpp':>8s} {'PSNR dB':>8s} {'enc s':>7s} {'dec s':>7s}"
     print(header, flush=True)
     merged: Optional[dict] = None
@@ -230,7 +274,7 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.json, (json.dumps(strict_json(merged), indent=2, allow_nan=False) + "\n").encode(),
                      overwrite=args.force)
-        print(f"wrote {args.json}")
+        print(f"wrote {_shown(args.json)}")
     return 0
 
 
@@ -264,7 +308,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.continuous:
             lo, hi = _m.log(model.rate_range[0]), _m.log(model.rate_range[1])
             rates += [_m.exp(lo + (hi - lo) * (i + 0.5) / args.continuous) for i in range(args.continuous)]
-        rates = sorted(set(rates))
+        rates = sorted(_distinct_rates(rates))
+        for rate in rates:  # all before the first is measured
+            getattr(model, "check_rate", float)(rate)
         name = args.name or ckpt.path.stem
         res = evaluate_codec(
             ckpt, folder, rates, out_dir=out_dir, name=name,
@@ -368,8 +414,8 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"refuse larger images (default here: {max_pixels}, from the memory available now "
                             "and the measured ~3 GB + 150 bytes per pixel; images above 1024 pixels a side are "
                             "coded in tiles, the same way on every machine)")
-        p.add_argument("--threads", type=int, default=None,
-                       help="CPU threads for torch (default: free CPUs, i.e. CPUs minus the current load; "
+        p.add_argument("--threads", type=_int_arg(1, MAX_THREADS), default=None,
+                       help="CPU threads for torch, 1..1024 (default: free CPUs, i.e. CPUs minus the current load; "
                             "or $LPM_THREADS / $OMP_NUM_THREADS)")
 
     force_help = (
@@ -435,7 +481,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory holding kodak/ (default: $LPM_DATA_DIR or the project's data/)")
     p.add_argument("--images", help="a directory of images instead of Kodak")
     p.add_argument("--rates", type=float, nargs="+", help="λ values (default: the model's trained rates)")
-    p.add_argument("--continuous", type=int, default=0, help="also K log-spaced rates across the range")
+    p.add_argument("--continuous", type=_int_arg(0, 1000), default=0,
+                   help="also K log-spaced rates across the range (0..1000)")
     p.add_argument("--classical", nargs="+", metavar="CODEC", help="also measure classical codecs (jpeg webp avif jpegxl jpeg2000)")
     p.add_argument("--classical-only", action="store_true", help="skip the learned codec")
     p.add_argument("--out-dir", default="results/eval",
@@ -468,7 +515,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("roundtrip", help="real-bitstream bpp and PSNR of an image set at each rate")
     p.add_argument("--data-dir", help="directory holding kodak/ (default: $LPM_DATA_DIR or the project's data/)")
     p.add_argument("--images", help="a directory of images instead of Kodak")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N images")
+    p.add_argument("--limit", type=_int_arg(0), default=0, help="use only the first N images (0: all)")
     p.add_argument("--rates", type=float, nargs="+", help="λ values (default: the model's trained rates)")
     p.add_argument("--json", help="write compressai-style results JSON here (an existing file only with --force)")
     p.add_argument("-f", "--force", action="store_true", help="replace an existing --json file")
@@ -488,7 +535,7 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signatu
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001
     """Warnings as one line ``lpm: warning: ...``, without the source file and line of lpm's code."""
-    return "lpm: warning: " + " ".join(str(message).split()) + "\n"
+    return "lpm: warning: " + _shown(" ".join(str(message).split())) + "\n"
 
 
 def _os_error_message(e: OSError) -> str:
@@ -515,11 +562,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.filterwarnings("always", category=UserWarning, module=r"lpm(\.|$)")
             return int(args.func(args) or 0)
     except OSError as e:  # directory, permission, full disk, name too long, ...: one line naming the path
-        print(f"lpm: error: {' '.join(_os_error_message(e).split())}", file=sys.stderr)
+        print(f"lpm: error: {_shown(' '.join(_os_error_message(e).split()))}", file=sys.stderr)
         return EXIT_ERROR
     except (KeyError, ValueError) as e:
         msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
-        print(f"lpm: error: {msg}", file=sys.stderr)
+        print(f"lpm: error: {_shown(msg)}", file=sys.stderr)
         return EXIT_ERROR
     except MemoryError:  # one line, not a traceback; what was being written is left untouched (atomic writes)
         print("lpm: error: out of memory: try a smaller image, --max-pixels, or a machine with more memory",

@@ -90,6 +90,9 @@ def encode_image(
     ``progress(done, total)`` is called after each tile."""
     if x.dim() != 3 or x.shape[0] != 3:
         raise ValueError(f"expected an image tensor of shape (3, H, W), got {tuple(x.shape)}")
+    if max(info.height, info.width) > fileformat.MAX_SIDE:  # before the encode, not after it (minutes)
+        raise ValueError(f"image of {info.height}x{info.width} (HxW): a .lpm file holds images of up to "
+                         f"{fileformat.MAX_SIDE} pixels a side; crop or split it")
     device = next(model.parameters()).device
     out = model.compress(x[None].to(device), rate, **_progress_kw(progress))
     header = fileformat.StreamHeader(

@@ -166,9 +166,61 @@ def read_image(
         array = _decode_png(path, path.read_bytes(), max_pixels)
     elif head[:4] in _TIFF_SIGNATURES:
         array = _decode_tiff(path, max_pixels)
+    elif head[:2] in (b"P3", b"P6") and (array := _decode_deep_ppm(path, max_pixels)) is not None:
+        pass  # a 16-bit colour PPM, which PIL would cut to 8 bits
     else:
         array = _decode_with_pil(path, max_pixels)
     return _array_to_tensor(path, array)
+
+
+def _decode_deep_ppm(path: Path, max_pixels: int | None) -> np.ndarray | None:
+    """A colour PPM (``P6`` binary or ``P3`` plain) with more than 8 bits (``maxval`` 256..65535) as uint16
+    ``(H, W, 3)`` scaled to 0..65535 — PIL reads these at 8 bits, silently; ``None`` for an 8-bit one (PIL
+    reads those exactly). Size checked from the header before the samples are read."""
+    with open(path, "rb") as f:
+        data = f.read(1024)  # the header: magic, width, height, maxval (comments allowed)
+        tokens, pos = [], 2
+        while len(tokens) < 3:
+            while pos < len(data) and (data[pos:pos + 1].isspace() or data[pos:pos + 1] == b"#"):
+                if data[pos:pos + 1] == b"#":
+                    end = data.find(b"\n", pos)
+                    pos = len(data) if end < 0 else end
+                pos += 1
+            start = pos
+            while pos < len(data) and data[pos:pos + 1].isdigit():
+                pos += 1
+            if start == pos or pos - start > 10:
+                raise ImageReadError(f"{path}: not a readable PPM (malformed header)")
+            tokens.append(int(data[start:pos]))
+        width, height, maxval = tokens
+        if not 1 <= maxval <= 65535:
+            raise ImageReadError(f"{path}: not a readable PPM (maxval {maxval} outside 1..65535)")
+        if maxval < 256:
+            return None
+        _check_size(path, height, width, max_pixels)
+        n = height * width * 3
+        if data[:2] == b"P6":
+            if pos >= len(data) or not data[pos:pos + 1].isspace():
+                raise ImageReadError(f"{path}: not a readable PPM (malformed header)")
+            f.seek(pos + 1)
+            raw = f.read(2 * n)
+            if len(raw) < 2 * n:
+                raise ImageReadError(f"{path}: truncated PPM ({len(raw)} of {2 * n} bytes of samples)")
+            values = np.frombuffer(raw, dtype=">u2").astype(np.uint32)
+        else:  # plain: decimal samples separated by whitespace
+            f.seek(pos)
+            text = f.read(n * 6 + 1024).split()
+            if len(text) < n:
+                raise ImageReadError(f"{path}: truncated PPM ({len(text)} of {n} samples)")
+            try:
+                values = np.array([int(t) for t in text[:n]], dtype=np.uint32)
+            except ValueError:
+                raise ImageReadError(f"{path}: not a readable PPM (a sample is not a number)") from None
+    if values.size and int(values.max()) > maxval:
+        raise ImageReadError(f"{path}: not a readable PPM (a sample exceeds maxval {maxval})")
+    if maxval != 65535:
+        values = (values * 65535 + maxval // 2) // maxval
+    return values.astype(np.uint16).reshape(height, width, 3)
 
 
 #: What each EXIF orientation (tag 0x0112, values 2..8) asks a viewer to do with the stored pixels.
@@ -495,6 +547,21 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return _quantise(_check_chw(x), 8)
 
 
+def as_written(x: torch.Tensor, info: ImageInfo | None = None) -> torch.Tensor:
+    """The image :func:`write_image` writes for ``x`` and ``info``, before clamping and rounding: ``(1, H, W)``
+    BT.601 luma of a colour ``x`` where ``info.channels == 1`` (what ``lpm decompress`` gives back for a grey
+    source), ``(3, H, W)`` where it is 3, ``x`` itself without ``info``. The evaluation measures this, not the
+    codec's raw three channels (for a grey image they differ: 26.51 against 27.20 dB on a grey Kodak image)."""
+    x = _check_chw(x)
+    channels = x.shape[0] if info is None else info.channels
+    if channels == 1 and x.shape[0] == 3:
+        r, g, b = _BT601
+        return (r * x[0] + g * x[1] + b * x[2]).unsqueeze(0)
+    if channels == 3 and x.shape[0] == 1:
+        return x.expand(3, -1, -1)
+    return x
+
+
 def write_image(
     path: str | os.PathLike[str], x: torch.Tensor, info: ImageInfo | None = None, *, overwrite: bool = True
 ) -> None:
@@ -524,12 +591,7 @@ def write_image(
         raise ValueError(f"info.channels must be 1 or 3, got {channels}")
     if bit_depth not in (8, 16):
         raise ValueError(f"info.bit_depth must be 8 or 16, got {bit_depth}")
-    if channels == 1 and x.shape[0] == 3:
-        r, g, b = _BT601
-        x = (r * x[0] + g * x[1] + b * x[2]).unsqueeze(0)
-    elif channels == 3 and x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
-    array = _quantise(x, bit_depth)
+    array = _quantise(as_written(x, info), bit_depth)
     if channels == 1:
         array = array[:, :, 0]
     atomic_write(path, _encode_png(path, array), overwrite=overwrite)

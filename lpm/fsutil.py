@@ -68,8 +68,14 @@ def printable(text: str) -> str:
     """``text`` safe to print: control and format characters (escape sequences, bidirectional overrides,
     newlines) written as ``\\x1b``-style escapes, so that text from a file cannot move the cursor, retitle
     the terminal or forge output lines."""
-    return "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
+    def one(c: str) -> str:
+        if unicodedata.category(c)[0] != "C":
+            return c
+        if "\udc80" <= c <= "\udcff":  # a byte of a file name that is not UTF-8 (os.fsdecode's escape)
+            return f"\\x{ord(c) - 0xDC00:02x}"
+        return c.encode("unicode_escape").decode("ascii")
+
+    return "".join(one(c) for c in text)
 
 
 class OutputRefused(ValueError):
@@ -95,6 +101,11 @@ def _named(exc: OSError, path: str) -> OSError:
     return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), path)
 
 
+#: Trees of devices and process files: no output goes there (``/dev/stdout`` is a link into ``/proc``), except
+#: the shared-memory file system ``/dev/shm``.
+_SYSTEM_TREES = ("/dev", "/proc", "/sys") if os.name == "posix" else ()
+
+
 def check_output(
     path: str | os.PathLike[str],
     *,
@@ -115,6 +126,16 @@ def check_output(
     p = os.fspath(path)
     if not p or p.endswith(os.sep) or (os.altsep and p.endswith(os.altsep)):
         raise OutputRefused(f"{p or repr(p)}: not a file name (the output must name a file)")
+    if p == "-":  # not a file: the convention for standard output, which lpm does not write to
+        raise OutputRefused("-: lpm writes files, not standard output; name the output file (./- for a file "
+                            "called -)")
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(p)))
+    if (any(folder == top or folder.startswith(top + os.sep) for top in _SYSTEM_TREES)
+            and not (folder == "/dev/shm" or folder.startswith("/dev/shm/"))) \
+            or (os.path.islink(p) and os.readlink(p).startswith(tuple(t + os.sep for t in _SYSTEM_TREES))):
+        # /dev/stdout and the like (a link to /proc/self/fd/1): --force replaced the link itself, as root
+        raise OutputRefused(f"{p}: is a device or process file (under {' or '.join(_SYSTEM_TREES)}); lpm writes "
+                            "regular files only, not standard output: name the output file")
     try:
         st = os.lstat(p)
     except FileNotFoundError:
@@ -143,6 +164,12 @@ def check_output(
                 raise OutputRefused(
                     f"{p}: is the same file as the input {os.fspath(src)}; refusing to overwrite the input"
                 )
+    if target is not None and not stat.S_ISREG(target.st_mode) and not stat.S_ISDIR(target.st_mode):
+        # a link to a device, FIFO or terminal (/dev/stdout): replacing the link would destroy it, writing
+        # through it is not a file; refused with or without --force
+        kind = file_kind(st.st_mode) if not stat.S_ISLNK(st.st_mode) else f"link to a {file_kind(target.st_mode)}"
+        raise OutputRefused(f"{p}: is a {kind}, not a regular file; lpm writes regular files only (not replaced "
+                            "even with --force)")
     if not force:
         raise OutputRefused(f"{p}: already exists; use --force to replace it")
     if not _replaceable(st.st_mode):

@@ -160,8 +160,11 @@ Q4 = [28.0, 31.0, 34.0, 37.0]
         ((BPP4, Q4, BPP4, Q4), {"method": "linear"}, "unknown BD method"),
         ((BPP4, Q4, BPP4, [[28.0, 31.0, 34.0, 37.0]]), {}, "1-D"),
         ((BPP4, Q4, BPP4, ["a", "b", "c", "d"]), {}, "numbers"),
-        ((BPP4, Q4, BPP4, [28.0, 28.0, 28.0, 37.0]), {}, "distinct"),
-        ((BPP4, Q4, BPP4, [28.0, 28.0, 34.0, 37.0]), {"method": "pchip"}, "distinct"),
+        ((BPP4, Q4, BPP4, [28.0, 28.0, 28.0, 37.0]), {}, "PSNR does not rise with the rate"),
+        ((BPP4, Q4, BPP4, [28.0, 28.0, 34.0, 37.0]), {"method": "pchip"}, "PSNR does not rise with the rate"),
+        ((BPP4, Q4, BPP4, [28.0, 31.0, 30.0, 37.0]), {}, r"falls: 31 dB at 0.2 bpp, 30 dB at 0.4 bpp"),
+        ((BPP4, Q4, BPP4, [28.0, 31.0, 30.0, 37.0]), {"method": "pchip"}, "monotone RD curves"),
+        (([0.1, 0.1, 0.4, 0.8], [28.0, 31.0, 34.0, 37.0], BPP4, Q4), {}, "the same bpp twice"),
     ],
 )
 def test_invalid_inputs_raise(args, kwargs, match):
@@ -183,5 +186,21 @@ def test_no_overlap_raises_with_ranges():
 def test_bd_psnr_validates_too():
     with pytest.raises(ValueError, match="at least 4 points"):
         bd_psnr(BPP4[:3], Q4[:3], BPP4, Q4)
-    with pytest.raises(ValueError, match="distinct log-rate"):
+    with pytest.raises(ValueError, match="PSNR does not rise with the rate"):
         bd_psnr(BPP4, Q4, [0.1, 0.1, 0.1, 0.8], Q4)
+    with pytest.raises(ValueError, match="monotone"):
+        bd_psnr(BPP4, Q4, BPP4, [28.0, 31.0, 30.0, 37.0])
+
+
+def test_a_point_given_twice_is_one_point():
+    assert bd_rate(BPP4, Q4, BPP4 + BPP4[:1], Q4 + Q4[:1], method="pchip") == pytest.approx(0.0, abs=1e-9)
+
+
+def test_every_published_anchor_curve_is_monotone():
+    """The check refuses no published curve: every anchor has a BD-rate against VTM."""
+    from lpm.eval import anchor_codecs, load_anchors
+
+    vtm = load_anchors("VTM")
+    for name in anchor_codecs():
+        a = load_anchors(name)
+        bd_rate(vtm["bpp"], vtm["psnr_rgb"], a["bpp"], a["psnr_rgb"])

@@ -140,13 +140,38 @@ def test_psnr_matches_direct_computation(setup, first_run):
         x_hat, im = decode_image(model, model_id, c)
         assert (im.height, im.width) == (int(row["height"]), int(row["width"]))
         ref = _original_rgb8(Path(row["image"]))
-        dec = np.round(x_hat.clamp(0, 1).double().numpy().transpose(1, 2, 0) * 255)
+        dec = x_hat.double().numpy().transpose(1, 2, 0)
+        if im.channels == 1:  # what lpm decompress writes for a grey source: BT.601 luma, one channel
+            dec = np.repeat((dec @ np.array([0.299, 0.587, 0.114]))[:, :, None], 3, 2)
+        dec = np.round(np.clip(dec, 0, 1) * 255)
         mse = np.mean((ref - dec) ** 2)
         assert float(row["psnr_rgb"]) == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-9)
         small = min(im.height, im.width) < 161
         assert math.isnan(float(row["ms_ssim_rgb"])) == small
     grey = [r for r in _rows(out / "tiny_per_image.csv") if r["image"].endswith("b_grey.jpg")]
     assert grey and all(r["channels"] == "1" for r in grey)
+
+
+def test_a_grey_image_is_measured_on_the_file_lpm_decompress_gives_back(setup, first_run, tmp_path):
+    """For a grey source ``lpm decompress`` writes a grey PNG (the luma of the three decoded channels): its PSNR
+    and MS-SSIM are what the evaluation reports (lpm 0.2 measured the raw three channels: 0.7 dB apart)."""
+    from lpm.cli import main
+    from lpm.eval.metrics import ms_ssim_rgb
+
+    out, _ = first_run
+    ckpt = setup["root"] / "tiny.safetensors"
+    (row,) = [r for r in _rows(out / "tiny_per_image.csv") if r["image"].endswith("b_grey.jpg")
+              and float(r["rate"]) == RATES[0]]
+    png = tmp_path / "back.png"
+    assert main(["decompress", str(out / row["stream"]), str(png), "--model", str(ckpt), "--no-progress"]) == 0
+    back = np.asarray(Image.open(png))
+    assert back.ndim == 2 and back.dtype == np.uint8  # grey in, grey out
+    ref = np.asarray(Image.open(row["image"])).astype(np.float64)
+    mse = np.mean((ref - back.astype(np.float64)) ** 2)
+    assert float(row["psnr_rgb"]) == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-9)
+    rgb = lambda a: np.repeat(a[:, :, None], 3, 2).astype(np.uint8)  # noqa: E731
+    assert float(row["ms_ssim_rgb"]) == pytest.approx(ms_ssim_rgb(rgb(ref), rgb(back)), abs=1e-7)
+    assert row["measure"] == str(rd.MEASURE_VERSION)
 
 
 def test_resume_recomputes_only_missing_rows(setup, first_run, monkeypatch):
@@ -210,7 +235,7 @@ def test_results_of_format_version_1_are_moved_aside_and_measured_again(setup, f
     is not reused: it is kept as <name>_per_image.format1.csv and every row is measured again."""
     out = setup["root"] / "out_v1"
     out.mkdir()
-    fields = [f for f in rd.CSV_FIELDS if f not in ("lpm_format", "image_sha256")]
+    fields = [f for f in rd.CSV_FIELDS if f not in ("lpm_format", "image_sha256", "measure")]
     src_rows = _rows(first_run[0] / "tiny_per_image.csv")
     with open(out / "tiny_per_image.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -282,13 +307,17 @@ def test_rows_are_reused_only_for_the_same_bytes_of_an_image(setup, tmp_path):
     assert second["results"]["bpp"] == alone["results"]["bpp"]
 
 
-def test_per_image_csv_of_lpm_0_2_is_moved_aside_and_measured_again(setup, tmp_path):
+@pytest.mark.parametrize("missing, tag, what", [
+    (("image_sha256", "measure"), "unhashed", r"rows without the sha256 of their images \(lpm 0.2\)"),
+    (("measure",), "measure1", r"rows measured on the codec's raw channels \(lpm 0.2"),
+])
+def test_per_image_csv_of_lpm_0_2_is_moved_aside_and_measured_again(setup, tmp_path, missing, tag, what):
     out = tmp_path / "out"
     out.mkdir()
-    old = [f for f in CSV_FIELDS if f != "image_sha256"]
+    old = [f for f in CSV_FIELDS if f not in missing]
     text = ",".join(old) + "\n"
     (out / "t_per_image.csv").write_text(text)
-    with pytest.warns(UserWarning, match=r"rows without the sha256 of their images \(lpm 0.2.0\)"):
+    with pytest.warns(UserWarning, match=what):
         evaluate_codec(setup["model"], setup["images"] / "a_rgb.png", [0.013], progress=False, out_dir=out, name="t")
-    assert (out / "t_per_image.unhashed.csv").read_text() == text
+    assert (out / f"t_per_image.{tag}.csv").read_text() == text
     assert len(_rows(out / "t_per_image.csv")) == 1

@@ -19,6 +19,7 @@ from lpm import fileformat
 from lpm import figures as F
 from lpm.data import EvalImages
 from lpm.eval import attention_maps, bit_allocation, load_anchors, storage_saving
+from lpm.eval.rd import MEASURE_VERSION
 
 from conftest import make_tiny_base
 
@@ -282,7 +283,8 @@ def _fake_kodak_context(tmp_path: Path, ours_bpp, ours_psnr) -> F.Context:
     path.write_text(json.dumps({"name": path.stem, "results": {"bpp": ours_bpp, "psnr-rgb": ours_psnr,
                                                                  "ms-ssim-rgb": [None] * 6, "rate": rates},
                                 "meta": {"checkpoint_sha256": ck.info["sha256"], "dataset": "kodak", "num_images": 24,
-                                         "lpm_format": fileformat.FORMAT_VERSION, "images_sha256": imgs.sha256}}))
+                                         "lpm_format": fileformat.FORMAT_VERSION, "images_sha256": imgs.sha256,
+                                         "measure": MEASURE_VERSION}}))
     return ctx
 
 
@@ -359,6 +361,7 @@ def test_eval_cache_is_of_the_images_content_not_their_folder_name(tmp_path):
     path.write_text(json.dumps({"name": path.stem, "results": {"bpp": [0.1] * 6, "psnr-rgb": [30.0] * 6,
                                                                  "ms-ssim-rgb": [None] * 6, "rate": rates},
                                 "meta": {"checkpoint_sha256": ck.info["sha256"], "dataset": "photos", "num_images": 1,
-                                         "lpm_format": fileformat.FORMAT_VERSION, "images_sha256": a.sha256}}))
+                                         "lpm_format": fileformat.FORMAT_VERSION, "images_sha256": a.sha256,
+                                         "measure": MEASURE_VERSION}}))
     assert _cached_codec_results(path, ck.info, a, None) is not None
     assert _cached_codec_results(path, ck.info, b, None) is None

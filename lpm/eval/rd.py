@@ -9,8 +9,10 @@ For every rate and image, :func:`evaluate_codec` does exactly what a user of ``l
 * **bpp** = 8 · (bytes of the complete ``.lpm`` file: magic, header, string lengths, strings, CRC) / (H·W);
   the payload-only figure (entropy-coded strings alone) is recorded too (``bpp_payload``).
 * **PSNR-RGB** on 8-bit images (:func:`lpm.eval.metrics.psnr`): ``round(clamp(x)·255)`` against
-  ``round(clamp(x̂)·255)``, MSE over the three channels (a grey image, which :func:`lpm.data.read_image`
-  replicates to RGB, is measured on that RGB).
+  ``round(clamp(x̂)·255)``, MSE over the three channels. x̂ is what ``lpm decompress`` writes
+  (:func:`lpm.data.as_written`): for a grey image, which :func:`lpm.data.read_image` replicates to RGB, that is
+  the luma of the decoded channels, replicated the same way (lpm < 0.3 measured the codec's raw three channels,
+  0.7 dB lower on a grey Kodak image).
 * **MS-SSIM-RGB** (:func:`lpm.eval.metrics.ms_ssim_rgb`): :func:`pytorch_msssim.ms_ssim` with
   ``data_range=1`` on the same 8-bit-rounded images divided by 255; ``NaN`` when a side is shorter than
   161 pixels (5 scales of an 11-pixel window do not fit), and such images are left out of the per-rate
@@ -24,10 +26,11 @@ Outputs in ``out_dir`` (optional):
 
 * ``<name>_per_image.csv`` — one row per (image, rate), appended and flushed as soon as it is measured
   (columns :data:`CSV_FIELDS`). A run that is interrupted and started again **resumes**: rows already in
-  the file for the same image path, rate, checkpoint sha256 and ``.lpm`` format version are reused, not
-  recomputed (a half-written last line is discarded). Rows of other checkpoints may share the file; they
-  are ignored. A CSV of lpm 0.1 (format version 1 streams, no ``lpm_format`` column) is moved aside to
-  ``<name>_per_image.format1.csv`` and the set measured again.
+  the file for the same image path and bytes (``image_sha256``), rate, checkpoint sha256, ``.lpm`` format
+  version and measurement (:data:`MEASURE_VERSION`) are reused, not recomputed (a half-written last line is
+  discarded). Rows of other checkpoints may share the file; they are ignored. A CSV of lpm 0.1 (format version
+  1 streams, no ``lpm_format`` column) is moved aside to ``<name>_per_image.format1.csv``, one of lpm 0.2 to
+  ``.unhashed.csv`` (no ``image_sha256``) or ``.measure1.csv`` (no ``measure``), and the set measured again.
 * ``<name>.json`` — CompressAI's results format ``{"name", "description", "results": {"bpp",
   "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time", "rate", ...}, "meta": {...}}``; ``meta``
   records the environment (:func:`lpm.provenance.environment`), the checkpoint sha256 and training budget,
@@ -55,14 +58,14 @@ import torch
 
 from lpm import fileformat
 from lpm.codec import decode_image, encode_image
-from lpm.data import find_images, images_sha256, manifest_checksum, read_image, sha256_file, to_uint8
+from lpm.data import as_written, find_images, images_sha256, manifest_checksum, read_image, sha256_file, to_uint8
 from lpm.eval.metrics import MS_SSIM_MIN_SIDE, ms_ssim_rgb, psnr
 from lpm.fsutil import open_append
 from lpm.jsonio import strict_json, write_json
 from lpm.models import PromptedCodec
 from lpm.provenance import environment
 
-__all__ = ["evaluate_codec", "CSV_FIELDS", "BPP_DEFINITION", "state_sha256"]
+__all__ = ["evaluate_codec", "CSV_FIELDS", "BPP_DEFINITION", "MEASURE_VERSION", "state_sha256"]
 
 #: What ``bpp`` means in every results file this module writes.
 BPP_DEFINITION = "8*file bytes/pixels (header+CRC included)"
@@ -74,6 +77,7 @@ CSV_FIELDS = (
     "rate",
     "checkpoint_sha256",
     "lpm_format",
+    "measure",
     "height",
     "width",
     "channels",
@@ -90,11 +94,17 @@ CSV_FIELDS = (
 )
 
 _NUMERIC = ("bpp", "bpp_payload", "psnr_rgb", "ms_ssim_rgb", "encoding_time", "decoding_time")
-_INTS = ("lpm_format", "height", "width", "channels", "bit_depth", "bytes", "payload_bytes")
+_INTS = ("lpm_format", "measure", "height", "width", "channels", "bit_depth", "bytes", "payload_bytes")
+#: What a row's PSNR/MS-SSIM were measured on (column ``measure``, ``meta["measure"]``): 2 = the decoded file as
+#: ``lpm decompress`` writes it (:func:`lpm.data.as_written`; a grey image's luma). lpm 0.2 measured the codec's
+#: three raw channels (version 1, no column): its rows are not reused.
+MEASURE_VERSION = 2
 #: Columns of the per-image CSVs of lpm 0.1 (format version 1 streams, no ``lpm_format`` column).
-_CSV_FIELDS_V1 = tuple(f for f in CSV_FIELDS if f not in ("lpm_format", "image_sha256"))
-#: Columns of the per-image CSVs of lpm 0.2.0 (no ``image_sha256``: a row could not tell its image's content).
-_CSV_FIELDS_0_2 = tuple(f for f in CSV_FIELDS if f != "image_sha256")
+_CSV_FIELDS_V1 = tuple(f for f in CSV_FIELDS if f not in ("lpm_format", "image_sha256", "measure"))
+#: Columns of the first per-image CSVs of lpm 0.2 (no ``image_sha256``: a row could not tell its image's content).
+_CSV_FIELDS_0_2 = tuple(f for f in CSV_FIELDS if f not in ("image_sha256", "measure"))
+#: Columns of the later per-image CSVs of lpm 0.2 (no ``measure``: grey images measured on the raw channels).
+_CSV_FIELDS_0_2_HASHED = tuple(f for f in CSV_FIELDS if f != "measure")
 
 PathLike = Union[str, os.PathLike]
 
@@ -151,8 +161,11 @@ def _read_rows(csv_path: Path) -> list[dict[str, Any]]:
             return []
         old = {_CSV_FIELDS_V1: ("format1", "results of .lpm format version 1 files",
                                 f"with format version {fileformat.FORMAT_VERSION}"),
-               _CSV_FIELDS_0_2: ("unhashed", "rows without the sha256 of their images (lpm 0.2.0)",
-                                 "with each image's sha256 recorded")}.get(tuple(reader.fieldnames))
+               _CSV_FIELDS_0_2: ("unhashed", "rows without the sha256 of their images (lpm 0.2)",
+                                 "with each image's sha256 recorded"),
+               _CSV_FIELDS_0_2_HASHED: ("measure1", "rows measured on the codec's raw channels (lpm 0.2; a grey "
+                                        "image's PSNR was not that of its decoded file)",
+                                        "on the decoded files")}.get(tuple(reader.fieldnames))
         if old is not None:  # rows this lpm cannot reuse: keep them aside
             f.close()
             tag, what, how = old
@@ -210,7 +223,9 @@ def _measure(
     c = fileformat.decode(data)
     payload = sum(len(s) for s in c.strings)
     npix = info.height * info.width
-    a8, b8 = to_uint8(x), to_uint8(x_hat)  # (H, W, 3) uint8: round(clamp(x)·255)
+    # What the user's decoded file holds (lpm decompress: a grey source comes back grey, as the luma of the three
+    # decoded channels), replicated to RGB as read_image does with the grey original; then round(clamp(x)·255).
+    a8, b8 = to_uint8(x), to_uint8(as_written(x_hat, info).expand(3, -1, -1))  # (H, W, 3) uint8
     row = {
         "image": str(path),
         "rate": float(rate),
@@ -299,7 +314,7 @@ def evaluate_codec(
         csv_path = out / f"{name}_per_image.csv"
         for row in _read_rows(csv_path):
             if (row["checkpoint_sha256"] == sha and row["lpm_format"] == fileformat.FORMAT_VERSION
-                    and row["image_sha256"] == digests.get(row["image"])):
+                    and row["measure"] == MEASURE_VERSION and row["image_sha256"] == digests.get(row["image"])):
                 done.setdefault((row["image"], _rate_key(row["rate"])), row)
         if keep_streams:
             stream_dir = out / f"{name}_streams"
@@ -337,6 +352,7 @@ def evaluate_codec(
                 row["checkpoint_sha256"] = sha
                 row["image_sha256"] = digests[str(path)]
                 row["lpm_format"] = fileformat.FORMAT_VERSION
+                row["measure"] = MEASURE_VERSION
                 row["stream"] = ""
                 if stream_dir is not None:
                     fname = f"{ii:04d}_{_safe_name(path.stem)}_r{ri:02d}_{rate:.6g}.lpm"
@@ -373,6 +389,7 @@ def evaluate_codec(
     meta.update(
         checkpoint_sha256=sha,
         lpm_format=fileformat.FORMAT_VERSION,
+        measure=MEASURE_VERSION,
         checkpoint_path=info.get("path"),
         checkpoint_budget=budget if budget is not None else "unknown (no training budget recorded)",
         model_id=model_id,

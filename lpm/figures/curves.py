@@ -100,6 +100,8 @@ def _cached_codec_results(path: Path, info: Mapping[str, Any], images: Any,
                           rates: Optional[Sequence[float]]) -> Optional[dict[str, Any]]:
     """The cached results at ``path`` if they are of this checkpoint, these images and ``.lpm`` format version
     and (if given) hold every rate; restricted to ``rates`` in that order."""
+    from lpm.eval.rd import MEASURE_VERSION
+
     if not path.is_file():
         return None
     try:
@@ -109,8 +111,8 @@ def _cached_codec_results(path: Path, info: Mapping[str, Any], images: Any,
         return None
     if meta.get("checkpoint_sha256") != info.get("sha256") or meta.get("dataset") != images.name \
             or meta.get("num_images") != len(images.paths) or meta.get("lpm_format") != fileformat.FORMAT_VERSION \
-            or meta.get("images_sha256") != images.sha256:
-        return None  # another checkpoint, other images (by content) or .lpm format version: measure again
+            or meta.get("images_sha256") != images.sha256 or meta.get("measure") != MEASURE_VERSION:
+        return None  # another checkpoint, other images (by content), .lpm format or measurement: measure again
     if rates is None:
         return res
     idx = []

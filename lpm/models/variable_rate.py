@@ -63,6 +63,13 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+
+def _full(rate: float) -> str:
+    """A λ in a message: as short as :g where that shows it exactly enough, else with every digit needed (0.04830001
+    was shown as 0.0483, inside the range it was said to be outside)."""
+    short = f"{rate:g}"
+    return short if float(short) == rate else repr(float(rate))
+
 class VariableRateCodec(CompressionModel):
     """Base class of the variable-rate codecs (see the module docstring).
 
@@ -134,11 +141,11 @@ class VariableRateCodec(CompressionModel):
         if not self.continuous:
             off = [v for v in r.tolist() if not any(abs(v - q) <= tol * q for q in self.rates)]
             if off:
-                raise ValueError(f"rate {off[0]:g} is not one of the trained rates {self.rates}: "
+                raise ValueError(f"rate {_full(off[0])} is not one of the trained rates {self.rates}: "
                                  f"{type(self).__name__} has no continuous rate")
         bad = ~torch.isfinite(r) | (r < lo * (1 - tol)) | (r > hi * (1 + tol))
         if bool(bad.any()):
-            raise ValueError(f"rate {r[bad][0].item():g} is outside the trained range [{lo:g}, {hi:g}]")
+            raise ValueError(f"rate {_full(r[bad][0].item())} is outside the trained range [{lo:g}, {hi:g}]")
         r = r.clamp(lo, hi).clone()
         for q in (lo, hi, *self.rates):
             r[(r - q).abs() <= tol * q] = q
