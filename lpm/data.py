@@ -173,6 +173,10 @@ def read_image(
     return _array_to_tensor(path, array)
 
 
+#: Most samples of a plain-text (P3) 16-bit PPM read (4 M: a 1.3-megapixel image; binary P6 has no limit here).
+_MAX_PLAIN_PPM_SAMPLES = 4 * 2**20
+
+
 def _decode_deep_ppm(path: Path, max_pixels: int | None) -> np.ndarray | None:
     """A colour PPM (``P6`` binary or ``P3`` plain) with more than 8 bits (``maxval`` 256..65535) as uint16
     ``(H, W, 3)`` scaled to 0..65535 — PIL reads these at 8 bits, silently; ``None`` for an 8-bit one (PIL
@@ -207,9 +211,13 @@ def _decode_deep_ppm(path: Path, max_pixels: int | None) -> np.ndarray | None:
             if len(raw) < 2 * n:
                 raise ImageReadError(f"{path}: truncated PPM ({len(raw)} of {2 * n} bytes of samples)")
             values = np.frombuffer(raw, dtype=">u2").astype(np.uint32)
-        else:  # plain: decimal samples separated by whitespace
+        else:  # plain: decimal samples separated by any whitespace
+            if n > _MAX_PLAIN_PPM_SAMPLES:  # one Python int per sample while parsing: bounded
+                raise ImageReadError(f"{path}: a plain (P3) 16-bit PPM of {height}x{width} (HxW) is too large to "
+                                     f"parse here (at most {_MAX_PLAIN_PPM_SAMPLES // 3} pixels); convert it to "
+                                     "binary P6 or PNG")
             f.seek(pos)
-            text = f.read(n * 6 + 1024).split()
+            text = f.read().split()
             if len(text) < n:
                 raise ImageReadError(f"{path}: truncated PPM ({len(text)} of {n} samples)")
             try:

@@ -209,3 +209,16 @@ def test_bad_16bit_ppms_are_clear_errors(tmp_path):
         read_image(tmp_path / "big.ppm", max_pixels=10**6)
     x, info = read_image(_ppm16(tmp_path / "eight.ppm", np.full((2, 2, 3), 200), 255))  # 8-bit: PIL, exact
     assert info.bit_depth == 8 and float(x.max()) == pytest.approx(200 / 255)
+
+
+def test_a_plain_16bit_ppm_with_loose_whitespace_and_a_bound(tmp_path):
+    from lpm.data import ImageReadError
+
+    a = np.arange(18).reshape(2, 3, 3) * 1000
+    p = tmp_path / "loose.ppm"
+    p.write_bytes(b"P3\n3 2\n65535\n" + "\n\n      ".join(map(str, a.ravel())).encode() + b"\n")
+    x, info = read_image(p)
+    assert info.bit_depth == 16 and np.array_equal(np.round(x.double().numpy().transpose(1, 2, 0) * 65535), a)
+    (tmp_path / "huge.ppm").write_bytes(b"P3\n4000 4000\n65535\n0 0 0\n")
+    with pytest.raises(ImageReadError, match="convert it to binary P6 or PNG"):
+        read_image(tmp_path / "huge.ppm")

@@ -70,8 +70,7 @@ def bd_rate(
             that is not positive; repeated PSNR values that leave too few distinct points; or PSNR
             ranges that do not overlap.
     """
-    rx, ry = _curve("reference", ref_bpp, ref_psnr, method)
-    tx, ty = _curve("test", test_bpp, test_psnr, method)
+    rx, ry, tx, ty = _curves(ref_bpp, ref_psnr, test_bpp, test_psnr, method, on_psnr=True)
     # x = PSNR, y = ln(rate)
     gap = _mean_gap(ry, np.log(rx), ty, np.log(tx), method, what="PSNR", unit="dB")
     return float((np.exp(gap) - 1.0) * 100.0)
@@ -90,10 +89,33 @@ def bd_psnr(
     the log-rate interval both curves cover. Positive: the test codec has higher quality at equal rate.
     Arguments and errors as for :func:`bd_rate` (here the rates must overlap and be distinct).
     """
-    rx, ry = _curve("reference", ref_bpp, ref_psnr, method)
-    tx, ty = _curve("test", test_bpp, test_psnr, method)
+    rx, ry, tx, ty = _curves(ref_bpp, ref_psnr, test_bpp, test_psnr, method, on_psnr=False)
     # x = ln(rate), y = PSNR
     return float(_mean_gap(np.log(rx), ry, np.log(tx), ty, method, what="log-rate", unit="ln(bpp)"))
+
+
+def _curves(ref_bpp: ArrayLike, ref_psnr: ArrayLike, test_bpp: ArrayLike, test_psnr: ArrayLike, method: str,
+            on_psnr: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both curves validated; no overlap (in PSNR or log-rate, ``on_psnr``) is reported before a curve that is
+    not monotone (the more telling reason where both hold); then each curve's distinct points by rising rate."""
+    rx, ry = _curve("reference", ref_bpp, ref_psnr, method)
+    tx, ty = _curve("test", test_bpp, test_psnr, method)
+    if on_psnr:
+        _overlap(ry, ty, "PSNR", "dB")
+    else:
+        _overlap(np.log(rx), np.log(tx), "log-rate", "ln(bpp)")
+    return (*_monotone("reference", rx, ry), *_monotone("test", tx, ty))
+
+
+def _overlap(x_ref: np.ndarray, x_test: np.ndarray, what: str, unit: str) -> tuple[float, float]:
+    lo, hi = max(x_ref.min(), x_test.min()), min(x_ref.max(), x_test.max())
+    if not hi > lo:
+        raise ValueError(
+            f"the curves do not overlap in {what}: reference covers [{x_ref.min():.4g}, {x_ref.max():.4g}] "
+            f"{unit}, test covers [{x_test.min():.4g}, {x_test.max():.4g}] {unit}; "
+            "a Bjøntegaard delta needs a common interval"
+        )
+    return lo, hi
 
 
 def _curve(label: str, bpp: ArrayLike, psnr: ArrayLike, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +138,7 @@ def _curve(label: str, bpp: ArrayLike, psnr: ArrayLike, method: str) -> tuple[np
         raise ValueError(f"{label} curve: bpp and PSNR must be finite (no NaN or inf)")
     if np.any(r <= 0):
         raise ValueError(f"{label} curve: bpp must be positive (its logarithm is taken), got min {r.min():g}")
-    return _monotone(label, r, q)
+    return r, q
 
 
 def _monotone(label: str, r: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,14 +168,7 @@ def _mean_gap(
     unit: str,
 ) -> float:
     """Mean of ``y_test(x) - y_ref(x)`` over the overlap of the two x ranges, each curve fitted by ``method``."""
-    lo = max(x_ref.min(), x_test.min())
-    hi = min(x_ref.max(), x_test.max())
-    if not hi > lo:
-        raise ValueError(
-            f"the curves do not overlap in {what}: reference covers [{x_ref.min():.4g}, {x_ref.max():.4g}] "
-            f"{unit}, test covers [{x_test.min():.4g}, {x_test.max():.4g}] {unit}; "
-            "a Bjøntegaard delta needs a common interval"
-        )
+    lo, hi = _overlap(x_ref, x_test, what, unit)
     area_ref = _integral(x_ref, y_ref, lo, hi, method, "reference", what)
     area_test = _integral(x_test, y_test, lo, hi, method, "test", what)
     return (area_test - area_ref) / (hi - lo)
