@@ -61,8 +61,8 @@ def _set_threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, int(n)))
 
 
-def _int_arg(lo: int, hi: Optional[int] = None, what: str = "") -> "Callable[[str], int]":
-    """An argparse type: an integer in ``lo..hi`` (``what`` says why the bound is there)."""
+def _int_arg(lo: int, hi: Optional[int] = None) -> "Callable[[str], int]":
+    """An argparse type: an integer in ``lo..hi`` (``hi`` None: no upper bound)."""
     def parse(text: str) -> int:
         try:
             n = int(text)
@@ -70,7 +70,7 @@ def _int_arg(lo: int, hi: Optional[int] = None, what: str = "") -> "Callable[[st
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if n < lo or (hi is not None and n > hi):
             span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-            raise argparse.ArgumentTypeError(f"expected an integer {span}{what}, got {n}")
+            raise argparse.ArgumentTypeError(f"expected an integer {span}, got {n}")
         return n
     return parse
 
@@ -87,10 +87,12 @@ def _shown(path: object) -> str:
     return printable(os.fsdecode(os.fspath(path)) if isinstance(path, (str, bytes, os.PathLike)) else str(path))
 
 
-def _distinct_rates(rates: Sequence[float]) -> list[float]:
-    """``rates`` in the order given, each λ once (a repeated one was measured and written twice)."""
+def _rates_to_measure(model, rates: Sequence[float]) -> list[float]:
+    """``rates`` in the order given, each λ once (a repeated one was measured and written twice), every one checked
+    against the model's range before the first is measured (an outside one failed after minutes)."""
     out: list[float] = []
     for r in rates:
+        getattr(model, "check_rate", float)(r)
         if not any(math.isclose(r, q, rel_tol=1e-9) for q in out):
             out.append(r)
     return out
@@ -236,17 +238,17 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
     model = ckpt.model
     folder = Path(args.images) if args.images else locate_dataset("kodak", args.data_dir)
     paths = find_images(folder)[: args.limit or None]
-    rates = _distinct_rates(args.rates or model.rates)
-    for rate in rates:  # every rate before the first is measured (an outside one failed after minutes)
-        getattr(model, "check_rate", float)(rate)
+    rates = _rates_to_measure(model, args.rates or model.rates)
     if args.json:  # before the long run: never overwrite an image or, without --force, an existing file
         from lpm.fsutil import check_output
 
-        folder_of_json = Path(args.json).parent
-        existing = next(p for p in (folder_of_json, *folder_of_json.parents) if p.exists() or p == Path(p.anchor))
-        if existing.exists() and not existing.is_dir():
-            raise ValueError(f"--json {_shown(args.json)}: {_shown(existing)} is not a folder")
-        if folder_of_json.is_dir():
+        json_folder = Path(args.json).parent
+        for p in (json_folder, *json_folder.parents):  # the nearest existing one must be a folder (made later)
+            if p.exists():
+                if not p.is_dir():
+                    raise ValueError(f"--json {_shown(args.json)}: {_shown(p)} is not a folder")
+                break
+        if json_folder.is_dir():
             check_output(args.json, force=args.force, inputs=[*paths, ckpt.path])
     print(f"checkpoint {_shown(ckpt.path)} (sha256 {ckpt.sha256[:16]}…; {ckpt.budget_label()})")
     files = f"{len(paths)} file" + ("s" if len(paths) != 1 else "")
@@ -287,10 +289,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     folder = Path(args.images) if args.images else locate_dataset("kodak", args.data_dir)
     dataset_name, manifest = str(folder), None
     if not args.images:  # the data directory's kodak/ is Kodak only if its files are the manifest's
-        dataset_name, manifest, notice = kodak_identity(find_images(folder))
-        if notice:
-            print(f"lpm: warning: {notice.removeprefix('NOTICE: ').split(' — ')[0]} — numbers are NOT "
-                  "comparable to Kodak results or to the published anchors", file=sys.stderr)
+        dataset_name, manifest, mismatch = kodak_identity(find_images(folder))
+        if mismatch:
+            print(f"lpm: warning: {_shown(mismatch)} — numbers are NOT comparable to Kodak results or to the "
+                  "published anchors", file=sys.stderr)
     out_dir = Path(args.out_dir)
     vtm = load_anchors("VTM")
 
@@ -308,9 +310,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.continuous:
             lo, hi = _m.log(model.rate_range[0]), _m.log(model.rate_range[1])
             rates += [_m.exp(lo + (hi - lo) * (i + 0.5) / args.continuous) for i in range(args.continuous)]
-        rates = sorted(_distinct_rates(rates))
-        for rate in rates:  # all before the first is measured
-            getattr(model, "check_rate", float)(rate)
+        rates = sorted(_rates_to_measure(model, rates))
         name = args.name or ckpt.path.stem
         res = evaluate_codec(
             ckpt, folder, rates, out_dir=out_dir, name=name,

@@ -31,6 +31,7 @@ import functools
 import hashlib
 import io
 import os
+import re
 import struct
 import warnings
 from collections.abc import Sequence
@@ -173,6 +174,10 @@ def read_image(
     return _array_to_tensor(path, array)
 
 
+#: A PPM header: magic, width, height, maxval, separated by whitespace and ``#`` comments, then one whitespace.
+_PPM_SEP = rb"(?:\s|#[^\n]*\n)+"
+_PPM_HEADER = re.compile(rb"P[36]" + _PPM_SEP + rb"(\d{1,10})" + _PPM_SEP + rb"(\d{1,10})" + _PPM_SEP
+                         + rb"(\d{1,10})\s")
 #: Most samples of a plain-text (P3) 16-bit PPM read (4 M: a 1.3-megapixel image; binary P6 has no limit here).
 _MAX_PLAIN_PPM_SAMPLES = 4 * 2**20
 
@@ -183,20 +188,11 @@ def _decode_deep_ppm(path: Path, max_pixels: int | None) -> np.ndarray | None:
     reads those exactly). Size checked from the header before the samples are read."""
     with open(path, "rb") as f:
         data = f.read(1024)  # the header: magic, width, height, maxval (comments allowed)
-        tokens, pos = [], 2
-        while len(tokens) < 3:
-            while pos < len(data) and (data[pos:pos + 1].isspace() or data[pos:pos + 1] == b"#"):
-                if data[pos:pos + 1] == b"#":
-                    end = data.find(b"\n", pos)
-                    pos = len(data) if end < 0 else end
-                pos += 1
-            start = pos
-            while pos < len(data) and data[pos:pos + 1].isdigit():
-                pos += 1
-            if start == pos or pos - start > 10:
-                raise ImageReadError(f"{path}: not a readable PPM (malformed header)")
-            tokens.append(int(data[start:pos]))
-        width, height, maxval = tokens
+        m = _PPM_HEADER.match(data)
+        if m is None:
+            raise ImageReadError(f"{path}: not a readable PPM (malformed header)")
+        width, height, maxval = (int(g) for g in m.groups())
+        pos = m.end()  # just past the one whitespace character that ends the header
         if not 1 <= maxval <= 65535:
             raise ImageReadError(f"{path}: not a readable PPM (maxval {maxval} outside 1..65535)")
         if maxval < 256:
@@ -204,9 +200,7 @@ def _decode_deep_ppm(path: Path, max_pixels: int | None) -> np.ndarray | None:
         _check_size(path, height, width, max_pixels)
         n = height * width * 3
         if data[:2] == b"P6":
-            if pos >= len(data) or not data[pos:pos + 1].isspace():
-                raise ImageReadError(f"{path}: not a readable PPM (malformed header)")
-            f.seek(pos + 1)
+            f.seek(pos)
             raw = f.read(2 * n)
             if len(raw) < 2 * n:
                 raise ImageReadError(f"{path}: truncated PPM ({len(raw)} of {2 * n} bytes of samples)")
@@ -1023,8 +1017,10 @@ def resolve_eval_images(
         )
     paths = list(paths[:limit] if limit else paths)
     if name == "kodak":  # a folder named kodak is Kodak only if its files are the manifest's
-        name, manifest, unverified = kodak_identity(paths)
-        notice = unverified or notice
+        name, manifest, mismatch = kodak_identity(paths)
+        if mismatch:
+            notice = (f"NOTICE: {mismatch} — numbers are NOT comparable to Kodak results or to the published "
+                      f"anchors, and outputs go to results/cache/{KODAK_UNVERIFIED}/ unless RESULTS_DIR is given.")
     else:
         manifest = None
     return EvalImages(tuple(paths), name, manifest, notice)
@@ -1036,17 +1032,15 @@ KODAK_UNVERIFIED = "kodak-unverified"
 
 def kodak_identity(paths: Sequence[Path]) -> tuple[str, Path | None, str | None]:
     """What images found in a folder named ``kodak`` are: ``("kodak", manifest, None)`` if every file is one of
-    the Kodak manifest's with its sha256, else ``("kodak-unverified", None, notice)`` — images of the user's
-    own, whose numbers must not be filed as Kodak results (the notice says so, and why)."""
+    the Kodak manifest's with its sha256, else ``("kodak-unverified", None, why)`` — images of the user's own,
+    whose numbers must not be filed as Kodak results; ``why`` is one sentence for the caller's warning."""
     manifest = manifest_path("kodak")
     listed = read_manifest(manifest)
     wrong = [p.name for p in paths if listed.get(p.name) != sha256_file(p)]
     if not wrong and paths:
         return "kodak", manifest, None
     folder = paths[0].parent if paths else "the folder"
-    notice = (f"NOTICE: {len(wrong)} of the {len(paths)} images in {folder} are not the Kodak images of "
-              f"{manifest.name} (e.g. {', '.join(wrong[:3])}: another sha256, or not listed);"
-              f" they are evaluated as images of your own, named '{KODAK_UNVERIFIED}' — numbers are NOT "
-              f"comparable to Kodak results or to the published anchors, and outputs go to "
-              f"results/cache/{KODAK_UNVERIFIED}/ unless RESULTS_DIR is given.")
-    return KODAK_UNVERIFIED, None, notice
+    return KODAK_UNVERIFIED, None, (
+        f"{len(wrong)} of the {len(paths)} images in {folder} are not the Kodak images of {manifest.name} (e.g. "
+        f"{', '.join(wrong[:3])}: another sha256, or not listed); they are evaluated as images of your own, named "
+        f"'{KODAK_UNVERIFIED}'")

@@ -110,3 +110,13 @@ def torch_single_thread():
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny untrained checkpoint file (seed 0) for the command-line tests."""
+    from lpm.train.checkpoint import save_codec
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_codec(path, make_tiny_codec(seed=0), meta={"budget": "untrained test model"})
+    return path

@@ -25,13 +25,6 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_codec(path, make_tiny_codec(seed=0), meta={"budget": "untrained test model"})
-    return path
-
-
-@pytest.fixture(scope="module")
 def other_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt2") / "other.safetensors"
     save_codec(path, make_tiny_codec(seed=5), meta={"budget": "untrained test model"})

@@ -18,16 +18,8 @@ from lpm.cli import main
 from lpm.data import read_image
 from lpm.fsutil import OutputRefused, check_output, printable
 from lpm.paths import PROJECT_ROOT
-from lpm.train.checkpoint import save_codec
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_codec(path, make_tiny_codec(seed=0), meta={"budget": "untrained test model"})
-    return path
 
 
 def _png(path: Path, h: int, w: int, seed: int = 0) -> Path:

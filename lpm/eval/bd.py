@@ -142,9 +142,9 @@ def _curve(label: str, bpp: ArrayLike, psnr: ArrayLike, method: str) -> tuple[np
 
 
 def _monotone(label: str, r: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The curve's distinct points by rising rate; ``ValueError`` unless PSNR rises with the rate along the curve (a point given twice is one point): the
-    Bjøntegaard method reads each curve as one rate per quality and back; on a curve that falls somewhere, the
-    fit is of noise — PSNR 28, 31, 30, 37 gave +240 %, and the smoke ladders' values swung from −39 % to +4 %
+    """The curve's distinct points by rising rate; ``ValueError`` unless PSNR rises with the rate along the curve
+    (a point given twice is one point): the Bjøntegaard method reads each curve as one rate per quality and back;
+    on a curve that falls somewhere, the fit is of noise — PSNR 28, 31, 30, 37 gave +240 %, and the smoke ladders' values swung from −39 % to +4 %
     by dropping one point."""
     pts = sorted(set(zip(r.tolist(), q.tolist())))
     for (b0, p0), (b1, p1) in zip(pts, pts[1:]):
