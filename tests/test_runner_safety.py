@@ -446,3 +446,25 @@ def test_a_run_writes_no_file_through_a_link_in_its_out_dir(tmp_path, data_dir):
     for name, victim in victims.items():
         assert victim.read_text() == "precious\n", name
         assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
+
+
+def test_a_run_that_fails_before_writing_leaves_no_new_folder(tmp_path, data_dir, monkeypatch):  # noqa: F811
+    """A missing init checkpoint, or any error while the stages are built, leaves neither the out_dir nor the
+    parents it made; a folder that was there already stays."""
+    out = tmp_path / "new" / "deeper" / "run"
+    cfg = _cfg(tmp_path, data_dir, kind="prompts", init=str(tmp_path / "missing.safetensors"),
+               rates=[0.0067, 0.013], base_rate=0.013, out_dir=str(out))
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        Runner(cfg, device="cpu", progress=False).run()
+    assert not (tmp_path / "new").exists()
+
+    def broken(*a, **k):
+        raise RuntimeError("stage table broke")
+
+    monkeypatch.setattr("lpm.train.runner.initial_base", broken)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for where in (out, kept):
+        with pytest.raises(RuntimeError, match="stage table broke"):
+            Runner(_cfg(tmp_path, data_dir, out_dir=str(where)), device="cpu", progress=False).run()
+    assert not (tmp_path / "new").exists() and kept.is_dir()

@@ -121,8 +121,6 @@ class Runner:
         self.out = Path(cfg.out_dir) if cfg.out_dir else PROJECT_ROOT / "results" / "runs" / cfg.name
         if self.out.exists() and not self.out.is_dir():
             raise TrainingStateError(f"{self.out}: out_dir is not a directory")
-        self._made_out = not self.out.exists()  # removed again if the run is refused before it writes anything
-        self.out.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         root = locate_dataset(cfg.data.set, cfg.data.dir or data_dir)
         self.data_root = root
@@ -337,13 +335,18 @@ class Runner:
     def run(self, resume: bool = False) -> list[Path]:
         """Train (or resume) the run; the written model checkpoints. The out_dir is locked for the run's
         lifetime, so a second run started on it meanwhile is refused instead of mixing their files."""
+        made = [d for d in (self.out, *self.out.parents) if not d.exists()]  # this folder and missing parents
+        self.out.mkdir(parents=True, exist_ok=True)
         try:
             with self._out_dir_lock():
                 return self._run(resume)
-        except TrainingStateError:
-            if self._made_out and self.rank == 0:
+        except BaseException:
+            # a run refused or failed before it wrote anything (a missing init checkpoint, a stage that cannot
+            # be built, Ctrl-C while building) leaves no new folder behind; rmdir removes only an empty one
+            if made and self.rank == 0:
                 with contextlib.suppress(OSError):
-                    self.out.rmdir()  # only if still empty: a refused run leaves no new folder behind
+                    for d in made:  # innermost first; stops at the first that is not empty
+                        d.rmdir()
             raise
 
     @contextlib.contextmanager
