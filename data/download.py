@@ -10,13 +10,17 @@ Standalone (standard library only), so it runs before lpm is installed. Files la
     python data/download.py kodak --from-dir SRC [--dest DIR]   # copy from a local copy, verify
 
 Every file is checked against ``<set>.sha256`` (or ``--manifest``) before it is put in place;
-the exit status is 0 when the whole set verifies, 1 otherwise.
+the exit status is 0 when the whole set verifies, 1 otherwise. Downloads are bounded: a response larger than
+the set's files can be (``MAX_BYTES``), or slower than about 20 kB/s on average, is cut off and refused before
+it fills the disk; a tarball you placed in DEST yourself is used and never deleted; a set that already
+verifies is not downloaded again; an interrupted download leaves no partial file.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import os
 import re
 import secrets
@@ -36,6 +40,14 @@ BSDS500_URL = (
 # members of the BSR tarball that make up the set: BSR/BSDS500/data/images/<split>/<id>.jpg
 BSDS500_MEMBER = re.compile(r"^(?:\./)?BSR/BSDS500/data/images/(train|val|test)/([^/]+\.jpg)$")
 SETS = ("kodak", "bsds500")
+# Upper bounds on what one download or one archive member may be (the real files: Kodak PNGs 0.4-0.8 MB,
+# BSDS500 JPEGs under 0.2 MB, the BSR tarball about 70 MB): anything larger is not the set's file.
+MAX_BYTES = {"kodak": 8 << 20, "bsds500": 4 << 20, "tarball": 256 << 20}
+MIN_AVERAGE_RATE = 20_000  # bytes/s: a download may take 2 min + its size at this rate, then it is cut off
+
+
+class DownloadError(Exception):
+    """A download that cannot succeed by retrying (too large) or that failed every attempt."""
 
 BSDS500_INSTRUCTIONS = f"""\
 BSDS500 (Martin et al.; Arbelaez et al., TPAMI 2011; research use, cite the paper):
@@ -121,25 +133,62 @@ def from_dir(src: Path, dest: Path, name: str, manifest: dict[str, str]) -> list
             problems.append(f"missing in {src}: {rel}")
             continue
         tmp = _temp_beside(target)
-        shutil.copyfile(source, tmp)
-        if not place_checked(tmp, target, digest):
-            problems.append(f"sha256 mismatch: {rel} (from {source})")
+        try:
+            shutil.copyfile(source, tmp)
+            if not place_checked(tmp, target, digest):
+                problems.append(f"sha256 mismatch: {rel} (from {source})")
+        finally:
+            tmp.unlink(missing_ok=True)
     return problems
 
 
-def fetch(url: str, tmp: Path, attempts: int = 3) -> None:
+def _copy_bounded(src, out, limit: int, what: str, deadline: float | None = None) -> int:
+    """Copy ``src`` to ``out`` in blocks; refuse more than ``limit`` bytes, or going past ``deadline``."""
+    total = 0
+    while True:
+        block = src.read(1 << 20)
+        if not block:
+            return total
+        total += len(block)
+        if total > limit:
+            raise DownloadError(f"{what} is larger than {limit >> 20} MiB, more than the file can be; refused")
+        if deadline is not None and time.monotonic() > deadline:
+            raise DownloadError(f"{what} is too slow (under {MIN_AVERAGE_RATE // 1000} kB/s on average); cut off "
+                                f"after {total} bytes")
+        out.write(block)
+
+
+def fetch(url: str, tmp: Path, max_bytes: int, attempts: int = 3) -> None:
+    """Download ``url`` to ``tmp``: at most ``max_bytes``, within 2 min + ``max_bytes`` at ``MIN_AVERAGE_RATE``,
+    all of a declared ``Content-Length``; ``tmp`` is removed on any failure (also Ctrl-C)."""
     request = urllib.request.Request(url, headers={"User-Agent": "lpm-data-download/1"})
     for attempt in range(1, attempts + 1):
         try:
+            deadline = time.monotonic() + 120 + max_bytes / MIN_AVERAGE_RATE
             with urllib.request.urlopen(request, timeout=60) as response, open(tmp, "wb") as out:
-                shutil.copyfileobj(response, out, 1 << 20)
+                declared = response.headers.get("Content-Length")
+                declared = int(declared) if declared and declared.strip().isdigit() else None
+                if declared is not None and declared > max_bytes:
+                    raise DownloadError(f"{url} declares {declared} bytes, more than its file can be "
+                                        f"({max_bytes >> 20} MiB); refused")
+                got = _copy_bounded(response, out, max_bytes, url, deadline)
+            if declared is not None and got != declared:
+                raise http.client.IncompleteRead(b"", declared - got)
             return
-        except (urllib.error.URLError, OSError) as exc:
+        except DownloadError:
             tmp.unlink(missing_ok=True)
+            raise
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, http.client.IncompleteRead):
+                exc = DownloadError(f"the connection closed early ({exc.expected} bytes short)")
             if attempt == attempts or isinstance(exc, urllib.error.HTTPError):
-                raise
+                raise exc
             print(f"  retrying {url} ({exc})", file=sys.stderr)
             time.sleep(2 * attempt)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def download_kodak(dest: Path, manifest: dict[str, str]) -> list[str]:
@@ -152,17 +201,21 @@ def download_kodak(dest: Path, manifest: dict[str, str]) -> list[str]:
         print(f"  {url}")
         tmp = _temp_beside(target)
         try:
-            fetch(url, tmp)
-        except urllib.error.HTTPError as exc:
-            problems.append(f"download failed: {rel} ({exc})")
-            continue
-        except (urllib.error.URLError, OSError) as exc:  # no network: stop rather than try 24 times
-            raise SystemExit(
-                f"error: cannot download {url} ({exc}); without network, copy a local copy with "
-                "--from-dir SRC"
-            ) from exc
-        if not place_checked(tmp, target, digest):
-            problems.append(f"sha256 mismatch: {rel} (from {url})")
+            try:
+                fetch(url, tmp, MAX_BYTES["kodak"])
+            except (urllib.error.HTTPError, DownloadError) as exc:
+                problems.append(f"download failed: {rel} ({exc})")
+                continue
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                # no network: stop rather than try 24 times
+                raise SystemExit(
+                    f"error: cannot download {url} ({exc}); without network, copy a local copy with "
+                    "--from-dir SRC"
+                ) from exc
+            if not place_checked(tmp, target, digest):
+                problems.append(f"sha256 mismatch: {rel} (from {url})")
+        finally:
+            tmp.unlink(missing_ok=True)  # gone already once placed; an interrupted download leaves no part file
     return problems
 
 
@@ -170,7 +223,7 @@ def extract_bsds500(tarball: Path, dest: Path, manifest: dict[str, str]) -> list
     """Write the manifest's JPEGs from the BSR tarball to ``dest/<split>/<id>.jpg``, verified."""
     if not tarball.is_file():
         raise SystemExit(f"error: tarball not found: {tarball}")
-    problems = []
+    bad: dict[str, str] = {}  # rel -> the problem; a member stored twice is fine once one copy verified
     seen = set()
     try:
         with tarfile.open(tarball, "r:*") as tar:
@@ -185,13 +238,25 @@ def extract_bsds500(tarball: Path, dest: Path, manifest: dict[str, str]) -> list
                 target = dest / rel
                 if already_ok(target, manifest[rel]):
                     continue
+                if member.size > MAX_BYTES["bsds500"]:
+                    bad[rel] = (f"refused: {rel} in {tarball} is {member.size} bytes, larger than a BSDS500 image "
+                                f"can be ({MAX_BYTES['bsds500'] >> 20} MiB)")
+                    continue
                 tmp = _temp_beside(target)
-                with tar.extractfile(member) as data, open(tmp, "wb") as out:  # type: ignore[union-attr]
-                    shutil.copyfileobj(data, out, 1 << 20)
-                if not place_checked(tmp, target, manifest[rel]):
-                    problems.append(f"sha256 mismatch: {rel} (from {tarball})")
-    except tarfile.TarError as exc:
-        raise SystemExit(f"error: cannot read tarball {tarball}: {exc}") from exc
+                try:
+                    with tar.extractfile(member) as data, open(tmp, "wb") as out:  # type: ignore[union-attr]
+                        _copy_bounded(data, out, MAX_BYTES["bsds500"], f"{rel} in {tarball}")
+                    if place_checked(tmp, target, manifest[rel]):
+                        bad.pop(rel, None)
+                    else:
+                        bad[rel] = f"sha256 mismatch: {rel} (from {tarball})"
+                finally:
+                    tmp.unlink(missing_ok=True)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise SystemExit(f"error: extracting from {tarball} failed: {exc}") from exc
+    except DownloadError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    problems = list(bad.values())
     for rel, digest in manifest.items():
         if rel not in seen and not already_ok(dest / rel, digest):
             problems.append(f"missing from tarball: {rel}")
@@ -199,21 +264,25 @@ def extract_bsds500(tarball: Path, dest: Path, manifest: dict[str, str]) -> list
 
 
 def download_bsds500(dest: Path, manifest: dict[str, str]) -> list[str]:
+    if not verify(dest, manifest):
+        return []  # the whole set is there and verifies: nothing to download
+    placed = dest.parent / "BSR_bsds500.tgz"
+    if placed.is_file():  # a tarball the user put there: used as with --tarball, and kept
+        print(f"using {placed} (already there; kept)")
+        return extract_bsds500(placed, dest, manifest)
     print(BSDS500_INSTRUCTIONS.replace("DEST", str(dest.parent)))
-    tarball = dest.parent / "BSR_bsds500.tgz"
-    tmp = _temp_beside(tarball)
+    tmp = _temp_beside(placed)
     print(f"downloading {BSDS500_URL} ...")
     try:
-        fetch(BSDS500_URL, tmp)
-    except (urllib.error.URLError, OSError) as exc:
-        raise SystemExit(
-            f"error: download failed ({exc}); fetch the tarball by hand and rerun with --tarball PATH"
-        ) from exc
-    os.replace(tmp, tarball)
-    try:
-        return extract_bsds500(tarball, dest, manifest)
+        try:
+            fetch(BSDS500_URL, tmp, MAX_BYTES["tarball"])
+        except (urllib.error.URLError, http.client.HTTPException, OSError, DownloadError) as exc:
+            raise SystemExit(
+                f"error: download failed ({exc}); fetch the tarball by hand and rerun with --tarball PATH"
+            ) from exc
+        return extract_bsds500(tmp, dest, manifest)
     finally:
-        tarball.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # the download only: never a file the script did not write
 
 
 def _remove_empty_folders(top: Path) -> None:
