@@ -287,16 +287,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from lpm.eval import bd_rate, evaluate_classical, evaluate_codec, load_anchors, save_results_json
 
     folder = Path(args.images) if args.images else locate_dataset("kodak", args.data_dir)
-    dataset_name, manifest = str(folder), None
-    if not args.images:  # the data directory's kodak/ is Kodak only if its files are the manifest's
-        dataset_name, manifest, mismatch = kodak_identity(find_images(folder))
-        if mismatch:
-            print(f"lpm: warning: {_shown(mismatch)} — numbers are NOT comparable to Kodak results or to the "
-                  "published anchors", file=sys.stderr)
+    # images are Kodak only if they are the manifest's 24 files (the data directory's kodak/, or --images)
+    identity, manifest, mismatch = kodak_identity(find_images(folder))
+    dataset_name = identity if manifest is not None or not args.images else str(folder)
+    if mismatch and not args.images:
+        print(f"lpm: warning: {_shown(mismatch)} — numbers are NOT comparable to Kodak results or to the "
+              "published anchors", file=sys.stderr)
     out_dir = Path(args.out_dir)
     vtm = load_anchors("VTM")
 
     def bd_line(name: str, res: dict) -> None:
+        if manifest is None:  # the anchors are means over the 24 Kodak images: another set's are not comparable
+            print(f"{name}: BD-rate vs VTM not shown (the published anchors are Kodak's; these images are not "
+                  "the Kodak set)")
+            return
         try:
             bd = bd_rate(vtm["bpp"], vtm["psnr_rgb"], res["results"]["bpp"], res["results"]["psnr-rgb"])
             print(f"{name}: BD-rate vs VTM (Kodak anchors, cubic) {bd:+.2f} %")

@@ -1015,14 +1015,13 @@ def resolve_eval_images(
             "or to the published anchors, and outputs go to results/cache/sample-photos/ unless RESULTS_DIR is "
             "given. Set DATA_DIR to the directory holding kodak/ (e.g. ../shared/data) for the real figures."
         )
-    paths = list(paths[:limit] if limit else paths)
-    if name == "kodak":  # a folder named kodak is Kodak only if its files are the manifest's
+    manifest = None
+    if name == "kodak":  # a folder named kodak is Kodak only if its files are the manifest's, all of them
         name, manifest, mismatch = kodak_identity(paths)
         if mismatch:
             notice = (f"NOTICE: {mismatch} — numbers are NOT comparable to Kodak results or to the published "
                       f"anchors, and outputs go to results/cache/{KODAK_UNVERIFIED}/ unless RESULTS_DIR is given.")
-    else:
-        manifest = None
+    paths = list(paths[:limit] if limit else paths)  # a smoke run's first images of a verified folder
     return EvalImages(tuple(paths), name, manifest, notice)
 
 
@@ -1031,16 +1030,19 @@ KODAK_UNVERIFIED = "kodak-unverified"
 
 
 def kodak_identity(paths: Sequence[Path]) -> tuple[str, Path | None, str | None]:
-    """What images found in a folder named ``kodak`` are: ``("kodak", manifest, None)`` if every file is one of
-    the Kodak manifest's with its sha256, else ``("kodak-unverified", None, why)`` — images of the user's own,
-    whose numbers must not be filed as Kodak results; ``why`` is one sentence for the caller's warning."""
+    """What images found in a folder named ``kodak`` are: ``("kodak", manifest, None)`` if they are the Kodak
+    manifest's files, all of them, each with its sha256, else ``("kodak-unverified", None, why)`` — images of
+    the user's own, or part of the set, whose numbers must not be filed as Kodak results or set against the
+    published (24-image) anchors; ``why`` is one sentence for the caller's warning."""
     manifest = manifest_path("kodak")
     listed = read_manifest(manifest)
     wrong = [p.name for p in paths if listed.get(p.name) != sha256_file(p)]
-    if not wrong and paths:
+    missing = sorted(set(listed) - {p.name for p in paths})
+    if not wrong and not missing:
         return "kodak", manifest, None
     folder = paths[0].parent if paths else "the folder"
-    return KODAK_UNVERIFIED, None, (
-        f"{len(wrong)} of the {len(paths)} images in {folder} are not the Kodak images of {manifest.name} (e.g. "
-        f"{', '.join(wrong[:3])}: another sha256, or not listed); they are evaluated as images of your own, named "
-        f"'{KODAK_UNVERIFIED}'")
+    why = (f"{len(wrong)} of the {len(paths)} images in {folder} are not the Kodak images of {manifest.name} "
+           f"(e.g. {', '.join(wrong[:3])}: another sha256, or not listed)" if wrong else
+           f"{folder} holds {len(paths)} of the {len(listed)} Kodak images of {manifest.name} (missing: "
+           f"{', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})")
+    return KODAK_UNVERIFIED, None, f"{why}; they are evaluated as images of your own, named '{KODAK_UNVERIFIED}'"

@@ -282,7 +282,9 @@ def test_cli_eval_writes_results_and_classical(tmp_path, ckpt, capsys):
     assert (tmp_path / "ev" / "t_per_image.csv").exists()
     jp = json.loads((tmp_path / "ev" / "classical-jpeg.json").read_text())
     assert jp["results"]["bpp"] == sorted(jp["results"]["bpp"])
-    assert "BD-rate vs VTM" in out
+    # two images of one's own are not Kodak: no BD-rate against the (24-image Kodak) anchors
+    assert out.count("BD-rate vs VTM not shown") == 2 and "Kodak anchors, cubic" not in out
+    assert res["meta"]["dataset"] == str(imgs)
 
 
 def test_cli_eval_of_a_data_dir_whose_kodak_folder_is_not_kodak_files_nothing_as_kodak(tmp_path, ckpt, capsys):
@@ -374,3 +376,35 @@ def test_cli_eval_honours_max_pixels_for_the_codec_and_the_classical_codecs(tmp_
                         "--classical", "jpeg", "--max-pixels", "100", "--no-progress")
     assert rc != 0 and "max_pixels=100" in err
     assert not (tmp_path / "ev" / "classical-jpeg.json").exists()
+
+
+def test_cli_eval_sets_only_the_whole_kodak_set_against_the_anchors(tmp_path, ckpt, capsys, monkeypatch):
+    """The published anchors are means over all 24 Kodak images: part of the set (here 1 of a stand-in
+    manifest's 2) is 'kodak-unverified' and gets no BD-rate against them; the whole set, found by --data-dir
+    or by --images, is Kodak and gets one."""
+    import hashlib
+
+    from lpm import data
+
+    fake = tmp_path / "data" / "kodak"
+    fake.mkdir(parents=True)
+    _png(fake / "kodim01.png", _rgb(40, 48, 3))
+    _png(fake / "kodim02.png", _rgb(48, 40, 4))
+    manifest = tmp_path / "stand-in.sha256"
+    manifest.write_text("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+                                for p in sorted(fake.glob("*.png"))))
+    real = data.manifest_path
+    monkeypatch.setattr(data, "manifest_path", lambda name: manifest if name == "kodak" else real(name))
+    args = ("--model", ckpt, "--out-dir", tmp_path / "ev", "--name", "t", "--rates", "0.013", "--no-progress")
+    for where in (("--data-dir", tmp_path / "data"), ("--images", fake)):
+        rc, out, err = _run(capsys, "eval", *where, *args)
+        assert rc == 0, err
+        assert "BD-rate vs VTM (Kodak anchors, cubic)" in out or "BD-rate vs VTM not computable" in out, out
+        assert json.loads((tmp_path / "ev" / "t.json").read_text())["meta"]["dataset"] == "kodak"
+    (fake / "kodim02.png").unlink()
+    rc, out, err = _run(capsys, "eval", "--data-dir", tmp_path / "data", *args[:2], "--out-dir", tmp_path / "ev2",
+                        *args[4:])
+    assert rc == 0, err
+    assert "holds 1 of the 2 Kodak images" in err and "missing: kodim02.png" in err
+    assert "BD-rate vs VTM not shown" in out
+    assert json.loads((tmp_path / "ev2" / "t.json").read_text())["meta"]["dataset"] == "kodak-unverified"
