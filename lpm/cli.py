@@ -439,7 +439,7 @@ def _parser() -> argparse.ArgumentParser:
         "--target-bpp", type=float,
         help="the rate whose file comes closest under this many bits per pixel (at most 1 %% under where the "
         "search gets there; the largest rate that fits, where the size rises with λ; a warning where it does not); "
-        "an error, exit 2, if even the lowest rate does not fit, naming its bpp",
+        "an error, exit 2, if no rate fits (the lowest, the highest, the trained ones), naming the lowest's bpp",
     )
     p.add_argument("-f", "--force", action="store_true", help=force_help)
     p.add_argument("--no-progress", action="store_true",

@@ -163,7 +163,7 @@ def compress_file(
 
     The output is checked first (:func:`lpm.fsutil.check_output`): never the input itself nor a file of
     ``keep`` (the CLI names its checkpoint there), and an existing file only with ``force`` (a symbolic link is then replaced, not written through; a
-    directory, FIFO or device never). A ``target_bpp`` that even the lowest rate exceeds is a
+    directory, FIFO or device never). A ``target_bpp`` that no rate fits (lowest, highest, trained) is a
     ``ValueError`` naming the lowest rate's bpp; nothing is written then.
     """
     from lpm.fsutil import check_output
@@ -184,7 +184,7 @@ def compress_file(
             cache[r] = encode_image(model, model_id, x, info, r, progress)
             return 8.0 * len(fileformat.encode(cache[r])) / npix
 
-        rate, bpp = find_rate(measure, target_bpp, model.rate_range)
+        rate, bpp = find_rate(measure, target_bpp, model.rate_range, probes=getattr(model, "rates", ()))
         if bpp > target_bpp:
             raise ValueError(_unreachable_target(src, target_bpp, rate, bpp))
         c = cache[rate]
@@ -243,5 +243,5 @@ def _warn_orientation(src: Union[str, os.PathLike]) -> None:
 def _unreachable_target(src: Union[str, os.PathLike], target_bpp: float, rate: float, bpp: float) -> str:
     return (
         f"{os.fspath(src)}: no file fits {target_bpp:g} bpp; the lowest rate λ={rate:.5g} gives {bpp:.4f} bpp "
-        f"(the smallest this checkpoint makes, where its size rises with λ); nothing written"
+        f"and neither the highest nor any trained rate fits either; nothing written"
     )

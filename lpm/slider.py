@@ -43,7 +43,7 @@ from torch import Tensor
 
 from lpm import fileformat
 from lpm.codec import decode_image, encode_image
-from lpm.data import ImageInfo, to_uint8
+from lpm.data import ImageInfo, as_written, to_uint8
 from lpm.eval.metrics import psnr as psnr_8bit
 from lpm.models import PromptedCodec, find_rate
 
@@ -287,7 +287,9 @@ class RateSlider:
         data = self._stream(rate, kind)
         x_hat, _ = decode_image(self.model, self.model_id, fileformat.decode(data))
         seconds = time.perf_counter() - t0
-        dec = to_uint8(x_hat)
+        # what ``lpm decompress`` writes (a grey source comes back grey: the luma of the decoded channels), as
+        # ``lpm eval`` measures it, replicated to RGB like the grey original
+        dec = to_uint8(as_written(x_hat, info).expand(3, -1, -1))
         npix = info.height * info.width
         result = {
             "rate": rate,
@@ -361,8 +363,9 @@ class RateSlider:
         rises with λ, the largest rate that fits; see :func:`lpm.models.find_rate`), coded with :meth:`code_at`.
 
         A search in log λ (:func:`lpm.models.find_rate`, safeguarded false position) over rounded rates, so the returned result's
-        ``bpp`` is the measured one. If even the lowest rate is over the target, the lowest rate's result is
-        returned (its ``bpp`` then exceeds the target; the widget says so).
+        ``bpp`` is the measured one. If the lowest rate is over the target, the trained rates are measured too
+        (a checkpoint whose size does not rise with λ may fit it at one of them); if none fits either, the
+        lowest rate's result is returned (its ``bpp`` then exceeds the target; the widget says so).
         """
         if not (math.isfinite(target_bpp) and target_bpp > 0):
             raise ValueError(f"target bpp must be a positive number, got {target_bpp}")
@@ -372,7 +375,7 @@ class RateSlider:
         def measure(r: float) -> float:
             return 8.0 * self.file_bytes(r, full) / npix
 
-        rate, _ = find_rate(measure, float(target_bpp), self.rate_range)
+        rate, _ = find_rate(measure, float(target_bpp), self.rate_range, probes=getattr(self.model, "rates", ()))
         return self.code_at(rate, full)
 
     # ------------------------------------------------------------------------------------------ widgets
@@ -597,8 +600,8 @@ class RateSlider:
             self._quiet = False
         self.show(res["rate"], known=known)  # the search coded the full image: "coded", not "cached"
         if res["bpp"] > target:
-            ui["status"].value = (f"even the lowest rate λ={res['rate']:.4g} gives {res['bpp']:.4f} bpp, "
-                                  f"more than the target {target:g}")
+            ui["status"].value = (f"no rate fits: the lowest λ={res['rate']:.4g} gives {res['bpp']:.4f} bpp, "
+                                  f"more than the target {target:g}, and no trained rate fits either")
         else:
             ui["status"].value = f"λ={res['rate']:.4g} gives {res['bpp']:.4f} bpp ≤ target {target:g}"
         notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]

@@ -362,6 +362,25 @@ def test_find_rate_out_of_range_targets():
     assert find_rate(size, size(rng[1]), rng) == (rng[1], size(rng[1]))
 
 
+def test_find_rate_looks_past_a_lowest_rate_that_does_not_fit():
+    """A checkpoint whose size does not rise with λ (the smoke ones, kodim02): the lowest rate is over the
+    target but trained rates fit; the search said no rate fits. Now the largest fitting probe, with a warning;
+    a monotone codec's unreachable target still returns the lowest rate."""
+    rng, trained = (0.0018, 0.0483), [0.0018, 0.0067, 0.025, 0.0483]
+    sizes = {0.0018: 0.2082, 0.0067: 0.2001, 0.025: 0.1959, 0.0483: 0.1994}
+    calls = []
+
+    def size(r):
+        calls.append(r)
+        return sizes[r]
+
+    with pytest.warns(UserWarning, match="does not rise with the rate"):
+        assert find_rate(size, 0.20, rng, probes=trained) == (0.0483, 0.1994)
+    assert sorted(calls) == sorted(trained)  # each rate measured once
+    monotone = lambda r: 10 * r**0.7  # noqa: E731
+    assert find_rate(monotone, monotone(rng[0]) * 0.5, rng, probes=trained) == (rng[0], monotone(rng[0]))
+
+
 def test_find_rate_with_zero_tolerance_stops_after_max_iter_with_a_fitting_rate():
     rng = (0.0018, 0.0483)
     calls: list[float] = []

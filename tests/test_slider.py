@@ -405,3 +405,24 @@ def test_committed_notebook_is_clean_and_parameterised():
     for name in ("CHECKPOINTS", "DATA_DIR", "RESULTS_DIR", "SMOKE", "RECOMPUTE", "IMAGE", "PREVIEW_SIZE"):
         assert f"\n{name} = " in "\n" + code[0].source
     assert all(not c.outputs and c.execution_count is None for c in code)
+
+
+def test_a_grey_image_is_shown_and_measured_as_lpm_decompress_writes_it(smoke, tmp_path):
+    """The slider showed and measured the codec's raw three channels of a grey image (tinted, 0.5 dB under
+    what ``lpm eval`` measures on the decoded grey file)."""
+    from lpm.data import read_image
+    from lpm.eval.rd import _measure
+
+    model, model_id, _ = smoke
+    grey = kodak_like(48, 64)[..., 1]
+    path = tmp_path / "grey.png"
+    path.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(grey)))
+    x, info = read_image(path)
+    assert info.channels == 1
+    s = RateSlider(model, model_id, x, info, preview_size=PREVIEW)
+    rate = model.rates[0]
+    res = s.code_at(rate, full=True)
+    shown = np.asarray(imagecodecs.png_decode(res["png_bytes"])).astype(int)
+    assert (shown.max(-1) == shown.min(-1)).all()  # grey, as the decoded file
+    row, _ = _measure(model, model_id, path, rate, torch.device("cpu"))
+    assert res["psnr"] == pytest.approx(row["psnr_rgb"], abs=1e-9) and res["bytes"] == row["bytes"]

@@ -297,6 +297,7 @@ def find_rate(
     rate_range: tuple[float, float],
     tol: float = 0.01,
     max_iter: int = 24,
+    probes: Sequence[float] = (),
 ) -> tuple[float, float]:
     """A rate whose measured size fits ``target``, at most ``tol`` under it where the search gets there: for a
     codec whose size rises with λ, the largest such rate (to within that tolerance), by safeguarded false
@@ -308,9 +309,11 @@ def find_rate(
     whole encode: minutes for a large photo); the Illinois rule and a clamp to the inner 80 % of the
     bracket keep it converging on steps, kinks and noise. Only measured sizes that fit are ever returned:
     of those, the largest size (the larger rate on a tie). Stops when the measured size is within ``tol``
-    (relative) below the target or after ``max_iter`` encodes. Returns ``(rate, measured)``; if even the
-    smallest rate is too big it returns the smallest rate and its size (the caller decides whether that is
-    an error); if the largest rate fits, the largest.
+    (relative) below the target or after ``max_iter`` encodes. Returns ``(rate, measured)``; if the largest
+    rate fits, the largest. If the smallest rate is too big, the largest rate and the ``probes`` (the
+    trained rates, say) are measured too, since for a checkpoint whose size does not rise with λ one of them
+    may fit: the largest fitting size among them is returned, with the warning below; if none fits, the
+    smallest rate and its size (the caller decides whether that is an error).
 
     Warns (``UserWarning``) when the sizes it measured do not rise with λ (a checkpoint whose rate is not
     monotone, e.g. a smoke one): the rate returned fits, but another rate, larger or smaller, may give a file
@@ -318,12 +321,17 @@ def find_rate(
     """
     lo, hi = rate_range
     s_lo = measure(lo)
+    seen = {lo: s_lo}
     if s_lo > target:
-        return lo, s_lo
+        for r in sorted({hi, *(float(r) for r in probes if lo < r <= hi)}):
+            seen[r] = measure(r)
+        if all(s > target for s in seen.values()):
+            return lo, s_lo
+        return _fitting(seen, target)
     s_hi = measure(hi)
     if s_hi <= target:
         return hi, s_hi
-    seen = {lo: s_lo, hi: s_hi}
+    seen[hi] = s_hi
     # interpolate toward the middle of the accepted window [target·(1-tol), target]
     log_aim = math.log(max(target * (1 - tol / 2), 1e-300))
 
@@ -350,6 +358,12 @@ def find_rate(
             if kept == "a":
                 fa *= 0.5
             kept = "a"
+    return _fitting(seen, target)
+
+
+def _fitting(seen: dict[float, float], target: float) -> tuple[float, float]:
+    """Of the measured ``{rate: size}``, the largest size that fits (the larger rate on a tie), warning when
+    the sizes do not rise with the rate."""
     points = sorted(seen.items())
     falls = [(p, q) for p, q in zip(points, points[1:]) if q[1] < p[1]]
     if falls:
@@ -357,6 +371,6 @@ def find_rate(
         warnings.warn(
             f"the file size does not rise with the rate for this checkpoint and image ({s0:.6g} at λ={r0:.5g}, "
             f"{s1:.6g} at λ={r1:.5g}; {len(falls)} fall(s) in {len(points)} encodes): the rate found fits the "
-            f"target, but another rate may fit it more closely", UserWarning, stacklevel=2)
+            f"target, but another rate may fit it more closely", UserWarning, stacklevel=3)
     size, rate = max((s, r) for r, s in points if s <= target)  # the largest fitting size (larger rate on a tie)
     return rate, size
