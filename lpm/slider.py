@@ -149,7 +149,7 @@ def rd_svg(points: list[dict[str, Any]], current: Optional[float] = None, *, cap
     if len(pts) > 1:
         line = " ".join(f"{X(p['bpp']):.1f},{Y(p['psnr']):.1f}" for p in pts)
         out.append(f"<polyline points='{line}' fill='none' stroke='#9ab' stroke-width='1'/>")
-    cur = None if current is None else round_rate(current)
+    cur = current  # a rate the slider coded (its points' rates are those)
     for p in sorted(pts, key=lambda p: p["rate"] == cur):  # the current point last, on top
         x, y = X(p["bpp"]), Y(p["psnr"])
         is_cur = p["rate"] == cur
@@ -218,7 +218,8 @@ class RateSlider:
         self.preview_size = int(preview_size)
         self.rate_range: tuple[float, float] = tuple(float(r) for r in model.rate_range)  # type: ignore[assignment]
         self.trained_rates: list[float] = [float(r) for r in model.rates]
-        self.initial_rate = float(model.base_rate if rate is None else rate)
+        # checked now (NaN, out of range: one clear error when the slider is built, not when it is shown)
+        self.initial_rate = self._check_rate(float(model.base_rate if rate is None else rate))
         self.initial_full = bool(full_resolution)
 
         H, W = info.height, info.width
@@ -258,8 +259,19 @@ class RateSlider:
         return "full" if (full or self.preview_is_full) else "preview"
 
     def _check_rate(self, rate: float) -> float:
-        """The codec's own rate check, then rounded to :data:`RATE_DIGITS` digits (kept in range)."""
+        """The codec's own rate check; a trained rate or a range end (to :data:`RATE_DIGITS` digits) is taken
+        exactly, any other rate rounded to :data:`RATE_DIGITS` digits (kept in range). (Rounding first coded
+        a trained λ of more digits, 0.00932850…, as an interpolated 0.009329: not the trained model, and
+        refused by codecs without continuous rates.)"""
         lo, hi = self.rate_range
+        try:
+            r = float(rate)
+        except (TypeError, ValueError):
+            r = math.nan  # the codec's check below says what is wrong
+        if math.isfinite(r):
+            for t in (*self.trained_rates, lo, hi):
+                if r == t or round_rate(r) == round_rate(t):
+                    return float(self.model.scalar_rate(t))
         return min(max(round_rate(self.model.scalar_rate(rate)), lo), hi)
 
     def _stream(self, rate: float, kind: str) -> bytes:
@@ -316,7 +328,7 @@ class RateSlider:
         """The rates coded so far (full resolution or preview), in rate order: ``dict(rate, bpp, psnr,
         bytes, trained)``; ``trained`` marks the checkpoint's trained rates."""
         kind = self._kind(full)
-        trained = {round_rate(r) for r in self.trained_rates}
+        trained = set(self.trained_rates)
         return [{"rate": r, "bpp": res["bpp"], "psnr": res["psnr"], "bytes": res["bytes"], "trained": r in trained}
                 for (r, k), res in sorted(self._cache.items()) if k == kind]
 
@@ -339,7 +351,7 @@ class RateSlider:
         Returns ``dict(panels, original, zoom, height, width)``: ``panels`` one dict per rate with ``rate``,
         ``bytes``, ``bpp``, ``psnr`` (of the whole coded image), ``trained`` and ``crop`` (the decoded zoom
         crop); ``original`` the same crop of the source; ``zoom`` ``(y, x, size)``."""
-        trained = {round_rate(r) for r in self.trained_rates}
+        trained = set(self.trained_rates)
         panels = []
         for rate in (self.trained_rates if rates is None else rates):
             res = self.code_at(rate, full=True)

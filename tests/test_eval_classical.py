@@ -254,3 +254,20 @@ def test_errors(images, monkeypatch):
     monkeypatch.setitem(classical.UNAVAILABLE_CODECS, "webp", "built without WEBP (test)")
     with pytest.raises(RuntimeError, match=r"unavailable: built without WEBP \(test\)"):
         evaluate_classical("webp", [images["smooth"]])
+
+
+@pytest.mark.parametrize("codec, bad", [("jpeg", [-20]), ("jpeg", [250]), ("webp", [-5]), ("avif", [100]),
+                                        ("jpegxl", [-10]), ("jpeg2000", [0.001]), ("jpeg", [49.5])])
+def test_qualities_outside_the_lossy_range_or_truncated_are_refused(images, codec, bad):
+    """WebP -5 coded losslessly (a 148 dB point that moved its BD-rate vs VTM by 6-16 points), AVIF 100 too,
+    JPEG 250 coded as 100, JPEG 49.5 as 49 (two 'qualities' with one file): each is now refused by name,
+    before anything is coded."""
+    if codec not in CLASSICAL_CODECS:
+        pytest.skip(f"{codec} not in this imagecodecs build")
+    with pytest.raises(ValueError, match="outside|whole numbers"):
+        evaluate_classical(codec, [images["smooth"]], qualities=bad, progress=False)
+
+
+def test_a_numpy_scalar_quality_is_one_quality(images):
+    out = evaluate_classical("jpeg", [images["smooth"]], qualities=np.int64(50), progress=False)
+    assert out["results"]["quality"] == [50]

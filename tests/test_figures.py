@@ -365,3 +365,27 @@ def test_eval_cache_is_of_the_images_content_not_their_folder_name(tmp_path):
                                          "measure": MEASURE_VERSION}}))
     assert _cached_codec_results(path, ck.info, a, None) is not None
     assert _cached_codec_results(path, ck.info, b, None) is None
+
+
+def test_claims_compare_spans_over_the_shared_ladder_and_print_the_side_of_the_threshold():
+    """The range row compared ours over 6 λ with separate models over 2 ('same λ ladder', unchecked), and
+    rounding printed 80 % beside 'not supported' for a ≥ 80 % criterion (79.65 %), +10.0 % for +10.04 %."""
+    from lpm.figures.claims import APPROACH_BD_RATE, _verdict_from_bd, range_row
+
+    rates = [0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483]
+    ours = F.Curve("ours", [0.10, 0.11, 0.12, 0.13, 0.14, 0.15], [30 + i for i in range(6)], kind="ours",
+                   rates=rates, trained=[True] * 6)
+    pair = F.Curve("separate", [0.14, 0.15], [30, 31], kind="separate", rates=[0.025, 0.0483], trained=[True] * 2)
+    r = range_row(ours, pair, "b")
+    assert "the 2 λ both were trained at" in r["measurement"] and r["value"] == pytest.approx(0.15 / 0.14)
+    lone = F.Curve("separate", [0.2], [31], kind="separate", rates=[0.0483], trained=[True])
+    assert range_row(ours, lone, "b")["verdict"].startswith("not measurable yet")
+    sep = F.Curve("separate", [0.1 * 2 ** (i / 5) for i in range(6)], [30 + i for i in range(6)], kind="separate",
+                  rates=rates, trained=[True] * 6)
+    near = F.Curve("ours", [0.1 * 2 ** (0.7965 * i / 5) for i in range(6)], [30 + i for i in range(6)], kind="ours",
+                   rates=rates, trained=[True] * 6)
+    assert range_row(near, sep, "b")["verdict"] == "not supported: 79.7 % of the separate models' span"
+    text, verdict = _verdict_from_bd({"TCM-L": (10.04, "ok", False)}, lambda v: v <= APPROACH_BD_RATE)
+    assert "+10.04 %" in text and verdict.startswith("not supported")
+    text, verdict = _verdict_from_bd({"SFT": (-0.04, "ok", False)}, lambda v: v < 0.0)
+    assert "-0.04 %" in text and verdict == "supported"  # not "-0.0 %" beside "< 0"

@@ -15,7 +15,7 @@ import yaml
 
 from lpm.cli import main
 from lpm.checkpoints import load_codec
-from lpm.train.runner import LEDGER_FIELDS, Runner, RunConfig, load_config
+from lpm.train.runner import LEDGER_FIELDS, Runner, RunConfig, TrainingStateError, load_config
 from lpm.train.sampler import CropSampler, subset
 
 from conftest import write_fake_bsds500
@@ -211,6 +211,37 @@ def test_torchrun_gloo_two_processes_stay_in_sync(tmp_path, data_dir):
     assert (run / "model.safetensors").exists() and not out.exists()
     ledger = json.loads((run / "ledger.jsonl").read_text().splitlines()[0])
     assert ledger["world_size"] == 2 and ledger["crops_seen"] == 3 * 2 * 2
+
+
+def test_torchrun_resume_gives_each_rank_its_own_crops_back(tmp_path, data_dir):
+    """Stopped at step 2 of 4 and resumed, two processes draw exactly the crops of a run never stopped, each
+    its own (rank 1 resumed with rank 0's crops and noise: every GPU then trained on the same batches), and
+    end with its weights; a state of 2 processes is refused to 1 (steps and budget would not continue)."""
+    cfg = {"name": "ddp", "kind": "base", "model": "tiny", "steps": 4, "log_every": 1, "checkpoint_every": 10,
+           "data": {"dir": str(data_dir), "crop": 32, "batch": 2, "on_device": False}}
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(out, *mode):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518",
+               "-m", "lpm.train.ddp_check", str(path), str(out), *mode]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    torchrun(tmp_path / "ref")
+    torchrun(tmp_path / "stopped", "2")
+    torchrun(tmp_path / "stopped", "resume")
+    ref = [(tmp_path / "ref" / f"rank{r}.crops").read_text().split() for r in (0, 1)]
+    got = [(tmp_path / "stopped" / f"rank{r}.crops").read_text().split() for r in (0, 1)]
+    assert len(ref[0]) == 4 and ref[0] != ref[1]
+    assert got == ref
+    for r in (0, 1):
+        assert (tmp_path / "stopped" / f"rank{r}.sha").read_text() == (tmp_path / "ref" / f"rank{r}.sha").read_text()
+    # the stop left a state of 2 processes: 1 process may not resume it
+    torchrun(tmp_path / "again", "2")
+    with pytest.raises(TrainingStateError, match="saved by 2 training process"):
+        Runner(load_config(path, out_dir=str(tmp_path / "again" / "run")), device="cpu", progress=False).run(resume=True)
 
 
 @pytest.mark.parametrize("kind", ["rate_conditioned", "gain_units"])

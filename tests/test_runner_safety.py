@@ -468,3 +468,101 @@ def test_a_run_that_fails_before_writing_leaves_no_new_folder(tmp_path, data_dir
         with pytest.raises(RuntimeError, match="stage table broke"):
             Runner(_cfg(tmp_path, data_dir, out_dir=str(where)), device="cpu", progress=False).run()
     assert not (tmp_path / "new").exists() and kept.is_dir()
+
+
+def _die_at_crop(monkeypatch, n: int) -> None:
+    real_next, calls = CropSampler.next, {"n": 0}
+
+    def dying_next(self):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise _Killed()
+        return real_next(self)
+
+    monkeypatch.setattr(CropSampler, "next", dying_next)
+
+
+def test_resume_follows_moved_data_and_refuses_other_images(tmp_path, data_dir, monkeypatch):  # noqa: F811
+    """--data-dir wins over the config's data.dir (a run whose set moved could not be resumed: the config's
+    path was used, and changing it was 'a config change'); other images than the run's are refused."""
+    first = tmp_path / "first"
+    shutil.copytree(data_dir, first)
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        _die_at_crop(mp, 5)  # the state of step 3 is on disk
+        with pytest.raises(_Killed):
+            Runner(_cfg(tmp_path, first), device="cpu", progress=False).run()
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    saved = load_config(out / "config.yaml")  # its data.dir names the old place
+    assert saved.data.dir == str(first) and saved.out_dir == str(out)
+    (w,) = Runner(saved, data_dir=str(moved), device="cpu", progress=False).run(resume=True)
+    ref = Runner(_cfg(tmp_path, data_dir, out_dir=str(tmp_path / "ref")), device="cpu", progress=False).run()
+    from safetensors.torch import load_file
+
+    got, want = load_file(w), load_file(ref[0])
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)  # exactly as never stopped
+
+    with pytest.MonkeyPatch.context() as mp:
+        _die_at_crop(mp, 5)
+        with pytest.raises(_Killed):
+            Runner(_cfg(tmp_path, moved, out_dir=str(tmp_path / "run2")), device="cpu", progress=False).run()
+    next((moved / "bsds500" / "train").iterdir()).unlink()  # another set of images now
+    with pytest.raises(TrainingStateError, match="training images differ"):
+        Runner(_cfg(tmp_path, moved, out_dir=str(tmp_path / "run2")), device="cpu", progress=False).run(resume=True)
+
+
+def test_a_relative_out_dir_is_written_absolute(tmp_path, data_dir, monkeypatch):  # noqa: F811
+    """config.yaml kept `out_dir: rel`, so `lpm train rel/config.yaml --resume` from elsewhere started afresh
+    in another folder; it now names the folder itself, and --resume without a state says it starts afresh."""
+    monkeypatch.chdir(tmp_path)
+    Runner(_cfg(tmp_path, data_dir, out_dir="rel", steps=1), device="cpu", progress=False).run()
+    assert yaml.safe_load((tmp_path / "rel" / "config.yaml").read_text())["out_dir"] == str(tmp_path / "rel")
+
+
+def test_a_file_name_that_is_not_utf8_trains_and_is_listed_as_it_is(tmp_path, data_dir):  # noqa: F811
+    if sys.platform == "darwin":
+        pytest.skip("macOS file systems refuse names that are not UTF-8")
+    copy = tmp_path / "d"
+    shutil.copytree(data_dir, copy)
+    train = copy / "bsds500" / "train"
+    for i, p in enumerate(sorted(train.iterdir())):
+        os.rename(p, os.path.join(os.fsencode(train), b"img\xff%d.png" % i))
+    out = tmp_path / "run"
+    Runner(_cfg(tmp_path, copy, steps=1, data={"dir": str(copy), "crop": 32, "batch": 2, "on_device": False,
+                                               "splits": ["train"], "fraction": 0.5}),
+           device="cpu", progress=False).run()
+    listed = (out / "subset.txt").read_bytes().split()
+    assert listed and all(b"\xff" in name and os.path.exists(os.path.join(os.fsencode(copy / "bsds500"), name))
+                          for name in listed)
+
+
+def test_a_full_disk_while_saving_the_state_is_one_os_error_and_keeps_the_last_state(tmp_path, monkeypatch):
+    from lpm.train import state as state_mod
+
+    path = tmp_path / "state.pt"
+    state_mod.save_state({"a": torch.zeros(1)}, path)
+    before = path.read_bytes()
+
+    def full(obj, f):
+        Path(f).write_bytes(b"part")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 127488 vs 127376")
+
+    monkeypatch.setattr(state_mod.torch, "save", full)
+    with pytest.raises(OSError, match="cannot write the training state .*previous state is kept"):
+        state_mod.save_state({"a": torch.ones(1)}, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_img_per_s_after_a_resume_counts_only_the_steps_timed(tmp_path):
+    """A run resumed 9 steps into a 10-step log interval divided 10 steps by the time of 1 (325 img/s for 21)."""
+    from lpm.train.progress import StageLog
+
+    with StageLog(tmp_path / "log.csv", "base", None, steps=10, start=9, log_every=10, images_per_step=1,
+                  device=torch.device("cpu")) as log:
+        log.restore(torch.tensor([9.0, 9.0, 0.09, 9.0], dtype=torch.float64))
+        time.sleep(0.1)
+        one = torch.tensor(1.0)
+        log.update(10, {"loss": one, "bpp_loss": one, "mse_loss": one * 0.01}, 1e-3, 60.0)
+    row = _log(tmp_path)[-1]
+    assert float(row["loss"]) == pytest.approx(1.0) and float(row["img_per_s"]) <= 10.5  # 1 step in ≥ 0.1 s

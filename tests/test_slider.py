@@ -163,6 +163,8 @@ def test_rates_outside_the_range_are_refused(rs):
     for bad in (lo * 0.9, hi * 1.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="outside"):
             rs.code_at(bad)
+        with pytest.raises(ValueError, match="outside"):  # also as the initial rate: when built, not shown
+            RateSlider(rs.model, rs.model_id, *rs._sources["full"][:2], rate=bad, preview_size=PREVIEW)
 
 
 def test_widget_builds_headless_and_follows_the_slider(smoke, image):
@@ -426,3 +428,20 @@ def test_a_grey_image_is_shown_and_measured_as_lpm_decompress_writes_it(smoke, t
     assert (shown.max(-1) == shown.min(-1)).all()  # grey, as the decoded file
     row, _ = _measure(model, model_id, path, rate, torch.device("cpu"))
     assert res["psnr"] == pytest.approx(row["psnr_rgb"], abs=1e-9) and res["bytes"] == row["bytes"]
+
+
+def test_trained_rates_of_many_digits_are_coded_as_trained():
+    """Rates were rounded to 4 digits before anything else: a trained λ of more digits was coded as an
+    interpolated one (and labelled trained), the top one labelled untrained, and separate models could not
+    code their own rates in the slider at all."""
+    from lpm.models.baselines import SeparateModels
+
+    torch.manual_seed(0)
+    ladder = [0.0018, 0.00932850470332732, 0.048345000000000006]
+    sep = SeparateModels({r: zoo.build("tiny", prompted=False) for r in ladder}).eval()
+    sep.update(force=True)
+    x = torch.rand(3, 32, 32)
+    s = RateSlider(sep, "0123456789abcdef", x, ImageInfo(32, 32, 3, 8, False), preview_size=PREVIEW)
+    assert [s.code_at(r, full=True)["rate"] for r in ladder] == ladder
+    assert all(p["trained"] for p in s.session_points())
+    assert s.code_at(0.009329, full=True)["rate"] == ladder[1]  # the slider's 4-digit position of it

@@ -96,6 +96,10 @@ class _Spec:
     qualities: tuple[float, ...]
     quality_meaning: str
     settings: dict[str, Any] = field(default_factory=dict)
+    #: the qualities that code lossily, inclusive (outside it the libraries go lossless, fall back to a
+    #: default or fail: one lossless point at the 148 dB cap moves a BD-rate by 6-16 points)
+    lossy: tuple[float, float] = (0.0, 100.0)
+    integer: bool = False  # the library takes whole numbers (a fraction would be truncated)
 
 
 def _jpeg_encode(x: np.ndarray, quality: float) -> bytes:
@@ -152,12 +156,14 @@ _SPECS: tuple[_Spec, ...] = (
         "IJG quality factor (0-100)",
         {"function": "imagecodecs.jpeg8_encode", "subsampling": "4:4:4", "optimize": True,
          "progressive": False},
+        lossy=(1, 100), integer=True,
     ),
     _Spec(
         "webp", "WebP", "WEBP", "webp_version", _webp_encode, _webp_decode,
         (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
         "libwebp quality (0-100)",
         {"function": "imagecodecs.webp_encode", "lossless": False, "method": 6, "numthreads": 1},
+        lossy=(0, 100),
     ),
     _Spec(
         "avif", "AVIF", "AVIF", "avif_version", _avif_encode, _avif_decode,
@@ -165,12 +171,14 @@ _SPECS: tuple[_Spec, ...] = (
         "libavif quality (0-100)",
         {"function": "imagecodecs.avif_encode", "pixelformat": "4:4:4", "bitspersample": 8, "speed": 6,
          "numthreads": 1, "av1_encoder": "libavif default"},
+        lossy=(0, 99), integer=True,
     ),
     _Spec(
         "jpegxl", "JPEG XL", "JPEGXL", "jpegxl_version", _jpegxl_encode, _jpegxl_decode,
         (10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
         "libjxl quality (0-100; mapped to a Butteraugli distance by libjxl)",
         {"function": "imagecodecs.jpegxl_encode", "effort": 7, "usecontainer": False, "numthreads": 1},
+        lossy=(0, 99.9),
     ),
     _Spec(
         "jpeg2000", "JPEG 2000", "JPEG2K", "jpeg2k_version", _jpeg2000_encode, _jpeg2000_decode,
@@ -178,6 +186,7 @@ _SPECS: tuple[_Spec, ...] = (
         "OpenJPEG fixed-quality target PSNR in dB (tcp_distoratio)",
         {"function": "imagecodecs.jpeg2k_encode", "codecformat": "J2K (bare codestream)",
          "mct": True, "numthreads": 1},
+        lossy=(10, 80),
     ),
 )
 
@@ -259,14 +268,31 @@ def _image_paths(image_paths: str | os.PathLike[str] | Iterable[str | os.PathLik
 def _qualities(spec: _Spec, qualities: Sequence[float] | None) -> list[float]:
     if qualities is None:
         return list(spec.qualities)
-    if isinstance(qualities, (int, float)):
+    if np.ndim(qualities) == 0:  # one number (also a numpy scalar)
         qualities = [qualities]
-    qs = sorted({float(q) for q in qualities})
+    try:
+        qs = sorted({float(q) for q in qualities})
+    except (TypeError, ValueError):
+        raise ValueError(f"qualities must be numbers, got {qualities!r}") from None
     if not qs:
         raise ValueError("qualities is empty")
     if not all(math.isfinite(q) for q in qs):
         raise ValueError(f"qualities must be finite numbers, got {list(qualities)!r}")
+    lo, hi = spec.lossy
+    outside = [q for q in qs if not lo <= q <= hi]
+    if outside:
+        raise ValueError(f"{spec.title} qualities {_shown_q(outside)} are outside {_shown_q([lo])}..{_shown_q([hi])}, "
+                         f"the range it codes lossily ({spec.quality_meaning}); outside it the library codes "
+                         "losslessly, falls back to a default or fails")
+    fractional = [q for q in qs if not q.is_integer()]
+    if spec.integer and fractional:
+        raise ValueError(f"{spec.title} qualities are whole numbers ({spec.quality_meaning}); "
+                         f"{_shown_q(fractional)} would be truncated to another quality's file")
     return [int(q) if q.is_integer() else q for q in qs]
+
+
+def _shown_q(qs: Sequence[float]) -> str:
+    return ", ".join(f"{q:g}" for q in qs)
 
 
 def _nanmean(values: Sequence[float]) -> float:

@@ -25,6 +25,15 @@ RANGE_SHARE = 0.8  # "a wide range of rates": bpp span (log) >= 80 % of the sepa
 RANGE_CLAIM = "one frozen base covers a wide range of rates"
 
 
+def _shown(v: float, digits: int, passes: Callable[[float], bool], sign: str = "") -> str:
+    """``v`` with ``digits`` decimals, or more where that rounding would land on the other side of the
+    criterion (+10.04 % shown as +10.0 % beside a '≤ +10 %' criterion read as passing)."""
+    d = digits
+    while d < 6 and passes(round(v, d)) != passes(v):
+        d += 1
+    return f"{v:{sign}.{d}f}"
+
+
 def _verdict_from_bd(values: Mapping[str, tuple[Optional[float], str, bool]],
                      ok: Callable[[float], bool]) -> tuple[str, str]:
     """Combine BD-rates against several references, ``{label: (bd_rate or None, note, ours dominated by it)}``,
@@ -33,7 +42,7 @@ def _verdict_from_bd(values: Mapping[str, tuple[Optional[float], str, bool]],
     parts, fails, unknown = [], [], []
     for ref, (v, why, dominated) in values.items():
         if v is not None:
-            parts.append(f"{ref}: {v:+.1f} %")
+            parts.append(f"{ref}: {_shown(v, 1, ok, '+')} %")
             if not ok(v):
                 fails.append(ref)
         elif dominated:
@@ -66,6 +75,21 @@ def range_row(ours: Optional[Curve], separate: Optional[Curve], budget: str, why
            "source": "eval caches (trained rates) of ours and of the separate models"}
     if ours is not None and ours.trained is not None:
         ours = ours.subset([bool(t) for t in ours.trained])
+    ladder_note = ""
+    if ours is not None and separate is not None and ours.rates and separate.rates:
+        # the spans are compared over the λ both were trained at (a separate pair spans less than a ladder of 6)
+        common = [r for r in ours.rates if any(math.isclose(r, q, rel_tol=1e-6) for q in separate.rates)]
+        if len(common) < len(ours.rates) or len(common) < len(separate.rates):
+            def keep(c: Curve) -> Curve:
+                return c.subset([any(math.isclose(r, q, rel_tol=1e-6) for q in common) for r in c.rates])
+
+            if len(common) >= 2:
+                ours, separate = keep(ours), keep(separate)
+                ladder_note = f" (the {len(common)} λ both were trained at)"
+            else:
+                why_missing = (f"ours and the separate models share {len(common)} trained λ; spans need two "
+                               "or more of the same ladder")
+                ours = None
     if ours is None or not ours.rates or len(ours.bpp) < 2:
         return {**row, "measurement": "", "value": None,
                 "verdict": f"not measurable yet: {why_missing or 'no evaluation of ours at two or more rates'}"}
@@ -74,8 +98,8 @@ def range_row(ours: Optional[Curve], separate: Optional[Curve], budget: str, why
     up = sum(b > a for (_, a), (_, b) in zip(pts, pts[1:]))
     steps = len(pts) - 1
     span = max(b for _, b in pts) / min(b for _, b in pts)
-    text = (f"bpp {b_lo:.4f} at λ={lo:g} to {b_hi:.4f} at λ={hi:g}; span {span:.2f}x; bpp rises with λ at {up} of "
-            f"{steps} steps")
+    text = (f"bpp {b_lo:.4f} at λ={lo:g} to {b_hi:.4f} at λ={hi:g}{ladder_note}; span {span:.2f}x; bpp rises "
+            f"with λ at {up} of {steps} steps")
     row.update(value=span)
     sep_span = None
     if separate is not None and separate.rates and len(separate.bpp) >= 2:
@@ -92,7 +116,8 @@ def range_row(ours: Optional[Curve], separate: Optional[Curve], budget: str, why
     else:
         share = math.log(span) / math.log(sep_span) if sep_span > 1 else float("inf")
         row["verdict"] = ("supported" if share >= RANGE_SHARE else
-                          f"not supported: {100 * share:.0f} % of the separate models' span")
+                          f"not supported: {_shown(100 * share, 0, lambda v: v >= 100 * RANGE_SHARE)} % of the "
+                          "separate models' span")
     return row
 
 
@@ -136,14 +161,15 @@ def claims_table(ctx: Context, *, recompute_storage: bool = True) -> pd.DataFram
     else:
         v = float(ds["saving_percent"])
         ok = v >= 90 - DATA_TOLERANCE
-        verdict = "supported" if ok else f"not supported: {v:.1f} %"
+        shown = _shown(v, 1, lambda x: x >= 90 - DATA_TOLERANCE)
+        verdict = "supported" if ok else f"not supported: {shown} %"
         if ok and str(ds.get("separate_source", "")).startswith("assumed"):
             label = str(ds.get("budget_label") or "checkpoint budget")
             label = label if label.startswith("this ") else f"the {label}"
             verdict += (f": as an image count only, at {label} (the separate "
                         "models were not trained; whether the RD holds is the 'same RD' row)")
         rows.append({"claim": "90 % less training data than separate models", "paper": "≈90 %",
-                     "measurement": f"{v:.1f} % ({ds['prompt_images']} vs {ds['separate_images']} images; {note})",
+                     "measurement": f"{shown} % ({ds['prompt_images']} vs {ds['separate_images']} images; {note})",
                      "value": v, "budget": budget, "criterion": f"saving ≥ {90 - DATA_TOLERANCE:g} %",
                      "verdict": verdict, "source": f"checkpoint {ds.get('source', 'meta (ledger)')}"})
 

@@ -66,16 +66,18 @@ def bd_against(ref: Curve, test: Curve, method: str = "cubic") -> tuple[Optional
 
 
 def bd_table(curves: Sequence[Curve], anchors: Sequence[Curve], separate: Optional[Curve] = None,
-             method: str = "cubic") -> pd.DataFrame:
+             method: str = "cubic", comparable: Optional[bool] = None) -> pd.DataFrame:
     """BD-rate (``method``, default the VCEG-M33 cubic) of every curve against VTM (published, Kodak) and
     against the separate-models curve (if given); one row per curve (ours twice: trained rates only, and
-    with the continuous rates). ``None`` with the reason where it cannot be computed or compared."""
+    with the continuous rates). ``None`` with the reason where it cannot be computed or compared.
+    ``comparable``: whether the curves were measured on the whole Kodak set (the notebooks'
+    ``ctx.full_kodak``); without it, what the anchors say, and with no anchors either, not comparable."""
     from lpm.eval import load_anchors
 
     vtm = next((a for a in anchors if a.label == "VTM"), None)
     if vtm is None:
         df = load_anchors("VTM")
-        comp = all(a.comparable for a in anchors) if anchors else True
+        comp = comparable if comparable is not None else all(a.comparable for a in anchors) if anchors else False
         vtm = Curve("VTM", df["bpp"].tolist(), df["psnr_rgb"].tolist(), kind="anchor", comparable=comp)
     rows_in: list[Curve] = []
     for c in curves:

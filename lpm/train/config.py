@@ -167,7 +167,7 @@ def _plain_name(key: str, value: Any, what: str) -> str:
 @dataclass
 class DataConfig:
     set: str = "bsds500"
-    dir: Optional[str] = None  # directory holding the set's folder; default: --data-dir / $LPM_DATA_DIR / data/
+    dir: Optional[str] = None  # directory holding the set's folder; --data-dir wins; else $LPM_DATA_DIR / data/
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
     fraction: Optional[float] = None  # None: the kind's default (1.0; 0.1 for prompts)
     crop: int = 256

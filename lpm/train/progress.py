@@ -78,6 +78,7 @@ class StageLog:
             self.bar = tqdm(total=steps, initial=start, desc=stage, dynamic_ncols=True)
         self.acc = torch.zeros(3, device=device)
         self.n = 0
+        self.timed = 0  # steps since t_last (img/s counts this invocation's steps only, not restored ones)
         self.t_last = time.perf_counter()
         self.last_loss: Optional[float] = None  # the mean loss of the last row written
 
@@ -95,10 +96,11 @@ class StageLog:
         """After ``step`` (1-based): add its losses; at a logging step write the interval's mean."""
         self.acc += torch.stack([losses["loss"], losses["bpp_loss"], losses["mse_loss"]])
         self.n += 1
+        self.timed += 1
         if step % self.every == 0 or step == self.steps:
             loss, bpp, mse = (self.acc / self.n).tolist()  # the one host sync per log interval
             now = time.perf_counter()
-            ips = self.n * self.images_per_step / max(now - self.t_last, 1e-9)
+            ips = self.timed * self.images_per_step / max(now - self.t_last, 1e-9)
             psnr = 10 * math.log10(1 / max(mse, 1e-12)) if math.isfinite(mse) else float("nan")
             self.last_loss = loss
             if self.writer:
@@ -108,7 +110,7 @@ class StageLog:
             if self.bar:
                 self.bar.set_postfix(loss=f"{loss:.4f}", bpp=f"{bpp:.4f}", psnr=f"{psnr:.2f}", ips=f"{ips:.0f}")
             self.acc.zero_()
-            self.n, self.t_last = 0, now
+            self.n, self.timed, self.t_last = 0, 0, now
         if self.bar:
             self.bar.update(1)
 

@@ -46,6 +46,8 @@ DistributedDataParallel (NCCL on GPUs, gloo on CPUs); every rank draws its own c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -68,7 +70,7 @@ from torch import nn
 
 from lpm.paths import PROJECT_ROOT
 from lpm.checkpoints import save_codec
-from lpm.fsutil import atomic_write_text, remove_stale_temporaries
+from lpm.fsutil import atomic_write, atomic_write_text, remove_stale_temporaries
 from lpm.data import find_images, locate_dataset, manifest_checksum, manifest_path, read_manifest
 from lpm.train.config import DataConfig, RunConfig, load_config
 from lpm.train.ledger import LEDGER_FIELDS, budget_string, stage_record, write_ledger
@@ -81,6 +83,7 @@ from lpm.train.state import (
     STATE_FORMAT,
     TrainingStateError,
     check_state_fits,
+    rank_random_state,
     read_state,
     restore_state,
     save_state,
@@ -97,6 +100,15 @@ class TrainingDiverged(ValueError):
 
 #: Signals that stop a run cleanly (state saved), then go on to the handler that was installed before.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def images_fingerprint(paths: list[Path], root: Path) -> str:
+    """sha256 over the training images' paths relative to the set's folder and their sizes, in order: the same
+    images, wherever the set was copied to (contents are not read: a large set would take minutes)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(os.fsencode(p.relative_to(root)) + b"\0" + str(p.stat().st_size).encode() + b"\n")
+    return h.hexdigest()
 
 
 class Runner:
@@ -118,11 +130,12 @@ class Runner:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.progress = progress and self.rank == 0
-        self.out = Path(cfg.out_dir) if cfg.out_dir else PROJECT_ROOT / "results" / "runs" / cfg.name
+        # absolute, so that the config written to it and the resume commands printed work from anywhere
+        self.out = (Path(cfg.out_dir) if cfg.out_dir else PROJECT_ROOT / "results" / "runs" / cfg.name).absolute()
         if self.out.exists() and not self.out.is_dir():
             raise TrainingStateError(f"{self.out}: out_dir is not a directory")
         self.data_dir = data_dir
-        root = locate_dataset(cfg.data.set, cfg.data.dir or data_dir)
+        root = locate_dataset(cfg.data.set, data_dir or cfg.data.dir)  # the command line wins
         self.data_root = root
         # a copy holding only this run's seeded subset (scripts/gpu_stretch.py subset) serves this run alone
         self.declared = read_declared_subset(root)
@@ -134,6 +147,7 @@ class Runner:
         else:
             self.all_images = self.train_paths = self.declared.select(cfg.data.splits, cfg.data_fraction, cfg.seed)
             self.images_in_set = self.declared.images_in_set
+        self.train_images = images_fingerprint(self.train_paths, root)
         try:
             self.manifest_sha = manifest_checksum(manifest_path(cfg.data.set))
         except (KeyError, ValueError, FileNotFoundError):
@@ -256,13 +270,20 @@ class Runner:
             cmd = f"lpm train {self.out / 'config.yaml'} --continue-from {self.out / PARTIAL_FILE} --out-dir NEW_DIR"
         else:
             cmd = f"lpm train {self.out / 'config.yaml'} --resume"
-        return cmd + (f" --data-dir {self.data_dir}" if self.data_dir and not self.cfg.data.dir else "")
+        return cmd + (f" --data-dir {self.data_dir}" if self.data_dir else "")
 
     # ------------------------------------------------------------------ state
     def _save_state(self, stage_idx: int, step: int, stage: Stage, train_step: Optional[TrainStep],
                     sampler: Optional[CropSampler], keep_model: bool = True, log: Optional[StageLog] = None) -> None:
         if keep_model and step > 0:
             self._check_finite(stage, step)  # never replace the last good state with a diverged one
+        rank_states = None
+        if self.world > 1:  # every rank's own crops, noise and rates, so that each resumes its own stream
+            mine = rank_random_state(self.device, sampler, stage.rate_generator)
+            gathered: Optional[list] = [None] * self.world if self.rank == 0 else None
+            dist.gather_object(mine, gathered, dst=0)
+            if gathered is not None:
+                rank_states = {str(r): gathered[r] for r in range(1, self.world)}
         if self.rank == 0:
             state = training_state(
                 self.cfg, stage=stage_idx, step=step, elapsed=self.elapsed, stage_start=self.stage_start,
@@ -270,6 +291,7 @@ class Runner:
                 ledger=self.ledger, finished=self.finished, device=self.device,
                 model=stage.model if keep_model else None, train_step=train_step, sampler=sampler,
                 rate_generator=stage.rate_generator, log_pending=log.pending() if log is not None else None,
+                world_size=self.world, rank_states=rank_states, train_images=self.train_images,
             )
             save_state(state, self.state_path)
         if self.world > 1:
@@ -379,9 +401,18 @@ class Runner:
         # everything that can refuse comes before anything is written
         if not resume:
             self._refuse_overwrite("pass --resume or choose another out_dir")
-        state = read_state(self.state_path, cfg) if resume else None
+        state = read_state(self.state_path, cfg, self.world) if resume else None
         if resume and state is None:
             self._refuse_overwrite("there is no state.pt to resume from, and a fresh run would overwrite it")
+            if self.rank == 0:
+                print(f"lpm: notice: no training state in {self.out}: nothing to resume, starting the run afresh",
+                      file=sys.stderr, flush=True)
+        if state is not None and state.get("train_images") and state["train_images"] != self.train_images:
+            raise TrainingStateError(
+                f"{self.state_path}: cannot resume, the training images differ from the run's (another copy of "
+                f"the set, or a changed one: {len(self.train_paths)} images now, with other names or sizes); "
+                "point --data-dir at the run's copy, or start a new out_dir with --continue-from its "
+                "partial.safetensors; nothing was changed")
         torch.manual_seed(cfg.seed)
         stages = self._stages()
         self.stages = stages
@@ -412,11 +443,13 @@ class Runner:
                   f"{restart.path} (sha256 {restart.sha256[:16]}…) with a fresh optimizer and a "
                   f"{restart.warmup}-step learning-rate warm-up", flush=True)
         if self.rank == 0:
-            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            written = dataclasses.replace(cfg, out_dir=str(self.out)) if cfg.out_dir else cfg
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(written.to_dict(), sort_keys=False))
             self._tidy_out_dir(stages, state, restart, first_stage)
             if cfg.data_fraction < 1.0:
-                atomic_write_text(self.out / "subset.txt",
-                                  "\n".join(str(p.relative_to(self.data_root)) for p in stages[0].paths) + "\n")
+                # file names as the file system holds them (a name that is not UTF-8 is written as its bytes)
+                atomic_write(self.out / "subset.txt", b"".join(
+                    os.fsencode(p.relative_to(self.data_root)) + b"\n" for p in stages[0].paths))
         handlers = self._install_signal_handlers()
         # a continued run lists the stages finished elsewhere (their files stayed there) but writes only its own
         inherited = list(self.restart.finished) if self.restart is not None else []
@@ -539,7 +572,7 @@ class Runner:
                 stage.rate_generator.manual_seed(restart_seed(cfg.seed + 7919 * self.rank, restart))
         if state is not None:
             step = restore_state(self.state_path, state, train_step=train_step, sampler=sampler,
-                                 rate_generator=stage.rate_generator, device=self.device)
+                                 rate_generator=stage.rate_generator, device=self.device, rank=self.rank)
         t0, elapsed0, gpu0 = time.perf_counter(), self.elapsed, self.gpu_elapsed
         on_gpu = self.device.type == "cuda"
         self._live, self._live_index = (stage.name, step), i

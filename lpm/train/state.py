@@ -41,8 +41,13 @@ STATE_FIELDS: dict[str, Any] = {
     "torch_rng": Tensor, "cuda_rng": Tensor, "finished_models": str, "rate_generator": Tensor,
 }
 #: Fields older states lack (checked where they are used); any other key is refused.
-OPTIONAL_FIELDS = frozenset({"gpu_elapsed", "stage_gpu_start", "log_pending"})
-#: Config keys that may change between a run and its resumption.
+OPTIONAL_FIELDS = frozenset({"gpu_elapsed", "stage_gpu_start", "log_pending", "world_size", "rank_states",
+                             "train_images"})
+#: The per-process random state: each rank draws its own crops, noise and rates (rank 0's are the top-level
+#: fields; a state saved by N processes holds ranks 1..N-1's under ``rank_states``, keyed by the rank).
+RANK_FIELDS = ("sampler", "torch_rng", "cuda_rng", "rate_generator")
+#: Config keys that may change between a run and its resumption (and ``data.dir``: the set moved; which
+#: images it trains on is checked by their list, ``train_images_sha256``).
 VOLATILE = frozenset({"max_minutes", "checkpoint_every", "log_every", "out_dir", "channels_last"})
 
 
@@ -65,6 +70,7 @@ def training_state(
     finished: list[str], device: torch.device, model: Optional[nn.Module], train_step: Optional[TrainStep],
     sampler: Optional["CropSampler"], rate_generator: Optional[torch.Generator],
     gpu_elapsed: float = 0.0, stage_gpu_start: float = 0.0, log_pending: Optional[Tensor] = None,
+    world_size: int = 1, rank_states: Optional[dict[str, dict[str, Any]]] = None, train_images: str = "",
 ) -> dict[str, Any]:
     """The state after ``step`` steps of stage ``stage``. ``model=None`` leaves the model out (the next stage
     starts from what is on disk); ``train_step``/``sampler`` are ``None`` at a stage boundary; ``log_pending``:
@@ -82,19 +88,43 @@ def training_state(
         "ledger": json.dumps(ledger),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()} if model is not None else {},
         **opts,
+        **rank_random_state(device, sampler, rate_generator),
+        "finished_models": json.dumps(finished),
+        # optional (older states lack it): the log's sums since its last row, [loss, bpp, mse, steps]
+        "log_pending": log_pending if log_pending is not None else torch.zeros(4, dtype=torch.float64),
+        # optional (older states: 1 process): how many processes trained, and ranks 1..N-1's random state
+        "world_size": world_size,
+        "rank_states": rank_states or {},
+        # optional (older states lack it): sha256 of the training images' relative paths and sizes
+        "train_images": train_images,
+    }
+
+
+def rank_random_state(device: torch.device, sampler: Optional["CropSampler"],
+                      rate_generator: Optional[torch.Generator]) -> dict[str, Any]:
+    """This process's random state (:data:`RANK_FIELDS`): crop sampler, torch and CUDA generators, rates."""
+    return {
         "sampler": sampler.state_dict() if sampler is not None else {},
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
-        "finished_models": json.dumps(finished),
         "rate_generator": rate_generator.get_state() if rate_generator is not None else torch.empty(0, dtype=torch.uint8),
-        # optional (older states lack it): the log's sums since its last row, [loss, bpp, mse, steps]
-        "log_pending": log_pending if log_pending is not None else torch.zeros(4, dtype=torch.float64),
     }
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` atomically (readers see the old state or the new one, never a part)."""
-    atomic_save(path, lambda tmp: torch.save(state, tmp))
+    def write(tmp: str) -> None:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch's writer reports a full disk as "unexpected pos ..."
+            import errno
+            import shutil
+
+            free = shutil.disk_usage(Path(tmp).parent).free
+            raise OSError(errno.ENOSPC, f"cannot write the training state {path} ({free} bytes free on its disk; "
+                          f"the previous state is kept): {one_line(e, 160)}") from None
+
+    atomic_save(path, write)
 
 
 def _one_line(e: BaseException) -> str:
@@ -141,9 +171,10 @@ def _check_optimizer_state(sd: Any, fresh: torch.optim.Optimizer, params: list[n
     return None
 
 
-def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
-    """The training state at ``path`` read safely and checked field by field against ``cfg`` (not yet against
-    the model: :func:`check_state_fits`); ``None`` if there is none."""
+def read_state(path: Path, cfg: "RunConfig", world: int = 1) -> Optional[dict]:
+    """The training state at ``path`` read safely and checked field by field against ``cfg`` and the number of
+    processes ``world`` that resume it (not yet against the model: :func:`check_state_fits`); ``None`` if
+    there is none."""
     if not path.exists() and not path.is_symlink():
         return None
 
@@ -192,21 +223,41 @@ def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
     now = cfg.to_dict()
     # a key the saved config lacks was added to RunConfig later: the state was made with its default
     defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
-    diff = sorted(k for k in now if k not in VOLATILE and saved.get(k, defaults.get(k)) != now[k])
+    def same(k: str) -> bool:
+        was = saved.get(k, defaults.get(k))
+        if k == "data" and isinstance(was, dict) and isinstance(now[k], dict):  # where the set lies may change
+            return {**was, "dir": None} == {**now[k], "dir": None}
+        return was == now[k]
+
+    diff = sorted(k for k in now if k not in VOLATILE and not same(k))
     if diff:
         raise TrainingStateError(f"{path}: cannot resume, the config changed in {diff}")
     if not 0 <= state["step"] <= cfg.steps:
         raise bad(f"step {state['step']} is outside 0..{cfg.steps}")
     if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state["model"].items()):
         raise bad("its model state is not a mapping of names to tensors")
-    if not _is_rng_state(state["torch_rng"], torch.get_rng_state()):
-        raise bad("its random-number state does not fit this torch")
-    gen = torch.Generator().get_state()
-    if state["rate_generator"].numel() and not _is_rng_state(state["rate_generator"], gen):
-        raise bad("its rate-sampler state does not fit this torch")
-    if state["sampler"] and (set(state["sampler"]) != {"generator"}
-                             or not _is_rng_state(state["sampler"]["generator"], gen)):
-        raise bad("its crop-sampler state does not fit this torch")
+    if not isinstance(state.get("train_images", ""), str):
+        raise bad("its training-image fingerprint is not a string")
+    saved_world = state.get("world_size", 1)
+    if not isinstance(saved_world, int) or isinstance(saved_world, bool) or not 1 <= saved_world <= 65536:
+        raise bad("its process count is not a positive integer")
+    if saved_world != world:
+        # each process draws its own crops and noise, and the ledger books steps x processes: another count
+        # would neither continue the run nor book it right
+        raise TrainingStateError(
+            f"{path}: cannot resume, it was saved by {saved_world} training process(es) and this run has {world}; "
+            f"resume with {saved_world} (torchrun --nproc_per_node={saved_world}), or start a new out_dir with "
+            "--continue-from its partial.safetensors; nothing was changed")
+    ranks = state.get("rank_states", {})
+    if not isinstance(ranks, dict) or set(ranks) != {str(r) for r in range(1, saved_world)}:
+        raise bad(f"its per-process random states are not those of ranks 1..{saved_world - 1}")
+    for who, rs in [("", state), *((f"rank {r}'s ", rs) for r, rs in sorted(ranks.items()))]:
+        if not isinstance(rs, dict) or any(k not in rs for k in RANK_FIELDS) or (
+                who and set(rs) != set(RANK_FIELDS)):
+            raise bad(f"{who}random state is incomplete")
+        why = _random_state_problem(rs)
+        if why:
+            raise bad(f"{who}{why}")
     pending = state.get("log_pending")
     if pending is not None and not (
             isinstance(pending, Tensor) and pending.dtype == torch.float64 and tuple(pending.shape) == (4,)
@@ -214,6 +265,21 @@ def read_state(path: Path, cfg: "RunConfig") -> Optional[dict]:
             and 0 <= float(pending[3]) <= state["step"]):
         raise bad("its log sums are not four finite numbers ending in a step count within the steps done")
     return state
+
+
+def _random_state_problem(rs: dict[str, Any]) -> Optional[str]:
+    gen = torch.Generator().get_state()
+    if not _is_rng_state(rs["torch_rng"], torch.get_rng_state()):
+        return "random-number state does not fit this torch"
+    if not isinstance(rs["cuda_rng"], Tensor) or (rs["cuda_rng"].numel() and rs["cuda_rng"].dtype != torch.uint8):
+        return "CUDA random-number state is not a byte tensor"
+    if not isinstance(rs["rate_generator"], Tensor) or (
+            rs["rate_generator"].numel() and not _is_rng_state(rs["rate_generator"], gen)):
+        return "rate-sampler state does not fit this torch"
+    if not isinstance(rs["sampler"], dict) or (rs["sampler"] and (
+            set(rs["sampler"]) != {"generator"} or not _is_rng_state(rs["sampler"]["generator"], gen))):
+        return "crop-sampler state does not fit this torch"
+    return None
 
 
 def _check_zip(path: Path) -> None:
@@ -278,20 +344,21 @@ def check_state_fits(path: Path, state: dict, stages: list[Stage]) -> None:
 
 def restore_state(
     path: Path, state: dict, *, train_step: TrainStep, sampler: "CropSampler",
-    rate_generator: Optional[torch.Generator], device: torch.device,
+    rate_generator: Optional[torch.Generator], device: torch.device, rank: int = 0,
 ) -> int:
-    """Load a (checked) ``state`` into the stage's random generators and, part-way through a stage, its
-    optimizers and samplers; returns the step to continue after."""
+    """Load a (checked) ``state`` into the stage's random generators (rank ``rank``'s own) and, part-way through
+    a stage, its optimizers and samplers; returns the step to continue after."""
     try:
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state["cuda_rng"].numel():
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        mine = state if rank == 0 else state["rank_states"][str(rank)]
+        torch.set_rng_state(mine["torch_rng"])
+        if device.type == "cuda" and mine["cuda_rng"].numel():
+            torch.cuda.set_rng_state(mine["cuda_rng"], device)
         step = int(state["step"])
         if step > 0:
             train_step.load_state_dict(state)
-            sampler.load_state_dict(state["sampler"])
-            if rate_generator is not None and state["rate_generator"].numel():
-                rate_generator.set_state(state["rate_generator"])
+            sampler.load_state_dict(mine["sampler"])
+            if rate_generator is not None and mine["rate_generator"].numel():
+                rate_generator.set_state(mine["rate_generator"])
         return step
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:  # checked before; a backstop
         raise TrainingStateError(f"{path}: cannot resume from it ({_one_line(e)})") from None
