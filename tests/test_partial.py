@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,38 @@ def test_training_states_carry_the_gpu_clock_and_older_ones_still_resume(tmp_pat
     assert [p.name for p in Runner(_cfg(stopped_base, data_dir), progress=False).run(resume=True)] == ["model.safetensors"]
     (rec,) = _ledger(stopped_base)
     assert rec["gpu_minutes"] == 0.0 and rec["cpu_minutes"] > 0
+
+
+def test_a_continued_run_resumes_after_its_source_partial_is_gone(tmp_path, data_dir, stopped_base, monkeypatch):
+    """A continued run stopped again resumed only while the partial it started from was still there (the
+    case partials are for: the machine that had it kept nothing); its state now holds that record. The resumed
+    run ends as one never stopped after continuing."""
+    part = tmp_path / "from-elsewhere.safetensors"
+    shutil.copy(stopped_base / PARTIAL_FILE, part)
+    ref = Runner(_cfg(tmp_path / "ref", data_dir, continue_from=str(part)), progress=False).run()
+    out = tmp_path / "b"
+    _stop_at(monkeypatch, 5)
+    Runner(_cfg(out, data_dir, continue_from=str(part)), progress=False).run()
+    monkeypatch.undo()
+    part.unlink()
+    (w,) = Runner(_cfg(out, data_dir, continue_from=str(part)), progress=False).run(resume=True)
+    got, want = load_codec(w).model.state_dict(), load_codec(ref[0]).model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    (rec,) = _ledger(out)
+    assert [r["at_step"] for r in rec["restarts"]] == [3] and rec["steps"] == 6
+
+
+def test_resuming_without_a_finished_stages_model_file_is_refused(tmp_path, data_dir, monkeypatch):
+    """The file of a finished stage was lost: --resume trained the rest, exited 0 and printed 'wrote' for it."""
+    base = tmp_path / "base"
+    Runner(_cfg(base, data_dir, steps=2), progress=False).run()
+    out = tmp_path / "sep"
+    cfg = _cfg(out, data_dir, kind="separate", init=str(base / "model.safetensors"), rates=[0.0067, 0.0483],
+               base_rate=0.0483, steps=4, checkpoint_every=2, log_every=2)
+    monkeypatch.setattr(Runner, "_should_stop", lambda self, s: (self._live_index, s) == (1, 2))
+    Runner(cfg, progress=False).run()
+    monkeypatch.undo()
+    (first,) = out.glob("model-0.0067*.safetensors")
+    first.unlink()
+    with pytest.raises(TrainingStateError, match="model file of a finished stage is missing"):
+        Runner(cfg, progress=False).run(resume=True)

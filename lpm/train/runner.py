@@ -102,6 +102,31 @@ class TrainingDiverged(ValueError):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def restart_to_json(restart: Restart) -> str:
+    return json.dumps({**dataclasses.asdict(restart), "path": str(restart.path)})
+
+
+def restart_from_json(path: Path, text: Any, stages: int) -> Restart:
+    """The :class:`Restart` a state saved (:func:`restart_to_json`), checked field by field."""
+    try:
+        d = json.loads(text)
+        names = {f.name for f in dataclasses.fields(Restart)}
+        if not isinstance(d, dict) or set(d) != names:
+            raise ValueError("not a restart record")
+        r = Restart(**{**d, "path": Path(d["path"])})
+        ok = (isinstance(r.sha256, str) and isinstance(r.stage_name, str) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (r.stage, r.step, r.warmup))
+            and 0 <= r.stage < stages and r.step >= 0 and r.warmup >= 0
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in (r.elapsed, r.stage_start))
+            and all(isinstance(x, list) for x in (r.ledger, r.finished, r.restarts)))
+        if not ok:
+            raise ValueError("a field is out of range")
+        return r
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        raise TrainingStateError(f"{path}: its record of the run it continued is unreadable ({e}); nothing was "
+                                 "changed") from None
+
+
 def images_fingerprint(paths: list[Path], root: Path) -> str:
     """sha256 over the training images' paths relative to the set's folder and their sizes, in order: the same
     images, wherever the set was copied to (contents are not read: a large set would take minutes)."""
@@ -292,6 +317,7 @@ class Runner:
                 model=stage.model if keep_model else None, train_step=train_step, sampler=sampler,
                 rate_generator=stage.rate_generator, log_pending=log.pending() if log is not None else None,
                 world_size=self.world, rank_states=rank_states, train_images=self.train_images,
+                restart=restart_to_json(self.restart) if self.restart is not None else "",
             )
             save_state(state, self.state_path)
         if self.world > 1:
@@ -416,7 +442,11 @@ class Runner:
         torch.manual_seed(cfg.seed)
         stages = self._stages()
         self.stages = stages
-        if cfg.continue_from:
+        if cfg.continue_from and state is not None and state.get("restart"):
+            # a continued run resumed: its state holds where it continued from, so the partial file it started
+            # from (often on a machine that keeps nothing) is not needed again
+            self.restart = restart_from_json(self.state_path, state["restart"], len(stages))
+        elif cfg.continue_from:
             partial_model, self.restart = read_partial(cfg.continue_from, cfg, stages, self.init_sha)
             if state is None:
                 load_partial_weights(self.restart.path, partial_model, stages[self.restart.stage].model,
@@ -424,6 +454,13 @@ class Runner:
             del partial_model
         if state is not None:
             check_state_fits(self.state_path, state, stages)
+            inherited_n = len(self.restart.finished) if self.restart is not None else 0
+            gone = [f for f in json.loads(state["finished_models"])[inherited_n:] if not Path(f).is_file()]
+            if gone:
+                raise TrainingStateError(
+                    f"{self.state_path}: the model file of a finished stage is missing ({gone[0]}); the run cannot "
+                    "be completed from this state (restore the file, or train again in a new out_dir); nothing "
+                    "was changed")
         restart = self.restart if state is None else None
         self.ledger = json.loads(state["ledger"]) if state else list(restart.ledger) if restart else []
         self.finished: list[str] = (json.loads(state["finished_models"]) if state

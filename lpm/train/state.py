@@ -42,7 +42,7 @@ STATE_FIELDS: dict[str, Any] = {
 }
 #: Fields older states lack (checked where they are used); any other key is refused.
 OPTIONAL_FIELDS = frozenset({"gpu_elapsed", "stage_gpu_start", "log_pending", "world_size", "rank_states",
-                             "train_images"})
+                             "train_images", "restart"})
 #: The per-process random state: each rank draws its own crops, noise and rates (rank 0's are the top-level
 #: fields; a state saved by N processes holds ranks 1..N-1's under ``rank_states``, keyed by the rank).
 RANK_FIELDS = ("sampler", "torch_rng", "cuda_rng", "rate_generator")
@@ -71,6 +71,7 @@ def training_state(
     sampler: Optional["CropSampler"], rate_generator: Optional[torch.Generator],
     gpu_elapsed: float = 0.0, stage_gpu_start: float = 0.0, log_pending: Optional[Tensor] = None,
     world_size: int = 1, rank_states: Optional[dict[str, dict[str, Any]]] = None, train_images: str = "",
+    restart: str = "",
 ) -> dict[str, Any]:
     """The state after ``step`` steps of stage ``stage``. ``model=None`` leaves the model out (the next stage
     starts from what is on disk); ``train_step``/``sampler`` are ``None`` at a stage boundary; ``log_pending``:
@@ -97,6 +98,8 @@ def training_state(
         "rank_states": rank_states or {},
         # optional (older states lack it): sha256 of the training images' relative paths and sizes
         "train_images": train_images,
+        # optional: where a --continue-from run continued (JSON of lpm.train.partial.Restart; "" otherwise)
+        "restart": restart,
     }
 
 
@@ -236,8 +239,8 @@ def read_state(path: Path, cfg: "RunConfig", world: int = 1) -> Optional[dict]:
         raise bad(f"step {state['step']} is outside 0..{cfg.steps}")
     if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state["model"].items()):
         raise bad("its model state is not a mapping of names to tensors")
-    if not isinstance(state.get("train_images", ""), str):
-        raise bad("its training-image fingerprint is not a string")
+    if not isinstance(state.get("train_images", ""), str) or not isinstance(state.get("restart", ""), str):
+        raise bad("its training-image fingerprint or restart record is not a string")
     saved_world = state.get("world_size", 1)
     if not isinstance(saved_world, int) or isinstance(saved_world, bool) or not 1 <= saved_world <= 65536:
         raise bad("its process count is not a positive integer")
