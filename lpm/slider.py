@@ -30,6 +30,7 @@ ipywidgets UI is built lazily by :meth:`RateSlider.widget` and also by ``display
 from __future__ import annotations
 
 import html
+import collections
 import math
 import time
 import warnings
@@ -47,7 +48,11 @@ from lpm.data import ImageInfo, as_written, to_uint8
 from lpm.eval.metrics import psnr as psnr_8bit
 from lpm.models import PromptedCodec, find_rate
 
-__all__ = ["RateSlider", "center_crop", "rd_svg", "round_rate", "RATE_DIGITS"]
+__all__ = ["RateSlider", "center_crop", "rd_svg", "round_rate", "CACHE_SIZE", "RATE_DIGITS"]
+
+#: How many coded results (decoded image, stream, zoom) the slider keeps; older ones are coded again if
+#: asked for (their bpp and PSNR stay in the RD plot).
+CACHE_SIZE = 32
 
 #: Significant digits a rate is rounded to before coding (the cache key; the coded rate is the rounded one).
 RATE_DIGITS = 4
@@ -247,7 +252,10 @@ class RateSlider:
             self._sources["preview"] = (small, pinfo, to_uint8(small), pzoom)
         self.preview_is_full = "preview" not in self._sources
 
-        self._cache: dict[tuple[float, str], dict[str, Any]] = {}
+        # the last CACHE_SIZE coded results (each holds the decoded PNG: ~6 MB for a 3.5-megapixel photo), and
+        # the bpp/PSNR of every rate coded (the RD plot's points; a few numbers each)
+        self._cache: collections.OrderedDict[tuple[float, str], dict[str, Any]] = collections.OrderedDict()
+        self._points: dict[tuple[float, str], dict[str, Any]] = {}
         self._sizes: dict[tuple[float, str], int] = {}  # file bytes of rates measured by the target search only
         self._ui: Optional[dict[str, Any]] = None
         self._box: Any = None
@@ -293,6 +301,7 @@ class RateSlider:
         key = (rate, kind)
         hit = self._cache.get(key)
         if hit is not None:
+            self._cache.move_to_end(key)
             return hit
         x, info, ref, (zy, zx, zs) = self._sources[kind]
         t0 = time.perf_counter()
@@ -317,6 +326,9 @@ class RateSlider:
             "seconds": seconds,
         }
         self._cache[key] = result
+        self._points[key] = {k: result[k] for k in ("bpp", "psnr", "bytes")}
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
         self._sizes[key] = len(data)
         return result
 
@@ -330,7 +342,7 @@ class RateSlider:
         kind = self._kind(full)
         trained = set(self.trained_rates)
         return [{"rate": r, "bpp": res["bpp"], "psnr": res["psnr"], "bytes": res["bytes"], "trained": r in trained}
-                for (r, k), res in sorted(self._cache.items()) if k == kind]
+                for (r, k), res in sorted(self._points.items()) if k == kind]
 
     def zoom_crops(self, res: Optional[dict[str, Any]] = None) -> tuple[Optional[np.ndarray], np.ndarray]:
         """``(decoded, original)`` zoom crops, ``(s, s, 3)`` uint8, not enlarged, of a :meth:`code_at` result

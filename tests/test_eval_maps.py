@@ -123,3 +123,21 @@ def test_bit_maps_of_aligned_image_hold_all_bits(tiny_codec):
     assert "real_bytes" not in b
     # nearest upsampling: each 16x16 block of the y map is constant and carries its latent's bits
     np.testing.assert_allclose(b["y_bpp_map"][:16, :16], b["y_bits"][0, 0] / 256)
+
+
+def test_images_too_large_for_the_maps_are_refused_before_any_work(tiny_codec):
+    """The maps run the whole image untiled and keep every window's attention: 8.3 GB at 2048x2048 for the
+    tiny model, with no check. A larger image is now refused by its size alone; max_pixels=None lifts it."""
+    from lpm.eval.maps import MAPS_MAX_PIXELS
+
+    big = torch.zeros(3, 1025, 1024)  # one row over 1024x1024
+    assert 1025 * 1024 > MAPS_MAX_PIXELS
+    layer = attention_layer_names(tiny_codec)[0]
+    with pytest.raises(ValueError, match="larger than the maps take"):
+        attention_maps(tiny_codec, big, tiny_codec.base_rate, layer)
+    with pytest.raises(ValueError, match="larger than the maps take"):
+        bit_allocation(tiny_codec, big, tiny_codec.base_rate)
+    small = torch.rand(3, 40, 24)
+    assert attention_maps(tiny_codec, small, tiny_codec.base_rate, layer, max_pixels=40 * 24)["layer"] == layer
+    with pytest.raises(ValueError, match="larger than the maps take"):
+        bit_allocation(tiny_codec, small, tiny_codec.base_rate, max_pixels=40 * 24 - 1)

@@ -445,3 +445,18 @@ def test_trained_rates_of_many_digits_are_coded_as_trained():
     assert [s.code_at(r, full=True)["rate"] for r in ladder] == ladder
     assert all(p["trained"] for p in s.session_points())
     assert s.code_at(0.009329, full=True)["rate"] == ladder[1]  # the slider's 4-digit position of it
+
+
+def test_the_cache_keeps_the_last_results_and_every_point(smoke, image, monkeypatch):
+    """Every coded position kept its decoded PNG, stream and zoom (6 MB each for a 3.5-megapixel photo) for
+    the session; now the last CACHE_SIZE do, and the RD plot still has every rate coded."""
+    monkeypatch.setattr(slider_mod, "CACHE_SIZE", 2)
+    model, model_id, _ = smoke
+    s = RateSlider(model, model_id, *image, preview_size=PREVIEW)
+    first = s.code_at(model.rates[0])
+    for r in model.rates[1:4]:
+        s.code_at(r)
+    assert len(s._cache) == 2 and not s.is_cached(model.rates[0]) and s.is_cached(model.rates[3])
+    assert [p["rate"] for p in s.session_points(False)] == model.rates[:4]
+    again = s.code_at(model.rates[0])  # coded again: the same file
+    assert again is not first and again["stream"] == first["stream"] and again["psnr"] == first["psnr"]

@@ -25,7 +25,7 @@ maps add up exactly to the model's estimated size, which is compared to the real
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -38,7 +38,14 @@ from lpm.layers import WindowAttention, capture_attention
 from lpm.layers.swin import SwinBlock, window_gather_index
 from lpm.models import PromptedCodec, TICCodec
 
-__all__ = ["attention_layer_names", "attention_maps", "bit_allocation", "Y_STRIDE", "Z_STRIDE"]
+__all__ = ["attention_layer_names", "attention_maps", "bit_allocation", "MAPS_MAX_PIXELS", "Y_STRIDE", "Z_STRIDE"]
+
+#: The largest image the maps take by default. They run the whole-image forward pass (no tiles) and keep every
+#: window's attention probabilities: measured with the tiny smoke model on a CPU, peak memory 2.8 GB for
+#: attention maps at 1024x1024 and 8.3 GB at 2048x2048 (bit allocation: 1.7 GB at 2048x2048); the paper-size
+#: codec needs more. A Kodak image is 0.39 megapixels. Crop a larger photo (lpm.slider.center_crop) or pass
+#: ``max_pixels=None`` on a machine with the memory.
+MAPS_MAX_PIXELS = 1024 * 1024
 
 #: Downsampling from the image to ``y`` and to ``z``.
 Y_STRIDE, Z_STRIDE = 16, 64
@@ -62,11 +69,16 @@ def _check_prompted(model: Any) -> None:
         raise TypeError(f"expected a PromptedCodec (lpm.zoo.load wraps a bare base), got {type(model).__name__}")
 
 
-def _as_batch(x: Tensor) -> Tensor:
+def _as_batch(x: Tensor, max_pixels: Optional[int] = MAPS_MAX_PIXELS) -> Tensor:
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4 or x.shape[:2] != (1, 3):
         raise ValueError(f"expected one image (1, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if max_pixels is not None and h * w > max_pixels:
+        raise ValueError(f"a {w}x{h} image is larger than the maps take ({max_pixels} pixels, "
+                         "lpm.eval.maps.MAPS_MAX_PIXELS: they keep every window's attention, about 3 GB at 1024x1024 "
+                         "for the tiny model); crop it first (lpm.slider.center_crop) or pass max_pixels=None")
     return x
 
 
@@ -81,7 +93,8 @@ def _to_grid(per_query: Tensor, inv: Tensor, h: int, w: int) -> np.ndarray:
 
 @torch.no_grad()
 def attention_maps(
-    model: PromptedCodec, x: Tensor, rate: float, layer: str, *, return_probs: bool = False
+    model: PromptedCodec, x: Tensor, rate: float, layer: str, *, return_probs: bool = False,
+    max_pixels: Optional[int] = MAPS_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Attention statistics of one layer for the base and for the prompted codec at ``rate``.
 
@@ -92,6 +105,7 @@ def attention_maps(
         layer: a name from :func:`attention_layer_names`.
         return_probs: also return the raw probabilities (``base_probs``, ``prompted_probs``; tensors of
             shape ``(1, nW, heads, N, N[+P])``, window order, padded queries included).
+        max_pixels: larger images are refused (:data:`MAPS_MAX_PIXELS`; ``None``: no limit).
 
     Returns:
         dict with numpy ``(H_l, W_l)`` maps ``prompt_mass``, ``shift``, ``base_entropy``,
@@ -109,7 +123,7 @@ def attention_maps(
     block = base.get_submodule(layer.rsplit(".", 1)[0])
     if not isinstance(block, SwinBlock):
         raise TypeError(f"{layer!r} does not sit in a SwinBlock")
-    x = _as_batch(x).to(next(base.parameters()).device)
+    x = _as_batch(x, max_pixels).to(next(base.parameters()).device)
 
     sizes: list[tuple[int, int]] = []
     hook = block.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[1:3])))
@@ -166,7 +180,8 @@ def _upsample(bits: Tensor, factor: int, h: int, w: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def bit_allocation(model: PromptedCodec, x: Tensor, rate: float, *, real: bool = True) -> dict[str, Any]:
+def bit_allocation(model: PromptedCodec, x: Tensor, rate: float, *, real: bool = True,
+                   max_pixels: Optional[int] = MAPS_MAX_PIXELS) -> dict[str, Any]:
     """Where the bits go, from the eval-mode likelihoods (the same rounding as the bitstream).
 
     Returns numpy arrays ``y_bits`` ``(H/16, W/16)`` and ``z_bits`` ``(H/64, W/64)`` (bits per latent
@@ -175,10 +190,11 @@ def bit_allocation(model: PromptedCodec, x: Tensor, rate: float, *, real: bool =
     ``estimated_bits`` (= ``y_bits.sum() + z_bits.sum()``), ``estimated_bpp``, ``bits_in_padding`` (what
     the crop leaves out of the pixel maps). With ``real=True`` it also codes the image for real:
     ``real_bytes`` (complete ``.lpm`` file), ``payload_bytes`` and ``real_over_estimated`` (payload bits /
-    estimated bits; close to 1 for a well-built coder, slightly above).
+    estimated bits; close to 1 for a well-built coder, slightly above). Images over ``max_pixels`` are refused
+    (:data:`MAPS_MAX_PIXELS`; ``None``: no limit).
     """
     _check_prompted(model)
-    x = _as_batch(x)
+    x = _as_batch(x, max_pixels)
     h, w = x.shape[-2:]
     base = model.base
     x = x.to(next(base.parameters()).device)
