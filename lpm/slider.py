@@ -78,6 +78,11 @@ def round_rate(rate: float, digits: int = RATE_DIGITS) -> float:
     return float(f"{float(rate):.{digits}g}")
 
 
+def _zoom_caption(y: int, x: int, size: int, full: bool) -> str:
+    where = "px" if full else "px of the downscaled preview (its blur is the downscaling's, not the codec's)"
+    return f"<small>zoom: {size}×{size} {where} at (y={y}, x={x}), decoded | original</small>"
+
+
 def center_crop(x: Tensor, info: ImageInfo, height: int, width: Optional[int] = None) -> tuple[Tensor, ImageInfo]:
     """The central ``height × width`` crop (clipped to the image) of ``x`` ``(3, H, W)`` and its ImageInfo."""
     width = height if width is None else width
@@ -481,8 +486,10 @@ class RateSlider:
         header.add_class("lpm-title")
         pair = w.HBox([zoom, zoom_ref], layout=w.Layout(max_width="100%"))
         pair.add_class("lpm-zoom-pair")
+        zoom_caption = w.HTML(_zoom_caption(zy, zx, zs, True))
+        zoom_caption.add_class("lpm-zoom-caption")
         zoom_box = w.VBox([
-            w.HTML(f"<small>zoom: {zs}×{zs} px at (y={zy}, x={zx}), decoded | original</small>"),
+            zoom_caption,
             pair,
         ], layout=w.Layout(max_width="100%", margin="0 8px 8px 0"))
         zoom_box.add_class("lpm-zoom-box")
@@ -495,7 +502,7 @@ class RateSlider:
         views = row([image, zoom_box, rd], align_items="flex-start")
         views.add_class("lpm-views")
         self._ui = dict(slider=slider, full=full, target=target, find=find, shown=shown, status=status,
-                        image=image, zoom=zoom, zoom_ref=zoom_ref, rd=rd, views=views)
+                        image=image, zoom=zoom, zoom_ref=zoom_ref, zoom_caption=zoom_caption, rd=rd, views=views)
         slider.observe(lambda ch: self._quiet or self._safely(self.show, ch["new"]), names="value")
         full.observe(lambda ch: self._quiet or self._safely(self.show), names="value")
         find.on_click(lambda _b: self._safely(self._on_find))
@@ -568,6 +575,7 @@ class RateSlider:
         ui["zoom"].value = res["zoom_png"]
         self._shown = res["rate"]
         ui["zoom_ref"].value = _png(_enlarge(ref[zy : zy + zs, zx : zx + zs]))
+        ui["zoom_caption"].value = _zoom_caption(zy, zx, zs, res["full"])
         kind = "full resolution" if res["full"] else "preview"
         ui["rd"].value = rd_svg(self.session_points(res["full"]), res["rate"],
                                 caption=f"coded this session ({kind}); ◆ trained, red: shown")

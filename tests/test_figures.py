@@ -389,3 +389,21 @@ def test_claims_compare_spans_over_the_shared_ladder_and_print_the_side_of_the_t
     assert "+10.04 %" in text and verdict.startswith("not supported")
     text, verdict = _verdict_from_bd({"SFT": (-0.04, "ok", False)}, lambda v: v < 0.0)
     assert "-0.04 %" in text and verdict == "supported"  # not "-0.0 %" beside "< 0"
+
+
+def test_map_figures_take_tensors_channels_first_and_refuse_nothing_to_show():
+    """A (3, 2, 3) tensor (an image 2 high, 3 wide) was drawn as 3 high and 2 wide; empty map lists failed with
+    IndexError / max() of an empty sequence; an empty curve broke the BD table."""
+    from lpm.figures.plots import _image_hwc
+
+    t = torch.rand(3, 2, 3)
+    assert np.allclose(_image_hwc(t), t.permute(1, 2, 0).numpy())
+    assert _image_hwc(torch.rand(3, 300, 1)).shape == (300, 1, 3)
+    assert _image_hwc(np.zeros((2, 3, 3))).shape == (2, 3, 3)  # an (H, W, 3) array stays as it is
+    with pytest.raises(ValueError, match="at least one rate"):
+        F.plot_attention(t, [])
+    with pytest.raises(ValueError, match="at least one rate"):
+        F.plot_bit_allocation(t, [])
+    empty = F.Curve("nothing", [], [], kind="classical")
+    row = F.bd_table([empty], [])
+    assert row["vs_vtm_note"][0].startswith("not")

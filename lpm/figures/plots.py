@@ -313,12 +313,17 @@ def plot_rd(curves: Sequence[Curve], anchors: Sequence[Curve] = (), metric: str 
 
 # =========================================================================================== attention maps
 def _image_hwc(image: Any) -> np.ndarray:
-    """(3, H, W) / (1, 3, H, W) tensor in [0, 1], or (H, W, 3) array → (H, W, 3) float in [0, 1]."""
-    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    """(3, H, W) / (1, 3, H, W) tensor in [0, 1] (a tensor is always channels first, as the codec takes it), or
+    (H, W, 3) array → (H, W, 3) float in [0, 1]. (Guessing the layout from the shape drew a 2×3 or 300×1
+    tensor image wrongly.)"""
+    tensor = hasattr(image, "detach")
+    arr = image.detach().cpu().numpy() if tensor else np.asarray(image)
     if arr.ndim == 4:
         arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+    if arr.ndim == 3 and (tensor or (arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3))):
         arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
     arr = arr.astype(np.float64)
     if arr.max() > 1.5:
         arr = arr / 255.0
@@ -339,6 +344,8 @@ def plot_attention(image: Any, maps: Sequence[Mapping[str, Any]], *, base_rate: 
     """The image next to two rows of maps across rates (from :func:`lpm.eval.attention_maps`, one dict per
     rate, same layer): attention mass on the prompt tokens, and the attention shift (total variation between
     the base's and the prompted model's attention over image keys). Each row shares one colour scale."""
+    if not maps:
+        raise ValueError("plot_attention needs the maps of at least one rate (lpm.eval.attention_maps)")
     img = _image_hwc(image)
     n = len(maps)
     pw, ph = _panel_size(img)
@@ -382,6 +389,8 @@ def plot_bit_allocation(image: Any, allocs: Sequence[Mapping[str, Any]], *, base
     """The image next to its bit-allocation maps across rates (from :func:`lpm.eval.bit_allocation`): bits
     per pixel from the entropy model's likelihoods of ``y`` and ``z`` (shared colour scale), with the
     estimated and the real (whole file) bpp of each rate."""
+    if not allocs:
+        raise ValueError("plot_bit_allocation needs the maps of at least one rate (lpm.eval.bit_allocation)")
     img = _image_hwc(image)
     n = len(allocs)
     pw, ph = _panel_size(img)

@@ -92,7 +92,8 @@ def bd_table(curves: Sequence[Curve], anchors: Sequence[Curve], separate: Option
     for c in rows_in:
         v, why = bd_against(vtm, c, method) if c.label != "VTM" else (0.0, "reference itself")
         row = {"curve": c.label, "kind": c.kind, "points": len(c.bpp),
-               "bpp_min": min(c.bpp), "bpp_max": max(c.bpp), "psnr_min": min(c.psnr), "psnr_max": max(c.psnr),
+               "bpp_min": min(c.bpp, default=None), "bpp_max": max(c.bpp, default=None),
+               "psnr_min": min(c.psnr, default=None), "psnr_max": max(c.psnr, default=None),
                "bd_rate_vs_vtm_percent": v, "vs_vtm_note": why}
         if separate is None:
             s, swhy = None, "no separate-models checkpoint in CHECKPOINTS"
