@@ -271,3 +271,15 @@ def test_qualities_outside_the_lossy_range_or_truncated_are_refused(images, code
 def test_a_numpy_scalar_quality_is_one_quality(images):
     out = evaluate_classical("jpeg", [images["smooth"]], qualities=np.int64(50), progress=False)
     assert out["results"]["quality"] == [50]
+
+
+def test_an_image_too_wide_for_the_format_is_named_with_the_limit(tmp_path):
+    """WebP stops at 16383 pixels a side: a wider image failed with 'invalid data shape, strides, or dtype'."""
+    if "webp" not in CLASSICAL_CODECS:
+        pytest.skip("webp not in this imagecodecs build")
+    wide = tmp_path / "wide.png"
+    write_image(wide, torch.rand(3, 2, 16384))
+    with pytest.raises(ValueError, match=r"wide.png is 16384×2: WebP codes at most 16383"):
+        evaluate_classical("webp", [wide], qualities=[50], progress=False)
+    jpeg = evaluate_classical("jpeg", [wide], qualities=[50], progress=False)  # JPEG goes to 65500
+    assert len(jpeg["results"]["bpp"]) == 1

@@ -100,6 +100,7 @@ class _Spec:
     #: default or fail: one lossless point at the 148 dB cap moves a BD-rate by 6-16 points)
     lossy: tuple[float, float] = (0.0, 100.0)
     integer: bool = False  # the library takes whole numbers (a fraction would be truncated)
+    max_side: int = 65535  # the format's (or library's) largest width or height
 
 
 def _jpeg_encode(x: np.ndarray, quality: float) -> bytes:
@@ -156,14 +157,14 @@ _SPECS: tuple[_Spec, ...] = (
         "IJG quality factor (0-100)",
         {"function": "imagecodecs.jpeg8_encode", "subsampling": "4:4:4", "optimize": True,
          "progressive": False},
-        lossy=(1, 100), integer=True,
+        lossy=(1, 100), integer=True, max_side=65500,
     ),
     _Spec(
         "webp", "WebP", "WEBP", "webp_version", _webp_encode, _webp_decode,
         (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
         "libwebp quality (0-100)",
         {"function": "imagecodecs.webp_encode", "lossless": False, "method": 6, "numthreads": 1},
-        lossy=(0, 100),
+        lossy=(0, 100), max_side=16383,
     ),
     _Spec(
         "avif", "AVIF", "AVIF", "avif_version", _avif_encode, _avif_decode,
@@ -326,7 +327,7 @@ def evaluate_classical(
         161 px on its shorter side; :func:`save_results_json` writes them as ``null``.
 
     Raises:
-        ValueError: unknown codec, no images, or bad qualities.
+        ValueError: unknown codec, no images, bad qualities, or an image larger than the format allows.
         RuntimeError: the codec is not available in this imagecodecs build (the reason is given), or a
             decoder returned an image of the wrong shape.
     """
@@ -340,6 +341,10 @@ def evaluate_classical(
     images: list[np.ndarray] = []
     for p in paths:
         x, _info = read_image(p, max_pixels=max_pixels)
+        if max(x.shape[-2:]) > spec.max_side:
+            raise ValueError(f"{p.name} is {x.shape[-1]}×{x.shape[-2]}: {spec.title} codes at most {spec.max_side} "
+                             "pixels a side")
+        # a grey image is coded as RGB (its value replicated), as lpm's own codec codes it
         images.append(np.ascontiguousarray(to_uint8(x)))
 
     bar = None
@@ -355,10 +360,15 @@ def evaluate_classical(
         for q in qs:
             per: dict[str, list[float]] = {k: [] for k in keys}
             for p, img in zip(paths, images):
+                h, w = img.shape[:2]
                 t0 = time.perf_counter()
-                data = codec.encode(img, q)
-                t1 = time.perf_counter()
-                rec = codec.decode(data)
+                try:
+                    data = codec.encode(img, q)
+                    t1 = time.perf_counter()
+                    rec = codec.decode(data)
+                except Exception as e:  # noqa: BLE001 -- the library's own errors name neither image nor limits
+                    raise RuntimeError(f"{spec.title} could not code {p.name} ({w}×{h}) at quality {q:g}: "
+                                       f"{type(e).__name__}: {e}") from e
                 t2 = time.perf_counter()
                 rec = np.asarray(rec)
                 if rec.shape != img.shape or rec.dtype != np.uint8:
@@ -366,7 +376,6 @@ def evaluate_classical(
                         f"{spec.title} decoder returned {rec.dtype} {rec.shape} for {p.name} "
                         f"(expected uint8 {img.shape})"
                     )
-                h, w = img.shape[:2]
                 per["bpp"].append(8.0 * len(data) / (h * w))
                 per["psnr-rgb"].append(psnr(img, rec))
                 per["ms-ssim-rgb"].append(ms_ssim_rgb(img, rec))
