@@ -431,20 +431,25 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_good_state(tmp_p
 def test_a_run_writes_no_file_through_a_link_in_its_out_dir(tmp_path, data_dir):  # noqa: F811
     """config.yaml and subset.txt were written with a plain open(): a link at those paths had its target
     overwritten. log.csv (appended to) is rewritten in place of a link, never through it."""
+    from lpm.train.progress import LOG_COLUMNS
+
     out = tmp_path / "run"
     out.mkdir()
-    victims = {}
-    for name in ("config.yaml", "subset.txt", "log.csv"):
-        victims[name] = tmp_path / f"victim_{name}"
-        victims[name].write_text("precious\n")
-        (out / name).symlink_to(victims[name])
     config = _write_config(tmp_path, data_dir, out, steps=2)
     raw = yaml.safe_load(config.read_text())
     raw["data"]["fraction"] = 0.5
     config.write_text(yaml.safe_dump(raw))
+    # links to files that look like this run's own (a config and log of another name could not be mistaken:
+    # those are refused, test_a_fresh_run_does_not_replace_a_foreign_log_or_config)
+    contents = {"config.yaml": config.read_text(), "subset.txt": "precious\n", "log.csv": ",".join(LOG_COLUMNS) + "\n"}
+    victims = {}
+    for name, text in contents.items():
+        victims[name] = tmp_path / f"victim_{name}"
+        victims[name].write_text(text)
+        (out / name).symlink_to(victims[name])
     Runner(load_config(config), device="cpu", progress=False).run()
     for name, victim in victims.items():
-        assert victim.read_text() == "precious\n", name
+        assert victim.read_text() == contents[name], name
         assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
 
 
@@ -566,3 +571,21 @@ def test_img_per_s_after_a_resume_counts_only_the_steps_timed(tmp_path):
         log.update(10, {"loss": one, "bpp_loss": one, "mse_loss": one * 0.01}, 1e-3, 60.0)
     row = _log(tmp_path)[-1]
     assert float(row["loss"]) == pytest.approx(1.0) and float(row["img_per_s"]) <= 10.5  # 1 step in ≥ 0.1 s
+
+
+def test_a_fresh_run_does_not_replace_a_foreign_log_or_config(tmp_path, data_dir):  # noqa: F811
+    """A fresh run truncated a log.csv and replaced a config.yaml that were not its own (the user's table,
+    another run's config); its own config (a run restarted before its first state) is fine."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.csv").write_text("my,own,table\n1,2,3\n")
+    with pytest.raises(TrainingStateError, match=r"already holds a run \(log.csv\)"):
+        Runner(_cfg(tmp_path, data_dir, steps=1), device="cpu", progress=False).run()
+    assert (out / "log.csv").read_text() == "my,own,table\n1,2,3\n"
+    (out / "log.csv").unlink()
+    (out / "config.yaml").write_text("name: other\nkind: base\nmodel: tiny\nsteps: 99\n")
+    with pytest.raises(TrainingStateError, match=r"already holds a run \(config.yaml\)"):
+        Runner(_cfg(tmp_path, data_dir, steps=1), device="cpu", progress=False).run()
+    (out / "config.yaml").write_text(yaml.safe_dump(_cfg(tmp_path, data_dir, steps=1, max_minutes=5).to_dict()))
+    Runner(_cfg(tmp_path, data_dir, steps=1), device="cpu", progress=False).run()
+    assert (out / "model.safetensors").exists()

@@ -76,11 +76,12 @@ from lpm.train.config import DataConfig, RunConfig, load_config
 from lpm.train.ledger import LEDGER_FIELDS, budget_string, stage_record, write_ledger
 from lpm.train.partial import (PARTIAL_FILE, Restart, load_partial_weights, partial_record, read_partial,
                                restart_seed, warmup_factor)
-from lpm.train.progress import StageLog, trim_log
+from lpm.train.progress import LOG_COLUMNS, StageLog, trim_log
 from lpm.train.sampler import CropSampler, read_declared_subset, subset
 from lpm.train.stages import STAGE_KINDS, Stage, StageContext, initial_base, ladder
 from lpm.train.state import (
     STATE_FORMAT,
+    VOLATILE,
     TrainingStateError,
     check_state_fits,
     rank_random_state,
@@ -376,8 +377,25 @@ class Runner:
         """Refuse to start afresh in an out_dir holding outputs a fresh run would overwrite or mix with."""
         held = [p.name for p in (self.state_path, self.out / "ledger.jsonl", self.out / PARTIAL_FILE) if p.exists()]
         held += sorted(p.name for p in self.out.glob("model*.safetensors"))
+        held += [name for name in ("log.csv", "config.yaml") if self._foreign(self.out / name)]
         if held:
             raise TrainingStateError(f"{self.out} already holds a run ({', '.join(held[:4])}); {why}")
+
+    def _foreign(self, path: Path) -> bool:
+        """A ``log.csv`` or ``config.yaml`` that a fresh start would replace but that is not this run's (the
+        user's own table, another run's config): refused rather than overwritten."""
+        if not path.is_file():
+            return False
+        try:
+            if path.name == "log.csv":
+                with open(path, newline="", encoding="utf-8") as f:
+                    return f.readline().rstrip("\r\n") != ",".join(LOG_COLUMNS)
+            def run_of(d: dict) -> dict:  # what makes it the same run (what a resume may change left out)
+                return {k: ({**v, "dir": None} if k == "data" else v) for k, v in d.items() if k not in VOLATILE}
+
+            return run_of(load_config(path).to_dict()) != run_of(self.cfg.to_dict())
+        except (OSError, ValueError):
+            return True
 
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False) -> list[Path]:
