@@ -331,3 +331,18 @@ def test_resuming_without_a_finished_stages_model_file_is_refused(tmp_path, data
     first.unlink()
     with pytest.raises(TrainingStateError, match="model file of a finished stage is missing"):
         Runner(cfg, progress=False).run(resume=True)
+
+
+def test_a_continued_stage_draws_new_quantisation_noise(tmp_path, data_dir, stopped_base, monkeypatch):
+    """--continue-from reseeded the crops but not torch's generator: the noise of the run's first steps again."""
+    from lpm.train.sampler import CropSampler
+
+    seeds, real_next = [], CropSampler.next
+
+    def next_(self):
+        seeds.append(torch.initial_seed())
+        return real_next(self)
+
+    monkeypatch.setattr(CropSampler, "next", next_)
+    Runner(_cfg(tmp_path / "b", data_dir, continue_from=str(stopped_base / PARTIAL_FILE)), progress=False).run()
+    assert len(seeds) == 3 and len(set(seeds)) == 1 and seeds[0] != 0  # config seed 0: a new stream

@@ -116,5 +116,6 @@ def budget_string(
         clock = f"{gpu:.2f} GPU-minutes + {cpu:.2f} CPU-minutes"
     else:
         clock = f"{gpu + cpu:.2f} {'GPU' if gpu > 0 or (on_gpu and cpu == 0) else 'CPU'}-minutes"
-    return (f"{kind} run '{run}': {clock} x {world_size} process(es), "
+    procs = "" if world_size == 1 else f" (summed over {world_size} processes)"  # minutes are already ×N
+    return (f"{kind} run '{run}': {clock}{procs}, "
             f"{crops} crops of {crop}px from {data_set}{partial}{again}")

@@ -623,6 +623,8 @@ class Runner:
         step = 0
         if restart is not None and state is None:
             step = restart.step
+            # the quantisation noise too comes from a new stream (it replayed the run's first steps' noise)
+            torch.manual_seed(restart_seed(cfg.seed + 31 * self.rank + 7 * i + 3, restart))
             if stage.rate_generator is not None:
                 stage.rate_generator.manual_seed(restart_seed(cfg.seed + 7919 * self.rank, restart))
         if state is not None:
