@@ -8,7 +8,7 @@ every method), ``lpm.checkpoints`` (files), ``lpm.train`` (the one training engi
 and locates data sets. The README's "What is inside" maps every module.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 import warnings as _warnings
 
