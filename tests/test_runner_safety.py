@@ -45,16 +45,8 @@ def _write_config(tmp_path: Path, data_folder: Path, out: Path, **kw) -> Path:
 
 def _kill_in_step(config: Path, step: int) -> None:
     """Run ``config`` and kill it (an exception, nothing saved on the way out) when it draws the crops of ``step``."""
-    real_next, calls = CropSampler.next, {"n": 0}
-
-    def dying_next(self):
-        calls["n"] += 1
-        if calls["n"] == step:
-            raise _Killed()
-        return real_next(self)
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(CropSampler, "next", dying_next)
+        _die_at_crop(mp, step)
         with pytest.raises(_Killed):
             Runner(load_config(config), device="cpu", progress=False).run()
 
