@@ -181,7 +181,16 @@ def test_classical_curve_cache(tmp_path):
     assert all(b > 0 for b in c1.bpp) and c1.psnr == sorted(c1.psnr)
     c2 = F.classical_curve("jpeg", imgs, tmp_path, smoke=True, log=logs.append)
     assert "cached" in logs[-1] and c2.bpp == c1.bpp
-    assert (tmp_path / "eval" / "classical-jpeg_synthetic_smoke.json").is_file()
+    cache = tmp_path / "eval" / "classical-jpeg_synthetic_smoke.json"
+    assert cache.is_file()
+    # measured with another imagecodecs build: the old bytes are not shown again, they are measured again
+    rec = json.loads(cache.read_text())
+    rec["meta"]["imagecodecs"] = "1999.1.1"
+    rec["results"]["bpp"] = [9.0, 9.0, 9.0]
+    cache.write_text(json.dumps(rec))
+    c3 = F.classical_curve("jpeg", imgs, tmp_path, smoke=True, log=logs.append)
+    assert "imagecodecs 1999.1.1" in logs[-2] and "measuring again" in logs[-2] and "measured 3" in logs[-1]
+    assert c3.bpp == c1.bpp and json.loads(cache.read_text())["meta"]["imagecodecs"] != "1999.1.1"
 
 
 def test_separate_models_folder_curve(tmp_path):

@@ -216,7 +216,7 @@ def classical_curve(codec: str, images: Any, results_dir: PathLike, *, qualities
     """A classical codec measured live on ``images`` (cached as ``eval/classical-<codec>_<images>[_smoke].json``).
     Default sweep: the codec's own (3 qualities of it with ``smoke``)."""
     from lpm.eval import CLASSICAL_CODECS, evaluate_classical, save_results_json
-    from lpm.eval.classical import CLASSICAL_SETTINGS, lookup_spec
+    from lpm.eval.classical import CLASSICAL_SETTINGS, classical_library_version, imagecodecs, lookup_spec
 
     spec = lookup_spec(codec)
     if spec.name not in CLASSICAL_CODECS:
@@ -235,9 +235,14 @@ def classical_curve(codec: str, images: Any, results_dir: PathLike, *, qualities
             cand = json.loads(path.read_text(encoding="utf-8"))
             if cand["meta"]["images"] == names and cand["meta"].get("images_sha256") == images.sha256 \
                     and [float(q) for q in cand["results"]["quality"]] == qs:
-                res = cand
-                log(f"{spec.title}: cached results {path}")
-        except (ValueError, KeyError):
+                libs = {"imagecodecs": imagecodecs.__version__, "codec_library": classical_library_version(spec.name)}
+                if all(cand["meta"].get(k) == v for k, v in libs.items()):
+                    res = cand
+                    log(f"{spec.title}: cached results {path}")
+                else:  # another encoder build makes other bytes: measure again rather than show the old ones
+                    was = ", ".join(f"{k} {cand['meta'].get(k)}" for k in libs)
+                    log(f"{spec.title}: cached results {path} were measured with {was}; measuring again")
+        except (ValueError, KeyError, TypeError):
             res = None
     if res is None:
         t0 = time.perf_counter()
