@@ -394,3 +394,28 @@ def test_a_checkpoints_budget_text_reaches_the_terminal_without_control_characte
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out and "\nimages: FAKE" not in out
+
+
+def test_a_training_init_of_any_kind_gives_its_bare_backbone(ckpts, tmp_path):
+    """`init:` of a run may be a checkpoint of any kind: the run starts from its backbone as a bare TICCodec (a
+    low-rank-adapter checkpoint's base carries the adapters in place; prompts on it failed with a traceback)."""
+    from lpm.models import LoRACodec
+    from lpm.train.config import RunConfig
+    from lpm.train.stages import initial_base
+
+    lora = LoRACodec(make_tiny_base(seed=3), TINY_RATES, 0.0483)
+    with torch.no_grad():
+        for p in lora.adapter_parameters():
+            p.normal_()
+    paths = {**ckpts, "lora": tmp_path / "lora.safetensors"}
+    save_codec(paths["lora"], lora, meta={"budget": "test"})
+    for kind in ("tic", "prompted", "rate_conditioned", "gain_units", "lora"):
+        stored = load_file(str(paths[kind]))
+        want = {k.removeprefix("base."): v for k, v in stored.items()
+                if (kind == "tic" or k.startswith("base.")) and ".lora_A." not in k and ".lora_B." not in k}
+        base, sha = initial_base(RunConfig(name="t", kind="prompts", init=str(paths[kind])), torch.device("cpu"))
+        assert type(base) is TICCodec and sha is not None, kind
+        got = base.state_dict()
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k].to(got[k].dtype)) for k in want), kind
+        PromptedCodec(base, TINY_RATES, 0.0483, PromptConfig(enc_channels=8, dec_channels=8))  # prompts fit on it
+        LoRACodec(base, TINY_RATES, 0.0483)  # and adapters

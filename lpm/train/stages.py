@@ -132,12 +132,26 @@ def initial_base(cfg: "RunConfig", device: torch.device) -> tuple[TICCodec, Opti
     ``cfg.model``; and the init's sha256."""
     if cfg.init:
         loaded = load_codec(cfg.init)
-        model = loaded.model
-        base = model.base if isinstance(model, PromptedCodec) else model
+        base = _bare_backbone(loaded.model, loaded.config)
         if cfg.prompt_stride is not None and cfg.prompt_stride != base.config.prompt_stride:
             base = base.with_prompt_stride(cfg.prompt_stride)  # the same weights, prompt maps laid out anew
         return base.to(device), loaded.sha256
     return TICCodec(CodecConfig.from_dict(zoo.CONFIGS[cfg.model]["codec"])).to(device), None
+
+
+def _bare_backbone(model: nn.Module, config: CodecConfig) -> TICCodec:
+    """The backbone of a loaded checkpoint of any kind as a bare :class:`TICCodec`: the model itself (``tic``), a
+    variable-rate codec's ``base``, or for a low-rank-adapter codec (whose base carries the adapters in place) a
+    fresh backbone holding the same frozen weights (its state without ``lora_A``/``lora_B``)."""
+    if isinstance(model, TICCodec):
+        return model
+    if isinstance(model, LoRACodec):
+        with torch.random.fork_rng(devices=[]):  # every weight is loaded below: leave the run's RNG alone
+            base = TICCodec(config)
+        base.load_state_dict({k: v for k, v in model.base.state_dict().items()
+                              if ".lora_A." not in k and ".lora_B." not in k})
+        return base
+    return model.base
 
 
 def _named_config(cfg: "RunConfig") -> dict[str, Any]:
