@@ -27,6 +27,7 @@ manifests and ``data/download.py``; :func:`locate_dataset` finds a local copy an
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -154,6 +155,15 @@ def read_image(
     """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():  # say what is wrong with the link rather than "not found"
+            try:
+                path.resolve(strict=True)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"image file not found: {path} is a symbolic link to a missing file "
+                                        f"({path.readlink()})") from None
+            except (RuntimeError, OSError) as e:  # a loop: RuntimeError before Python 3.13, ELOOP after
+                if isinstance(e, RuntimeError) or e.errno == errno.ELOOP:
+                    raise FileNotFoundError(f"image file not found: {path} is a symbolic link in a loop") from None
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise ImageReadError(f"{path}: is a directory, not an image file")

@@ -372,6 +372,16 @@ def test_read_missing_file(tmp_path):
         read_image(tmp_path / "nope.png")
 
 
+def test_read_broken_symbolic_links_say_what_is_wrong(tmp_path):
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(FileNotFoundError, match="dangling.png is a symbolic link to a missing file .*gone.png"):
+        read_image(tmp_path / "dangling.png")
+    with pytest.raises(FileNotFoundError, match="a.png is a symbolic link in a loop"):
+        read_image(tmp_path / "a.png")
+
+
 def test_read_directory(tmp_path):
     with pytest.raises(ImageReadError):
         read_image(tmp_path)
