@@ -75,3 +75,42 @@ def test_info_does_not_import_torch(tmp_path):
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "NO-TORCH 0", out.stdout + out.stderr
+
+
+def _fake_cgroups(monkeypatch, tmp_path, proc_line: str, files: dict[str, str]) -> None:
+    """A fake ``/proc/self/cgroup`` (one line) and cgroup tree under ``tmp_path`` (``files``: path -> text)."""
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "proc").write_text(proc_line + "\n")
+    for rel, text in files.items():
+        (tmp_path / "sys" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sys" / rel).write_text(text)
+    monkeypatch.setattr(limits, "_PROC_CGROUP", str(tmp_path / "proc"))
+    monkeypatch.setattr(limits, "_CGROUP_ROOT", str(tmp_path / "sys"))
+
+
+def test_a_containers_memory_limit_bounds_the_default(monkeypatch, tmp_path):
+    """MemAvailable is the host's; a cgroup limit below it (a container) sets the default max_pixels."""
+    gb = 1 << 30
+    # cgroup v2, the limit one level above this process's cgroup; 1 GB of usage is reclaimable page cache
+    _fake_cgroups(monkeypatch, tmp_path, "0::/box/job", {
+        "cgroup.controllers": "cpu memory",
+        "box/memory.max": str(8 * gb), "box/memory.current": str(3 * gb), "box/memory.stat": f"anon 1\ninactive_file {gb}\n",
+        "box/job/memory.max": "max", "box/job/memory.current": str(3 * gb),
+    })
+    assert limits.cgroup_available_memory() == 6 * gb
+    assert limits.available_memory() <= 6 * gb  # this machine's MemAvailable, cut to the container's
+    assert limits.default_max_pixels(limits.available_memory()) <= limits.default_max_pixels(6 * gb)
+    # cgroup v1 (memory controller mounted on its own), a process in a namespace (its cgroup is the root)
+    _fake_cgroups(monkeypatch, tmp_path / "v1", "4:memory:/docker/abc", {
+        "memory/memory.limit_in_bytes": str(4 * gb), "memory/memory.usage_in_bytes": str(gb),
+        "memory/memory.stat": f"inactive_file 0\ntotal_inactive_file {gb // 2}\n",
+    })
+    assert limits.cgroup_available_memory() == 4 * gb - gb // 2
+    # no limit (v1 writes 2**63 rounded to pages, v2 "max"): the machine's figure stands
+    _fake_cgroups(monkeypatch, tmp_path / "none", "4:memory:/\n0::/", {
+        "memory/memory.limit_in_bytes": "9223372036854771712", "memory/memory.usage_in_bytes": str(gb),
+        "unified/memory.max": "max",
+    })
+    assert limits.cgroup_available_memory() is None
+    monkeypatch.setattr(limits, "_PROC_CGROUP", str(tmp_path / "missing"))
+    assert limits.cgroup_available_memory() is None
