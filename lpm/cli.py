@@ -550,6 +550,15 @@ def _os_error_message(e: OSError) -> str:
     return str(e)
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: ``MemoryError``, or torch's, which is a ``RuntimeError`` (its CPU allocator's
+    "can't allocate memory", or ``torch.OutOfMemoryError`` on a GPU); told apart without importing torch."""
+    if isinstance(e, MemoryError) or any(t.__name__ == "OutOfMemoryError" for t in type(e).__mro__):
+        return True
+    text = str(e)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     # every lpm error (BitstreamError, ImageReadError, ModelMismatchError, CheckpointError, OutputRefused,
@@ -572,7 +581,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
         print(f"lpm: error: {_shown(msg)}", file=sys.stderr)
         return EXIT_ERROR
-    except MemoryError:  # one line, not a traceback; what was being written is left untouched (atomic writes)
+    except (MemoryError, RuntimeError) as e:  # one line, not a traceback; what was being written is left untouched
+        if not _out_of_memory(e):
+            raise
         print("lpm: error: out of memory: try a smaller image, --max-pixels, or a machine with more memory",
               file=sys.stderr)
         return EXIT_ERROR

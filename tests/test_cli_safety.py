@@ -315,6 +315,33 @@ def test_out_of_memory_is_one_line(files, capsys, monkeypatch):
     assert _snapshot(files) == before
 
 
+@pytest.mark.parametrize("command", ["decompress", "compress"])
+def test_torch_failing_to_allocate_is_one_line(files, capsys, monkeypatch, command):
+    """torch raises no MemoryError when an allocation fails but a RuntimeError (its CPU allocator's "can't
+    allocate memory"; torch.OutOfMemoryError on a GPU): a big image under a ulimit -v printed a traceback."""
+    import torch
+
+    import lpm.codec
+
+    def too_big(*args, **kwargs):
+        return torch.empty(1 << 50, dtype=torch.uint8)  # a real failed allocation (1 PiB)
+
+    monkeypatch.setattr(lpm.codec, "decode_image" if command == "decompress" else "encode_image", too_big)
+    before = _snapshot(files)
+    src, out = ("in.lpm", "new.png") if command == "decompress" else ("in.png", "new.lpm")
+    rc, _, err = _run(capsys, command, src, out, *MODEL)
+    assert rc == 2 and err.strip().splitlines() == [
+        "lpm: error: out of memory: try a smaller image, --max-pixels, or a machine with more memory"], err
+    assert _snapshot(files) == before
+
+    def other_runtime_error(*args, **kwargs):
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr(lpm.codec, "decode_image" if command == "decompress" else "encode_image", other_runtime_error)
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors are not disguised as memory
+        main([command, src, out, *MODEL])
+
+
 # --- 6. promises kept ---------------------------------------------------------------------------------------
 
 
