@@ -162,7 +162,7 @@ def _open(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, .
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            magic = f.read(4)
+            magic = f.read(8)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or _one_line(e)})") from None
     if size == 0:
@@ -175,11 +175,20 @@ def _open(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, .
                 sl = f.get_slice(name)
                 header[name] = (str(sl.get_dtype()), tuple(int(d) for d in sl.get_shape()))
     except Exception as e:  # noqa: BLE001 -- whatever the parser says, the file is not a checkpoint of ours
-        if magic[:2] == b"PK" or magic[:1] == b"\x80":
+        if _pickled(magic, size):
             raise CheckpointError(f"{path}: a pickled PyTorch file (torch.save), not a safetensors checkpoint; "
                                   f"lpm never unpickles checkpoints") from None
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({_one_line(e)})") from None
     return md, header, size
+
+
+def _pickled(magic: bytes, size: int) -> bool:
+    """Whether a file that is not safetensors starts like ``torch.save``'s output (a zip archive, or a pickle of
+    protocol 2 to 5) and not like a broken safetensors file: its first 8 bytes, read as safetensors' header
+    length, would not fit the file (a cut or damaged checkpoint whose length happens to start with 0x80 or "PK"
+    was called a pickle)."""
+    looks = magic[:4] == b"PK\x03\x04" or (magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+    return looks and (len(magic) < 8 or int.from_bytes(magic, "little") > size - 8)
 
 
 def _check_metadata(path: Path, md: Any) -> dict[str, str]:

@@ -274,6 +274,20 @@ def test_broken_files_are_one_line(ckpts, tmp_path):
     _refused(tmp_path / "fifo.safetensors", "not a regular file")
 
 
+def test_a_broken_safetensors_file_is_not_called_a_pickle(ckpts, tmp_path):
+    """The first 8 bytes of a safetensors file are its header's length: a damaged file whose length starts with
+    0x80 0x02 (a header of 640 bytes) or "PK\\x03\\x04" is not a torch.save file; real pickles still are."""
+    for length in (0x0280, 0x04034B50):  # little-endian: b"\\x80\\x02..." and b"PK\\x03\\x04..."
+        head = json.dumps({"w": {"dtype": "F32", "shape": [100], "data_offsets": [0, 400]}}).encode()
+        path = tmp_path / f"damaged-{length}.safetensors"
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", length) + head.ljust(min(length, 1024)) + b"\0" * 16)
+            f.truncate(8 + length + 16)  # a sparse file where the length needs more than a KiB
+        assert "pickle" not in _refused(path, ": not a safetensors checkpoint (")
+    torch.save(load_file(str(ckpts["tic"])), tmp_path / "legacy.safetensors", _use_new_zipfile_serialization=False)
+    _refused(tmp_path / "legacy.safetensors", "pickled PyTorch file")
+
+
 # ----------------------------------------------------------------------------------------------- tensors
 def _tensors(src: Path, edit) -> dict:
     t = load_file(str(src))
