@@ -404,17 +404,30 @@ def read(path: str | os.PathLike, *, max_pixels: int | None = None) -> Compresse
     ``FileNotFoundError``. Decoding errors carry the path: ``BitstreamError("<path>: ...")``.
     """
     path = os.fspath(path)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+
+    def not_regular(mode: int) -> BitstreamError:
+        from lpm.fsutil import file_kind
+
+        return BitstreamError(
+            f"{path}: not a regular file (a {file_kind(mode)}); .lpm files are read from regular files only"
+        )
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:  # a socket cannot be opened at all (ENXIO, "No such device or address")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            raise exc from None
+        if stat.S_ISSOCK(mode):
+            raise not_regular(mode) from None
+        raise
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         if not stat.S_ISREG(st.st_mode):
-            from lpm.fsutil import file_kind
-
-            raise BitstreamError(
-                f"{path}: not a regular file (a {file_kind(st.st_mode)}); .lpm files are read from regular files only"
-            )
+            raise not_regular(st.st_mode)
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -462,3 +462,15 @@ def test_read_max_pixels_and_corruption_carry_path(tmp_path):
     path.write_bytes(encode(SAMPLE)[:-1])
     with pytest.raises(BitstreamError, match=r"img\.lpm: corrupted lpm file"):
         ff.read(path)
+
+
+def test_read_refuses_a_socket_as_not_a_regular_file(tmp_path, monkeypatch):
+    """A socket cannot even be opened (ENXIO): it is refused by kind like a FIFO or device, not as 'No such
+    device or address'."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)  # a short relative name: AF_UNIX paths are limited to ~107 bytes
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("s.lpm")
+        with pytest.raises(BitstreamError, match=r"^s\.lpm: not a regular file \(a socket\)"):
+            ff.read("s.lpm")
