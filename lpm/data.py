@@ -174,7 +174,7 @@ def read_image(
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(_PNG_SIGNATURE):
-        array = _decode_png(path, path.read_bytes(), max_pixels)
+        array = _decode_png(path, max_pixels)
     elif head[:4] in _TIFF_SIGNATURES:
         array = _decode_tiff(path, max_pixels)
     elif head[:2] in (b"P3", b"P6") and (array := _decode_deep_ppm(path, max_pixels)) is not None:
@@ -251,12 +251,16 @@ def exif_orientation(path: str | os.PathLike[str]) -> int:
     return value if isinstance(value, int) and value in EXIF_ORIENTATIONS else 1
 
 
-def _decode_png(path: Path, data: bytes, max_pixels: int | None) -> np.ndarray:
-    # IHDR is always the first chunk: length(4) "IHDR"(4) width(4) height(4) ...
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        raise ImageReadError(f"{path}: not a readable PNG (missing IHDR header)")
-    width, height = struct.unpack(">II", data[16:24])
-    _check_size(path, height, width, max_pixels)
+def _decode_png(path: Path, max_pixels: int | None) -> np.ndarray:
+    with open(path, "rb") as f:
+        # IHDR is always the first chunk: length(4) "IHDR"(4) width(4) height(4) ...; the size is checked from it
+        # before the rest of the file is read (a large file declaring a huge image was read whole, then refused)
+        data = f.read(24)
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageReadError(f"{path}: not a readable PNG (missing IHDR header)")
+        width, height = struct.unpack(">II", data[16:24])
+        _check_size(path, height, width, max_pixels)
+        data += f.read()
     _check_single_png(path, data)
     try:
         codecs = _imagecodecs()

@@ -436,6 +436,27 @@ def test_max_pixels(tmp_path):
     assert issubclass(ImageTooLargeError, ValueError)
 
 
+def test_a_large_png_declaring_too_many_pixels_is_refused_before_it_is_read(tmp_path):
+    import tracemalloc
+
+    head = (tmp_path / "head.png")
+    write_png(head, np.zeros((1, 1, 3), np.uint8))
+    data = bytearray(head.read_bytes())
+    data[16:24] = struct.pack(">II", 100_000, 100_000)  # IHDR: 100000x100000 (its CRC no longer matches: never read)
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.write(data)
+        f.truncate(len(data) + 200 * 2**20)  # 200 MiB more (sparse)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageTooLargeError, match="100000x100000"):
+            read_image(big, max_pixels=10**6)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak
+
+
 # ------------------------------------------------------------------------------------- writing
 
 
