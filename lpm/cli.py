@@ -414,7 +414,7 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"where the transforms run (default: {device}{'; auto = cuda if present' if device == 'auto' else ''}). "
                             "Files are the same on any device: the entropy tables are always derived on the CPU "
                             "in float64")
-        p.add_argument("--max-pixels", type=int, default=max_pixels,
+        p.add_argument("--max-pixels", type=_int_arg(1), default=max_pixels,
                        help=f"refuse larger images (default here: {max_pixels}, from the memory available now "
                             "and the measured ~3 GB + 150 bytes per pixel; images above 1024 pixels a side are "
                             "coded in tiles, the same way on every machine)")

@@ -225,7 +225,8 @@ def decompress_file(
     except ModelMismatchError as e:
         raise ModelMismatchError(f"{os.fspath(src)}: {e}") from None
     write_image(dst, x_hat, info, overwrite=force)
-    return CodingResult(str(dst), info.height, info.width, c.header.rate, os.path.getsize(src))
+    # the bytes that were decoded (a file replaced while it was decoded must not change the reported bpp)
+    return CodingResult(str(dst), info.height, info.width, c.header.rate, fileformat.encoded_size(c))
 
 
 def _warn_orientation(src: Union[str, os.PathLike]) -> None:

@@ -78,6 +78,7 @@ __all__ = [
     "StreamHeader",
     "CompressedImage",
     "encode",
+    "encoded_size",
     "decode",
     "write",
     "read",
@@ -268,7 +269,9 @@ class CompressedImage:
         object.__setattr__(self, "strings", strings)
 
 
-def _encoded_size(c: CompressedImage) -> int:
+def encoded_size(c: CompressedImage) -> int:
+    """Bytes of ``c`` as a file (its version's header, the strings with their lengths, the checksum): what
+    :func:`encode` writes and a file :func:`decode` accepted holds, since no trailing bytes are allowed."""
     head = _HEADERS[c.header.version].size
     return _PREFIX.size + head + sum(_LENGTH.size + len(s) for s in c.strings) + _CRC.size
 
@@ -373,7 +376,8 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> CompressedImage:
 
     if max_pixels is not None and height * width > max_pixels:
         raise BitstreamError(
-            f"image of {height}x{width} (HxW, {height * width} pixels) exceeds the limit of {max_pixels} pixels"
+            f"image of {height}x{width} (HxW, {height * width} pixels) exceeds the limit of {max_pixels} pixels "
+            "(raise it with --max-pixels, or max_pixels= in Python, if this machine has the memory)"
         )
     return CompressedImage(StreamHeader(mid.hex(), rate, height, width, channels, bit_depth, (zh, zw), table_check),
                            strings)
@@ -466,7 +470,7 @@ def describe(c: CompressedImage) -> str:
     The bpp counts every byte of the encoded file (header and checksum included).
     """
     h = c.header
-    total = _encoded_size(c)
+    total = encoded_size(c)
     names = ("y", "z") if len(c.strings) == 2 else tuple(str(i) for i in range(len(c.strings)))
     sizes = ", ".join(f"{k} {len(s)} B" for k, s in zip(names, c.strings))
     return (

@@ -143,11 +143,44 @@ def test_roundtrip_measures_a_repeated_rate_once(tmp_path, ckpt, capsys):
     (["compress", "a.png", "b.lpm", "--threads", "0"], "--threads: expected an integer in 1..1024, got 0"),
     (["compress", "a.png", "b.lpm", "--threads", "5000"], "--threads: expected an integer in 1..1024"),
     (["eval", "--continuous", "-2"], "--continuous: expected an integer in 0..1000"),
+    (["compress", "a.png", "b.lpm", "--max-pixels", "0"], "--max-pixels: expected an integer >= 1, got 0"),
+    (["decompress", "a.lpm", "b.png", "--max-pixels", "-5"], "--max-pixels: expected an integer >= 1, got -5"),
 ])
 def test_counts_out_of_range_are_refused_by_the_parser(argv, what, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and what in capsys.readouterr().err
+
+
+def test_decompress_reports_the_bytes_it_decoded_and_how_to_raise_the_limit(tmp_path, ckpt, capsys, monkeypatch):
+    """The bpp was taken from the file's size after decoding: a file replaced meanwhile changed it."""
+    import lpm.codec as codec
+
+    _png(tmp_path / "a.png", 40, 48)
+    assert _run(capsys, "compress", tmp_path / "a.png", tmp_path / "a.lpm", "--model", ckpt)[0] == 0
+    size = (tmp_path / "a.lpm").stat().st_size
+    rc, _, err = _run(capsys, "decompress", tmp_path / "a.lpm", tmp_path / "small.png", "--model", ckpt,
+                      "--max-pixels", "100")
+    assert rc == 2 and "exceeds the limit of 100 pixels (raise it with --max-pixels" in err
+    assert not (tmp_path / "small.png").exists()
+    decode = codec.decode_image
+
+    def decode_then_replace(*args, **kw):
+        out = decode(*args, **kw)
+        with open(tmp_path / "a.lpm", "ab") as f:
+            f.write(b"\0" * 1000)
+        return out
+
+    monkeypatch.setattr(codec, "decode_image", decode_then_replace)
+    res = codec.decompress_file(*_loaded(ckpt), tmp_path / "a.lpm", tmp_path / "a_dec.png")
+    assert res.num_bytes == size and (tmp_path / "a.lpm").stat().st_size == size + 1000
+
+
+def _loaded(ckpt):
+    from lpm import zoo
+
+    c = zoo.load(str(ckpt))
+    return c.model, c.model_id
 
 
 def test_a_rate_just_outside_the_range_is_shown_with_its_digits():

@@ -100,7 +100,7 @@ def test_round_trip(c):
     assert decode(data) == c
     assert encode(c) == data  # deterministic
     assert encode(decode(data)) == data
-    assert len(data) == ff._encoded_size(c)
+    assert len(data) == ff.encoded_size(c)
     assert data.startswith(MAGIC) and data[OFF_VERSION] == FORMAT_VERSION
 
 
