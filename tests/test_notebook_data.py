@@ -328,9 +328,72 @@ def test_notebook_number_parameters_are_checked_by_name():
         F.continuous_rates(F.load_checkpoint("tiny-smoke").model, -2)
 
 
+def test_notebook_switch_text_and_list_parameters_are_checked_by_name(tmp_path):
+    """`papermill -p SMOKE false` passes the text "false", which ran as a smoke run (and `-p RECOMPUTE false`
+    recomputed everything); RATES=0.01 was "'float' object is not iterable", RATES=[5] and a misspelt LAYER
+    failed in the next cell after the first maps; CHECKPOINTS="tiny-smoke" made rate_slider load "t", "i", ...;
+    ANCHORS="VTM" said "unknown anchor 'V'"; RESULTS_DIR=3 a TypeError."""
+    assert F.bool_param("SMOKE", True) is True and F.bool_param("SMOKE", 0) is False
+    for bad in ("false", "False", "no", 2, None, 1.0):
+        with pytest.raises(ValueError, match=r"SMOKE must be True or False, got .*-p SMOKE False"):
+            F.bool_param("SMOKE", bad)
+    with pytest.raises(ValueError, match="SMOKE must be True or False, got 'false'"):
+        F.setup(["tiny-smoke"], str(_pngs(tmp_path / "imgs")), str(tmp_path / "res"), "false")
+    assert not (tmp_path / "res").exists()
+    model = F.load_checkpoint("tiny-smoke").model
+    lo, hi = model.rate_range
+    assert F.rate_params("RATES", None, model) == list(model.rates)
+    assert F.rate_params("RATES", lo, model) == [lo] and F.rate_params("RATES", [hi, np.float64(lo)], model)[0] == hi
+    for bad, needle in ((hi * 10, "outside the trained range"), ([lo, -1], "outside the trained range"),
+                        (float("nan"), "outside the trained range"), ("0.01", "a rate λ or a non-empty list"),
+                        ([], "non-empty list"), (["0.01"], "a rate must be a number"), (True, "non-empty list")):
+        with pytest.raises(ValueError, match=f"RATES.*{bad!r:.0}{needle}"):
+            F.rate_params("RATES", bad, model)
+    assert F.choice_param("LAYER", "b", ["a", "b"]) == "b"
+    for bad in ("c", 1, ""):
+        with pytest.raises(ValueError, match=r"LAYER must be one of \['a', 'b'\]"):
+            F.choice_param("LAYER", bad, ["a", "b"])
+    assert F.checkpoint_params("tiny-smoke") == ["tiny-smoke"] and F.checkpoint_params(("a", "b")) == ["a", "b"]
+    for bad, needle in ((3, "must be a list"), (["a", 3], "must be a list"), ([], "is empty")):
+        with pytest.raises(ValueError, match=f"CHECKPOINTS {needle}"):
+            F.checkpoint_params(bad)
+    with pytest.raises(ValueError, match="ANCHORS must be None .* or a list of anchor names, got 'VTM'"):
+        F.anchor_curves("VTM")
+    with pytest.raises(ValueError, match="RESULTS_DIR must be a folder"):
+        F.results_dir(3)
+
+
+def test_every_table_of_our_numbers_names_the_training_budget():
+    """storage_parameters, storage_summary, training_data and comparison_points were written to results/ with
+    numbers of the smoke checkpoints and no word of their (reduced) training budget."""
+    import ast
+
+    # published numbers with their sources, none of ours; tables with a budget column on every row
+    exempt = {"rd_anchor_sources", "claims", "comparison", "comparison_full"}
+    seen = set()
+    for p in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
+        for cell in nbformat.read(str(p), as_version=4).cells:
+            if cell.cell_type != "code" or "save_table(" not in cell.source:
+                continue
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "save_table":
+                    name = node.args[1].value
+                    seen.add(name)
+                    if name in exempt:
+                        continue
+                    caption = next((k.value for k in node.keywords if k.arg == "caption"), None)
+                    src = ast.get_source_segment(cell.source, caption) if caption is not None else ""
+                    assert "ctx.budget" in src or "c.budget" in src, \
+                        f"{p.name}: table {name} says nothing of the training budget"
+    assert {"rd_ours", "storage_summary", "training_data", "comparison_points", "claims"} <= seen
+
+
 @pytest.mark.parametrize("notebook, params, needle", [
     ("rate_slider", {"IMAGE": 30}, "IMAGE must be an integer 0..1, got 30"),
     ("rd_curves", {"CLASSICAL": ["jpg", "webpp"]}, "unknown classical codec 'webpp'"),
+    ("rd_curves", {"ANCHORS": ["VTM", "TCM"]}, "unknown anchor 'TCM'"),
+    ("rd_curves", {"SMOKE": "false"}, "SMOKE must be True or False, got 'false'"),
+    ("attention_maps", {"RATES": [5.0]}, "RATES: rate 5 is outside the trained range"),
 ])
 def test_a_bad_notebook_parameter_stops_at_once_with_its_name(tmp_path, notebook, params, needle):
     import papermill

@@ -49,8 +49,8 @@ if "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules and
     matplotlib.use("Agg")  # not interactive: render to files only
 
 from lpm.figures.context import (  # noqa: E402
-    KODAK_COUNT, Checkpoint, Context, PathLike, checkpoint_spec, classical_names, clean_numbers, index_params, int_param,
-    load_checkpoint, markdown_table, read_record, record,
+    KODAK_COUNT, Checkpoint, Context, PathLike, bool_param, checkpoint_params, checkpoint_spec, choice_param, classical_names, clean_numbers,
+    index_params, int_param, load_checkpoint, markdown_table, rate_params, read_record, record,
     results_dir, save_figure, save_table, setup, show,
 )
 from lpm.figures.curves import (  # noqa: E402
@@ -87,8 +87,11 @@ __all__ = [
     "attention_numbers",
     "bd_against",
     "bd_table",
+    "bool_param",
     "checkpoint_curve",
+    "checkpoint_params",
     "checkpoint_spec",
+    "choice_param",
     "classical_names",
     "claims_table",
     "classical_curve",
@@ -109,6 +112,7 @@ __all__ = [
     "plot_bit_allocation",
     "plot_rd",
     "plot_savings",
+    "rate_params",
     "read_record",
     "record",
     "results_dir",

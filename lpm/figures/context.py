@@ -56,6 +56,8 @@ def results_dir(RESULTS_DIR: Optional[PathLike] = None, smoke: bool = False, ima
 
     committed = (PROJECT_ROOT / "results").resolve()
     not_kodak = smoke or (images is not None and not isinstance(images, str) and not _full_kodak(images))
+    if RESULTS_DIR is not None and not isinstance(RESULTS_DIR, (str, os.PathLike)):
+        raise ValueError(f"RESULTS_DIR must be a folder (a path) or None, got {RESULTS_DIR!r:.60}")
     if RESULTS_DIR is not None and str(RESULTS_DIR) != "":
         out = Path(RESULTS_DIR).expanduser()
         out = out if out.is_absolute() else PROJECT_ROOT / out
@@ -315,6 +317,46 @@ def int_param(name: str, value: Any, *, low: int = 0, high: Optional[int] = None
     return int(value)
 
 
+def bool_param(name: str, value: Any) -> bool:
+    """A notebook's on/off parameter, checked: ``True``/``False`` (or ``0``/``1``). A string is a ``ValueError``
+    that names the parameter: ``papermill -p SMOKE false`` passes the text ``"false"``, which Python takes as
+    true (papermill turns only ``True``, ``False`` and ``None`` into Python values)."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r:.60} (papermill: -p {name} True or -p {name} "
+                     f"False, capitalised; or -y '{name}: false')")
+
+
+def rate_params(name: str, value: Any, model: Any) -> list[float]:
+    """The λ values a notebook is asked for: ``None`` (the model's trained rates), one number or a non-empty
+    list of numbers, each one the model codes (:meth:`check_rate`: inside its trained range); anything else
+    is a ``ValueError`` that names the parameter."""
+    if value is None:
+        return [float(r) for r in model.rates]
+    number = (int, float, np.integer, np.floating)
+    values = [value] if isinstance(value, number) and not isinstance(value, (bool, np.bool_)) else value
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{name} must be None (the trained rates), a rate λ or a non-empty list of them, "
+                         f"got {value!r:.60}")
+    out = []
+    for v in values:
+        if not isinstance(v, number) or isinstance(v, (bool, np.bool_)):
+            raise ValueError(f"{name}: a rate must be a number, got {v!r:.60}")
+        try:
+            out.append(float(model.scalar_rate(float(v))))
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    return out
+
+
+def choice_param(name: str, value: Any, choices: Sequence[str]) -> str:
+    """A notebook's parameter that names one of ``choices`` (e.g. a layer); anything else is a
+    ``ValueError`` that lists them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r:.80}")
+    return value
+
+
 def index_params(name: str, value: Any, count: int, what: str = "images") -> list[int]:
     """Indices into ``count`` items (one integer or a list of them), each checked as :func:`int_param`."""
     if count < 1:
@@ -349,6 +391,18 @@ def checkpoint_spec(spec: PathLike) -> str:
         return spec
     path = Path(spec).expanduser()
     return str(path if path.is_absolute() else PROJECT_ROOT / path)
+
+
+def checkpoint_params(value: Any, name: str = "CHECKPOINTS") -> list[PathLike]:
+    """A notebook's checkpoint list, checked: one name or path (a list of one), or a non-empty list of them
+    (a text is one checkpoint, never its characters); anything else is a ``ValueError``."""
+    if isinstance(value, (str, os.PathLike)):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in value):
+        raise ValueError(f"{name} must be a list of zoo names, checkpoint files or folders, got {value!r:.80}")
+    if not value:
+        raise ValueError(f"{name} is empty: name at least one checkpoint (the first is ours)")
+    return list(value)
 
 
 def load_checkpoint(spec: PathLike, device: str = "cpu") -> Checkpoint:
@@ -462,10 +516,8 @@ def setup(CHECKPOINTS: Sequence[PathLike], DATA_DIR: Optional[PathLike] = None, 
     ``results/cache/sample-photos/`` unless ``RESULTS_DIR`` is given."""
     from lpm.data import resolve_eval_images
 
-    if isinstance(CHECKPOINTS, (str, os.PathLike)):
-        CHECKPOINTS = [CHECKPOINTS]
-    if not CHECKPOINTS:
-        raise ValueError("CHECKPOINTS is empty: name at least one checkpoint (the first is ours)")
+    SMOKE = bool_param("SMOKE", SMOKE)
+    CHECKPOINTS = checkpoint_params(CHECKPOINTS)
     images = resolve_eval_images(DATA_DIR, limit=2 if SMOKE else None)  # first: a wrong DATA_DIR fails fast
     ckpts = [load_checkpoint(c, device=device) for c in CHECKPOINTS]
     if ckpts[0].separate or len(ckpts[0].models) != 1:

@@ -282,6 +282,9 @@ def anchor_curves(names: Optional[Sequence[str]] = None, comparable: bool = True
     whether the images they are compared with are all of Kodak."""
     from lpm.eval import anchor_codecs, load_anchors
 
+    if names is not None and not isinstance(names, (list, tuple)):
+        raise ValueError(f"ANCHORS must be None (the default anchors) or a list of anchor names, got {names!r:.60}; "
+                         f"known: {anchor_codecs()}")
     out = []
     for name in (names if names is not None else DEFAULT_ANCHORS):
         if name not in anchor_codecs():
