@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -123,7 +124,8 @@ def run_all(
 
     They go to ``out_dir`` (default: ``RESULTS_DIR/notebooks``, for a smoke run ``results/cache/smoke/notebooks``,
     else ``results/notebooks``). Each is written under a temporary name while it runs: a good run replaces the
-    previous copy, a failed one is kept as ``<name>.failed.ipynb`` beside it and the previous good copy stays.
+    previous copy, a failed one is kept as ``<name>.failed.ipynb`` beside it and the previous good copy stays (until a
+    good run, which removes the failed copy).
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -138,34 +140,35 @@ def run_all(
     done = []
     sockets = tempfile.mkdtemp(prefix="lpm-kernels-")
     manager = _ipc_kernel_manager(sockets)
-    for i, nb in enumerate(notebooks, 1):
-        out = out_dir / nb.name
-        running, failed = out_dir / f".{nb.stem}.running.ipynb", out_dir / f"{nb.stem}.failed.ipynb"
-        t0 = time.perf_counter()
-        log(f"[{i}/{len(notebooks)}] {nb.name} ...")
-        stream = _Prefixed(f"  {nb.stem}: ", log)
-        try:
-            pm.execute_notebook(
-                str(nb), str(running), parameters=parameters, kernel_name=kernel_name, progress_bar=False,
-                cwd=str(nb.parent), execution_timeout=timeout, stdout_file=stream,
-                kernel_manager_class=manager,
-            )
-        except PapermillExecutionError as e:
-            cell, first_line = _source_cell(running, e.cell_index)
-            msg = f"{e.ename}: {' '.join(str(e.evalue).split())[:600]}" + (f" [cell starts: {first_line}]" if first_line else "")
-            raise NotebookFailed(nb.name, cell, msg, _keep_failed(running, failed)) from None
-        except BaseException as e:  # kernel died, bad notebook file, Ctrl-C, ...
-            kept = _keep_failed(running, failed)
-            if not isinstance(e, Exception):
-                raise
-            raise NotebookFailed(nb.name, None, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", kept) from None
-        finally:
-            stream.flush()
-        os.replace(running, out)
-        log(f"[{i}/{len(notebooks)}] {nb.name} done in {time.perf_counter() - t0:.1f} s -> {out}")
-        done.append(out)
     try:
-        os.rmdir(sockets)
-    except OSError:
-        pass
+        for i, nb in enumerate(notebooks, 1):
+            out = out_dir / nb.name
+            running, failed = out_dir / f".{nb.stem}.running.ipynb", out_dir / f"{nb.stem}.failed.ipynb"
+            t0 = time.perf_counter()
+            log(f"[{i}/{len(notebooks)}] {nb.name} ...")
+            stream = _Prefixed(f"  {nb.stem}: ", log)
+            try:
+                pm.execute_notebook(
+                    str(nb), str(running), parameters=parameters, kernel_name=kernel_name, progress_bar=False,
+                    cwd=str(nb.parent), execution_timeout=timeout, stdout_file=stream,
+                    kernel_manager_class=manager,
+                )
+            except PapermillExecutionError as e:
+                cell, first_line = _source_cell(running, e.cell_index)
+                msg = f"{e.ename}: {' '.join(str(e.evalue).split())[:600]}" + (f" [cell starts: {first_line}]" if first_line else "")
+                raise NotebookFailed(nb.name, cell, msg, _keep_failed(running, failed)) from None
+            except BaseException as e:  # kernel died, bad notebook file, Ctrl-C, ...
+                kept = _keep_failed(running, failed)
+                if not isinstance(e, Exception):
+                    raise
+                why = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                raise NotebookFailed(nb.name, None, why, kept) from None
+            finally:
+                stream.flush()
+            os.replace(running, out)
+            failed.unlink(missing_ok=True)  # an earlier run's failure is no longer what this notebook does
+            log(f"[{i}/{len(notebooks)}] {nb.name} done in {time.perf_counter() - t0:.1f} s -> {out}")
+            done.append(out)
+    finally:  # also on a failure or Ctrl-C: the kernels' socket folder goes
+        shutil.rmtree(sockets, ignore_errors=True)
     return done

@@ -61,6 +61,29 @@ def test_a_failed_run_keeps_the_last_good_executed_notebook(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_a_good_run_removes_the_failed_copy_and_no_kernel_folder_is_left(tmp_path, monkeypatch, capsys):
+    """After a failure (or Ctrl-C) and a good rerun, results/notebooks/ still showed <name>.failed.ipynb beside
+    the good copy, and every failed or interrupted batch left an lpm-kernels-* folder in the temp dir."""
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "nb.ipynb", ["import os\nif os.environ.get('LPM_TEST_BREAK'):\n    raise RuntimeError('now broken')"])
+    res = tmp_path / "res"
+    monkeypatch.setenv("LPM_TEST_BREAK", "1")
+    assert main(["reproduce", "--notebooks-dir", str(nbs), "--results-dir", str(res)]) == 1
+    assert (res / "notebooks" / "nb.failed.ipynb").exists()
+    assert not list((tmp_path / "tmp").glob("lpm-kernels-*"))
+    monkeypatch.delenv("LPM_TEST_BREAK")
+    assert main(["reproduce", "--notebooks-dir", str(nbs), "--results-dir", str(res)]) == 0
+    assert sorted(p.name for p in (res / "notebooks").iterdir()) == ["nb.ipynb"]
+    assert not list((tmp_path / "tmp").glob("lpm-kernels-*"))
+    capsys.readouterr()
+
+
 def test_smoke_runs_keep_their_executed_notebooks_apart(tmp_path, monkeypatch):
     from lpm import notebooks
 
