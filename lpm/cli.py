@@ -505,7 +505,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks-dir", help=argparse.SUPPRESS)
     p.add_argument("--smoke", action="store_true", help="tiny data and sweeps (a quick check)")
     p.add_argument("--recompute", action="store_true", help="re-evaluate instead of using cached results")
-    p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: none)")
+    p.add_argument("--cell-timeout", type=_int_arg(1), default=None, help="seconds per cell (default: none)")
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("data", help="download an image set and check it against its sha256 manifest")

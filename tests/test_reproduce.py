@@ -84,6 +84,19 @@ def test_a_good_run_removes_the_failed_copy_and_no_kernel_folder_is_left(tmp_pat
     capsys.readouterr()
 
 
+def test_a_cell_timeout_of_zero_or_less_is_refused(tmp_path, capsys):
+    """--cell-timeout 0 or -5 ran every cell without any time limit, silently."""
+    import pytest
+
+    (tmp_path / "nbs").mkdir()
+    _notebook(tmp_path / "nbs" / "nb.ipynb", ["x = 1"])
+    for bad in ("0", "-5", "ten"):
+        with pytest.raises(SystemExit) as e:
+            main(["reproduce", "--cell-timeout", bad, "--notebooks-dir", str(tmp_path / "nbs"),
+                  "--results-dir", str(tmp_path / "res")])
+        assert e.value.code == 2 and "--cell-timeout" in capsys.readouterr().err
+
+
 def test_smoke_runs_keep_their_executed_notebooks_apart(tmp_path, monkeypatch):
     from lpm import notebooks
 
