@@ -34,8 +34,10 @@ import io
 import os
 import re
 import struct
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,6 +313,8 @@ def _decode_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
     layout = _tiff_layout(path)
     _check_size(path, layout.height, layout.width, max_pixels)
     bomb = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None and bomb:
+        bomb = max(bomb, max_pixels)  # as _pil_pixel_limit raises it
     if bomb and layout.height * layout.width > 2 * bomb:  # where PIL itself refuses to open one
         raise ImageTooLargeError(f"{path}: {layout.height}x{layout.width} (HxW) TIFF has {layout.height * layout.width} "
                                  f"pixels, more than twice PIL's decompression-bomb limit of {bomb}")
@@ -452,9 +456,30 @@ def _tiff_layout(path: Path) -> _TiffLayout:
                        sample_format=max(tags.get(339, [1])))
 
 
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """PIL's decompression-bomb limit raised to ``max_pixels`` while an image is opened: PIL refuses images of
+    more than twice ``Image.MAX_IMAGE_PIXELS`` (179 M pixels by default) whatever ``--max-pixels`` allows, and
+    our own limit, checked from the header before any pixel is decoded, is the one that bounds memory here.
+    ``None`` (no limit asked for) and limits below PIL's leave PIL's as it is."""
+    bomb = Image.MAX_IMAGE_PIXELS
+    if max_pixels is None or bomb is None or max_pixels <= bomb:
+        yield
+        return
+    with _PIL_LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = bomb
+
+
 def _decode_with_pil(path: Path, max_pixels: int | None) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with _pil_pixel_limit(max_pixels), Image.open(path) as im:
             width, height = im.size  # from the header; pixels are not decoded yet
             _check_size(path, height, width, max_pixels)
             _check_single_frame(path, im)

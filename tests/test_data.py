@@ -164,8 +164,28 @@ def test_tiff_pil_calls_a_bomb_is_refused_before_decoding(tmp_path, monkeypatch)
     real = data._imagecodecs().tiff_decode
     monkeypatch.setattr(data._imagecodecs(), "tiff_decode", lambda *a, **k: (decoded.append(1), real(*a, **k))[1])
     with pytest.raises(ImageTooLargeError, match="b.tif"):
-        read_image(tmp_path / "b.tif", max_pixels=10**9)
+        read_image(tmp_path / "b.tif", max_pixels=None)  # no limit of ours: PIL's applies
     assert decoded == []
+    # a limit of ours above PIL's is the one that counts (checked from the header before decoding)
+    assert read_image(tmp_path / "b.tif", max_pixels=10**9)[1].height == 64 and decoded == [1]
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "GIF", "WEBP", "BMP"])
+def test_a_max_pixels_above_pils_bomb_limit_is_the_limit(tmp_path, monkeypatch, fmt):
+    """PIL refuses more than twice its MAX_IMAGE_PIXELS (179 M pixels) at open: a 200-megapixel JPEG was refused
+    on a machine whose --max-pixels allowed it. Our limit now decides; with none, PIL's still applies."""
+    path = tmp_path / f"a.{fmt.lower()}"
+    Image.fromarray(rng().integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(path, format=fmt)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4800 pixels > 2x the limit: PIL's bomb error
+    x, info = read_image(path, max_pixels=4800)
+    assert (info.height, info.width) == (60, 80) and x.shape[-2:] == (60, 80)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # put back
+    with pytest.raises(ImageTooLargeError, match="more than the allowed max_pixels=4799"):
+        read_image(path, max_pixels=4799)
+    with pytest.raises(ImageTooLargeError, match=rf"a.{fmt.lower()}"):
+        read_image(path, max_pixels=None)
+    assert Image.MAX_IMAGE_PIXELS == 1000
 
 
 def _tiff_entries(data: bytes) -> dict[int, tuple[int, int]]:
