@@ -1,8 +1,10 @@
 """Storage and training-data accounting: what one base + prompt modules saves over separate models.
 
-The paper (Qin et al., arXiv:2311.13846) claims, against one separately trained codec per rate, about
-**80 % less storage** (one frozen base plus small prompt modules) and **90 % less training data** (the
-prompt modules learn from a tenth of the images). :func:`parameter_table` / :func:`storage_saving`
+The paper (Qin et al., arXiv:2311.13846) claims in its abstract, against "multiple models, which are optimized
+separately for different target rates", "80% savings in parameter storage" and "90% savings in datasets"; how
+it counts either is not in the abstract. Our reading: storage is one frozen base plus K − 1 small prompt
+modules against K base-sized models; data is the distinct images the prompt modules learn from (a seeded
+tenth of the set) against the full set each separate model uses. :func:`parameter_table` / :func:`storage_saving`
 count the first from the real tensors; :func:`data_table` / :func:`dataset_saving` count the second from
 the budget ledger the training runs write.
 

@@ -6,6 +6,14 @@ al., ICIP 2023, and TransTIC, ICCV 2023, prompt): strided convolutions change re
 coded with a mean-scale Gaussian conditional (Minnen et al., NeurIPS 2018) through compressai's rANS coder.
 Every stage can receive prompt maps, which is how :class:`lpm.models.PromptedCodec` steers it to other rates.
 
+It is smaller than TIC's own layout (as in the TIC model of Kao et al.'s public code, NYCU-MAPL/
+Transformer_VariableROI, ``compressai/models/tic_promptmodel.py``): there ``g_a`` and ``g_s`` have a fourth
+Swin stage (depth 2, ``M`` channels, 16 heads) at stride 16, each hyper-transform two Swin stages (depth 2,
+window 4, 16 heads) at strides 32 and 64, the convolutions between stages are 3×3 (5×5 only next to the
+image), and stochastic depth is 0.1. Here ``g_a``/``g_s`` have three stages (strides 2, 4, 8), each
+hyper-transform one (stride 32), every ``g_a``/``g_s`` convolution is 5×5, all stages have 8 heads and there is
+no stochastic depth. Same ``N``, ``M``, windows, MLP ratio, depths 2-4-6 and entropy model.
+
 Data flow (level ``L`` = stride ``2**L``; default depths in brackets)::
 
     x ─pad→64─► conv↓ ─[2]─ conv↓ ─[4]─ conv↓ ─[6]─ conv↓ ──► y (M, L4)
@@ -150,7 +158,8 @@ def _real(name: str, value: Any) -> float:
 
 @dataclass
 class CodecConfig:
-    """Every size setting of :class:`TICCodec` (defaults: TIC/Kao et al. size, N=128, M=192).
+    """Every size setting of :class:`TICCodec` (defaults: TIC/Kao et al. widths N=128, M=192; fewer Swin stages
+    than TIC, see the module docstring).
 
     Checked on construction against :data:`CONFIG_LIMITS` (``ValueError``)."""
 
