@@ -29,7 +29,7 @@ from lpm.zoo import PROJECT_ROOT
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 RESULTS = PROJECT_ROOT / "results"
 #: Git-ignored caches under results/ (see .gitignore); everything else there is the committed Kodak results.
-IGNORED_RESULTS = ("cache", "eval", "runs", "notebooks")
+IGNORED_RESULTS = ("cache", "eval", "runs", "notebooks", ".staging")
 STRIP = PROJECT_ROOT / "scripts" / "strip_notebooks.py"
 
 
@@ -386,6 +386,24 @@ def test_every_table_of_our_numbers_names_the_training_budget():
                     assert "ctx.budget" in src or "c.budget" in src, \
                         f"{p.name}: table {name} says nothing of the training budget"
     assert {"rd_ours", "storage_summary", "training_data", "comparison_points", "claims"} <= seen
+
+
+def test_every_image_a_notebook_reads_is_bounded_in_pixels():
+    """rate_slider and attention_maps read the chosen image with no pixel limit: a huge PNG in DATA_DIR was
+    decoded whole (the CLI and the evaluation refuse it by the machine's memory first)."""
+    import ast
+
+    calls = 0
+    for p in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
+        for cell in nbformat.read(str(p), as_version=4).cells:
+            if cell.cell_type != "code" or "read_image(" not in cell.source:
+                continue
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "read_image":
+                    calls += 1
+                    assert any(k.arg == "max_pixels" for k in node.keywords), \
+                        f"{p.name}: {ast.get_source_segment(cell.source, node)} reads without a pixel limit"
+    assert calls >= 3
 
 
 @pytest.mark.parametrize("notebook, params, needle", [
