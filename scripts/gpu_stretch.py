@@ -39,6 +39,7 @@ Nothing here imports imagecodecs (the GPU machine has none).
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -62,16 +63,26 @@ HARVEST_MIN = 0.5
 STARTUP_MIN = 0.75
 #: Files that come back from the machine's $OUT (the device tool's limit).
 MAX_FILES = 8
+#: Seconds a step gets between SIGTERM at its deadline and SIGKILL: on SIGTERM the trainer saves its state and
+#: partial checkpoint, so a run whose own clean stop came too late still brings back its weights.
+TERM_GRACE_S = 10.0
 
 
 def _run(cmd: list[str], log: Path, timeout_s: float, env: Optional[dict] = None) -> dict[str, Any]:
-    """Run ``cmd`` with its output in ``log``; exit status, seconds and the output's tail."""
+    """Run ``cmd`` with its output in ``log``; exit status, seconds and the output's tail. Past ``timeout_s``
+    it gets SIGTERM, and SIGKILL :data:`TERM_GRACE_S` later if still running (its rc is then "timeout")."""
     t0 = time.time()
     with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=max(1.0, timeout_s),
-                                env=env, cwd=ROOT).returncode
+            rc: Any = proc.wait(timeout=max(1.0, timeout_s))
         except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=TERM_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             rc = "timeout"
     text = log.read_text(errors="replace")
     return {"cmd": cmd[1:], "rc": rc, "seconds": round(time.time() - t0, 1), "tail": text[-TAIL_CHARS:]}
@@ -217,7 +228,15 @@ def stretch(args: argparse.Namespace) -> int:
             cmd += ["--data-dir", args.data_dir]
         if args.continue_from:
             cmd += ["--continue-from", args.continue_from]
-        # SIGKILL only if the run overran its own clean stop by far (it saves at the next step after max_minutes)
+            try:  # join's cue that this harvest goes on from the partial checkpoint its --into folder holds
+                from lpm.data import sha256_file
+
+                report["continued_from_sha256"] = sha256_file(ROOT / args.continue_from)
+            except OSError as e:
+                report["continued_from_sha256"] = None
+                report["continued_from_error"] = f"{type(e).__name__}: {e}"
+        # SIGTERM only if the run overran its own clean stop by far (it saves at the next step after max_minutes);
+        # the trainer then saves its partial checkpoint too (SIGKILL follows TERM_GRACE_S later)
         r = _run(cmd, work / "train.log", left() - HARVEST_MIN * 60 / 2 - reach_minutes * 60)
         r["max_minutes"] = round(train_minutes, 2)
         report["steps"]["train"] = r
@@ -276,11 +295,37 @@ def stretch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _joined_log(dst: Path, report: dict[str, Any], held_sha256: Optional[str], joined_sha256: Optional[str]
+                ) -> list[str]:
+    """The harvest's ``log.csv`` lines, after the earlier stretches' rows in ``dst/log.csv`` when the harvest
+    continued the partial checkpoint that ``dst`` held (``held_sha256``; or was joined there already: it then
+    holds this harvest's own partial, ``joined_sha256``). A continued run's log starts at the step it went on
+    from; its ledger already holds the earlier stretches'."""
+    lines = list(report["log_csv"])
+    old_log = dst / "log.csv"
+    if held_sha256 is None or held_sha256 not in (report.get("continued_from_sha256"), joined_sha256) \
+            or not old_log.is_file():
+        return lines
+
+    def key(line: str) -> tuple[str, ...]:  # (stage, step)
+        row = next(csv.reader([line]), [])
+        return tuple(row[0:3:2])
+
+    new = {key(line) for line in lines[1:]}
+    earlier = [line for line in old_log.read_text().splitlines()[1:] if line and key(line) not in new]
+    print(f"log.csv: {len(earlier)} rows of the earlier stretches kept before this one's {len(lines) - 1}")
+    return lines[:1] + earlier + lines[1:]
+
+
 def join(args: argparse.Namespace) -> int:
-    """Reassemble a harvest (``stretch.json`` + weight files/parts) into ``--into``, checking every sha256."""
+    """Reassemble a harvest (``stretch.json`` + weight files/parts) into ``--into``, checking every sha256; a
+    harvest that continued the partial checkpoint ``--into`` holds keeps the earlier rows of its ``log.csv``."""
     src, dst = Path(args.files), Path(args.into)
     report = json.loads((src / "stretch.json").read_text())
     dst.mkdir(parents=True, exist_ok=True)
+    held = hashlib.sha256((dst / "partial.safetensors").read_bytes()).hexdigest() \
+        if (dst / "partial.safetensors").is_file() else None
+    joined = None
     originals = set(report.get("fp32_originals") or [])
     for name, parts in (report.get("weights") or {}).items():
         data = bytearray()
@@ -293,11 +338,14 @@ def join(args: argparse.Namespace) -> int:
         target = dst / "fp32" / name if name in originals else dst / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(bytes(data))
-        print(f"wrote {target} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}…)")
+        digest = hashlib.sha256(data).hexdigest()
+        if name == "partial.safetensors":
+            joined = digest
+        print(f"wrote {target} ({len(data)} bytes, sha256 {digest[:16]}…)")
     if report.get("ledger"):
         (dst / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in report["ledger"]))
     if report.get("log_csv"):
-        (dst / "log.csv").write_text("\n".join(report["log_csv"]) + "\n")
+        (dst / "log.csv").write_text("\n".join(_joined_log(dst, report, held, joined)) + "\n")
     if report.get("config_yaml"):
         (dst / "config.yaml").write_text(report["config_yaml"])
     (dst / "stretch.json").write_text(json.dumps(report, indent=1))

@@ -29,6 +29,14 @@ class _NoImagecodecs:
 sys.meta_path.insert(0, _NoImagecodecs())
 '''
 
+# a train step whose own clean stop comes too late (an overlong start-up, a step slower than the margin): here it
+# has no --max-minutes at all, so only the stretch's deadline stops it
+NO_CLEAN_STOP = '''
+if sys.orig_argv[1:4] == ["-m", "lpm.cli", "train"] and "--max-minutes" in sys.argv:
+    _i = sys.argv.index("--max-minutes")
+    del sys.argv[_i:_i + 2]
+'''
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -111,6 +119,19 @@ def test_a_cut_run_brings_back_its_partial_checkpoint_in_parts_and_continues(set
     assert f"continuing stage base at step {step}" in again["steps"]["train"]["tail"]
     ck2 = load_codec(out2 / "partial.safetensors")
     assert ck2.meta["partial"]["step"] > step and ck2.meta["partial"]["restarts"][0]["at_step"] == step
+    # joined into the same folder, its log.csv goes on after the first stretch's rows (was: only its own)
+    first_log = (into / "log.csv").read_text().splitlines()
+    subprocess.run([sys.executable, str(SCRIPT), "join", str(out2), "--into", str(into)], check=True, timeout=120)
+    log = (into / "log.csv").read_text().splitlines()
+    assert log[:len(first_log)] == first_log and log[len(first_log):] == again["log_csv"][1:]
+    steps = [int(line.split(",")[2]) for line in log[1:]]
+    assert steps == sorted(steps) and steps[len(first_log) - 2] <= step < steps[len(first_log) - 1]
+    # joining the same harvest again changes nothing; a harvest that did not continue this folder's partial
+    # replaces the log, as before
+    subprocess.run([sys.executable, str(SCRIPT), "join", str(out2), "--into", str(into)], check=True, timeout=120)
+    assert (into / "log.csv").read_text().splitlines() == log
+    subprocess.run([sys.executable, str(SCRIPT), "join", str(out), "--into", str(into)], check=True, timeout=120)
+    assert (into / "log.csv").read_text().splitlines() == first_log
     # a corrupted part is refused, nothing joined
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -121,6 +142,24 @@ def test_a_cut_run_brings_back_its_partial_checkpoint_in_parts_and_continues(set
     r = subprocess.run([sys.executable, str(SCRIPT), "join", str(bad), "--into", str(tmp_path / "j2")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "sha256" in r.stderr and not (tmp_path / "j2" / "partial.safetensors").exists()
+
+
+def test_a_train_step_past_its_deadline_gets_sigterm_and_still_brings_back_its_partial(setup, tmp_path):
+    """At its deadline the train step gets SIGTERM (SIGKILL only TERM_GRACE_S later): the trainer saves its
+    partial checkpoint and that comes back (with SIGKILL at once, nothing of the stretch's training did)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "data").symlink_to(setup / "data")
+    (root / "block").mkdir()
+    (root / "block" / "sitecustomize.py").write_text(BLOCK + NO_CLEAN_STOP)
+    out = tmp_path / "OUT"
+    r = _stretch(root, out, "--minutes", "0.8", "--train", str(_config(setup, 100000)))
+    report = json.loads((out / "stretch.json").read_text())
+    train = report["steps"]["train"]
+    assert r.returncode == 1 and train["rc"] == "timeout", r.stdout + r.stderr
+    assert "SIGTERM received" in train["tail"] and "max_minutes" not in train["tail"]
+    assert list(report["weights"]) == ["partial.safetensors"]
+    assert load_codec(out / "partial.safetensors").meta["partial"]["step"] > 0
 
 
 def test_the_reach_probe_runs_on_the_weights_the_train_step_just_left(setup, tmp_path):
