@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from lpm import staging
 from lpm.paths import NOTEBOOK_DIR, PROJECT_ROOT
 
 __all__ = ["NOTEBOOK_DIR", "NOTEBOOK_ORDER", "NotebookFailed", "find_notebooks", "run_all"]
@@ -111,6 +112,13 @@ def _keep_failed(running: Path, failed: Path) -> Path:
     return failed
 
 
+def _results_folders(results: Path) -> list[Path]:
+    """Where the batch's notebooks may write (:func:`lpm.figures.results_dir`): ``results/``, the folders under
+    ``results/cache/``, and ``RESULTS_DIR``."""
+    root = PROJECT_ROOT / "results"
+    return list(dict.fromkeys([root, *sorted(p for p in (root / "cache").glob("*") if p.is_dir()), results]))
+
+
 def run_all(
     parameters: dict[str, Any],
     *,
@@ -126,6 +134,10 @@ def run_all(
     else ``results/notebooks``). Each is written under a temporary name while it runs: a good run replaces the
     previous copy, a failed one is kept as ``<name>.failed.ipynb`` beside it and the previous good copy stays (until a
     good run, which removes the failed copy).
+
+    Figures, tables and records are all or nothing (:mod:`lpm.staging`): the notebooks write them to a stage,
+    moved into place only when every notebook succeeded; after a failed or interrupted batch they are those of
+    the last complete batch (cached evaluations under ``eval/`` are kept: they are keyed by content).
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -138,10 +150,16 @@ def run_all(
     out_dir = Path(out_dir) if out_dir else results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []
+    staging.recover(_results_folders(results), log)
     sockets = tempfile.mkdtemp(prefix="lpm-kernels-")
     manager = _ipc_kernel_manager(sockets)
+    batch = tempfile.mkdtemp(prefix=f"lpm-batch-{os.getpid()}-", dir=sockets)
+    saved_env = {k: os.environ.get(k) for k in ("LPM_STAGE", "LPM_STAGE_NOTEBOOK")}
+    os.environ["LPM_STAGE"] = batch
+    published = False
     try:
         for i, nb in enumerate(notebooks, 1):
+            os.environ["LPM_STAGE_NOTEBOOK"] = nb.stem
             out = out_dir / nb.name
             running, failed = out_dir / f".{nb.stem}.running.ipynb", out_dir / f"{nb.stem}.failed.ipynb"
             t0 = time.perf_counter()
@@ -169,6 +187,17 @@ def run_all(
             failed.unlink(missing_ok=True)  # an earlier run's failure is no longer what this notebook does
             log(f"[{i}/{len(notebooks)}] {nb.name} done in {time.perf_counter() - t0:.1f} s -> {out}")
             done.append(out)
-    finally:  # also on a failure or Ctrl-C: the kernels' socket folder goes
+        staging.publish(Path(batch), [nb.stem for nb in notebooks], log)
+        published = True
+    finally:  # also on a failure or Ctrl-C: nothing staged is published, the kernels' socket folder goes
+        if not published:
+            kept = staging.discard(Path(batch))
+            log("nothing of this batch was published: figures, tables and records"
+                + (f" in {', '.join(map(str, kept))}" if kept else "") + " are those of the last complete batch")
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         shutil.rmtree(sockets, ignore_errors=True)
     return done

@@ -118,3 +118,164 @@ def test_project_notebooks_are_ordered_and_stripped():
         assert code and "parameters" in code[0].metadata.get("tags", []), f"{p.name}: first code cell not tagged"
         for c in code:
             assert not c.get("outputs") and c.get("execution_count") is None, f"{p.name} has outputs committed"
+
+
+# ----------------------------------------------------------------------------- all-or-nothing outputs
+#: A notebook writing through the helpers: table "<nb>_value" and record "<nb>" hold $LPM_TEST_VALUE; an
+#: evaluation cache file is written in place (not staged); "b" also copies what record "a" says.
+_WRITE = ("import os, pandas as pd\nfrom lpm.figures import context as F\nname = os.environ['LPM_TEST_NB']\n"
+          "v = int(os.environ.get('LPM_TEST_VALUE', '0'))")
+
+
+def _writer(path: Path, name: str, extra: str = "") -> Path:
+    cells = [_WRITE.replace("os.environ['LPM_TEST_NB']", repr(name)),
+             "a = F.read_record('a', RESULTS_DIR)\nseen = a['numbers']['v'] if a else None\n"
+             "F.save_table(pd.DataFrame({'v': [v], 'a': [seen]}), name + '_value', RESULTS_DIR)\n"
+             "F.record(name, {'v': v, 'a': seen}, RESULTS_DIR)\n"
+             "os.makedirs(os.path.join(RESULTS_DIR, 'eval'), exist_ok=True)\n"
+             "open(os.path.join(RESULTS_DIR, 'eval', f'{name}-{v}.json'), 'w').write('{}')", extra]
+    return _notebook(path, [c for c in cells if c])
+
+
+def _tracked(res: Path) -> dict:
+    return {p.relative_to(res).as_posix(): p.read_bytes() for p in sorted(res.rglob("*"))
+            if p.is_file() and p.relative_to(res).parts[0] in ("figures", "tables", "records")}
+
+
+def test_a_failed_batch_publishes_no_figure_table_or_record(tmp_path, monkeypatch, capsys):
+    """Notebooks wrote their tables and records in place as they ran: a batch that failed in its second notebook
+    left the first one's new outputs beside the second's old ones (results no longer agreeing)."""
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _writer(nbs / "a.ipynb", "a")
+    _writer(nbs / "b.ipynb", "b", "import os\nif os.environ.get('LPM_TEST_BREAK'):\n    raise RuntimeError('now broken')")
+    res = tmp_path / "res"
+    args = ["reproduce", "--notebooks-dir", str(nbs), "--results-dir", str(res)]
+    monkeypatch.setenv("LPM_TEST_VALUE", "1")
+    assert main(args) == 0
+    good = _tracked(res)
+    assert json.loads((res / "records" / "b.json").read_text())["numbers"] == {"v": 1, "a": 1}
+    monkeypatch.setenv("LPM_TEST_VALUE", "2")
+    monkeypatch.setenv("LPM_TEST_BREAK", "1")
+    assert main(args) == 1
+    assert _tracked(res) == good  # a's table and record of this run are not in place
+    assert "nothing of this batch was published" in capsys.readouterr().out
+    assert (res / "eval" / "a-2.json").is_file()  # cached evaluations of the failed run are kept
+    assert not (res / ".staging").exists()
+    monkeypatch.delenv("LPM_TEST_BREAK")
+    monkeypatch.setenv("LPM_TEST_VALUE", "3")
+    assert main(args) == 0
+    # b read the record a wrote in this batch (staged), not the published one of the last batch
+    assert json.loads((res / "records" / "b.json").read_text())["numbers"] == {"v": 3, "a": 3}
+    assert (res / "tables" / "a_value.csv").read_text() == "v,a\n3,1\n"  # a read its last published record
+    manifest = json.loads((res / "outputs.json").read_text())["notebooks"]
+    assert manifest["a"]["files"] == ["records/a.json", "tables/a_value.csv", "tables/a_value.md"]
+    assert not (res / ".staging").exists()
+    capsys.readouterr()
+
+
+def test_a_file_a_notebook_no_longer_writes_is_removed_others_stay(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _writer(nbs / "a.ipynb", "a", "import os\nif os.environ.get('LPM_TEST_EXTRA'):\n"
+                                  "    F.save_table(pd.DataFrame({'x': [1]}), 'a_extra', RESULTS_DIR)")
+    _writer(nbs / "b.ipynb", "b")
+    res = tmp_path / "res"
+    args = ["reproduce", "--notebooks-dir", str(nbs), "--results-dir", str(res)]
+    monkeypatch.setenv("LPM_TEST_EXTRA", "1")
+    assert main(args) == 0
+    assert (res / "tables" / "a_extra.csv").is_file()
+    (res / "tables" / "by_hand.csv").write_text("mine\n")  # no notebook's: never removed
+    monkeypatch.delenv("LPM_TEST_EXTRA")
+    assert main(args + ["--only", "b"]) == 0  # a did not run: its files stay
+    assert (res / "tables" / "a_extra.csv").is_file()
+    assert main(args + ["--only", "a"]) == 0
+    assert "removed 2 that the batch's notebooks no longer write: tables/a_extra.csv, tables/a_extra.md" in capsys.readouterr().out
+    assert not (res / "tables" / "a_extra.csv").exists() and not (res / "tables" / "a_extra.md").exists()
+    assert (res / "tables" / "b_value.csv").is_file() and (res / "tables" / "by_hand.csv").is_file()
+
+
+def test_a_killed_batch_publishes_nothing_and_the_next_batch_cleans_up(tmp_path):
+    """SIGTERM (the CLI turns it into an interrupt) and SIGKILL while the second notebook runs: the first
+    notebook's new outputs must not be in place; a killed batch's stage is dropped by the next batch."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _writer(nbs / "a.ipynb", "a")
+    _writer(nbs / "b.ipynb", "b", "import os, time\nif os.environ.get('LPM_TEST_HANG'):\n"
+                                  "    open(os.environ['LPM_TEST_HANG'], 'w').close()\n    time.sleep(300)")
+    res = tmp_path / "res"
+    cmd = [sys.executable, "-m", "lpm.cli", "reproduce", "--notebooks-dir", str(nbs), "--results-dir", str(res)]
+    env = {**os.environ, "LPM_TEST_VALUE": "1"}
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+    good = _tracked(res)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        hang = tmp_path / f"hang-{sig}"
+        proc = subprocess.Popen(cmd, env={**env, "LPM_TEST_VALUE": "2", "LPM_TEST_HANG": str(hang)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not hang.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert hang.exists(), proc.stderr.read() if proc.poll() is not None else "b never started"
+            assert list((res / ".staging").glob("lpm-batch-*/a/tables/a_value.csv"))  # a's outputs: staged
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the kernel, too
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        assert _tracked(res) == good, sig
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 128 + signal.SIGTERM and not (res / ".staging").exists()
+    assert list((res / ".staging").glob("lpm-batch-*"))  # SIGKILL: nothing ran to clean up
+    out = subprocess.run(cmd + ["--only", "a"], env={**env, "LPM_TEST_VALUE": "3"}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "dropped the unpublished outputs of an interrupted batch" in out.stdout
+    assert not (res / ".staging").exists()
+    assert json.loads((res / "records" / "a.json").read_text())["numbers"]["v"] == 3
+
+
+def test_a_publish_killed_half_way_is_finished_by_the_next_batch(tmp_path, monkeypatch):
+    """Once a batch starts to move its files into place it is published: the next batch moves in the rest."""
+    import tempfile
+
+    import pandas as pd
+
+    from lpm import staging
+    from lpm.figures import context as F
+
+    batch = tempfile.mkdtemp(prefix=f"lpm-batch-{os.getpid()}-", dir=tmp_path)
+    monkeypatch.setenv("LPM_STAGE", batch)
+    monkeypatch.setenv("LPM_STAGE_NOTEBOOK", "nb")
+    res = tmp_path / "res"
+    for name in ("t1", "t2", "t3"):
+        F.save_table(pd.DataFrame({"x": [1]}), name, res)
+    assert not (res / "tables").exists()
+    moves = []
+
+    def killed(src, dst):  # the plan is written (atomic_write's replace), one staged file moved, then a kill
+        if Path(src).parent.name == "tables":
+            if moves:
+                raise KeyboardInterrupt
+            moves.append(dst)
+        os.rename(src, dst)
+
+    monkeypatch.setattr(staging.os, "replace", killed)
+    try:
+        staging.publish(Path(batch), ["nb"], log=lambda m: None)
+    except KeyboardInterrupt:
+        pass
+    assert staging.discard(Path(batch)) == [res.resolve()]  # the planned stage is kept, not dropped
+    monkeypatch.undo()
+    assert len(list((res / "tables").iterdir())) == 1
+    staging.recover([res], log=lambda m: None)
+    assert sorted(p.name for p in (res / "tables").iterdir()) == [f"t{i}.{e}" for i in (1, 2, 3) for e in ("csv", "md")]
+    assert len(json.loads((res / "outputs.json").read_text())["notebooks"]["nb"]["files"]) == 6
+    assert not (res / ".staging").exists()

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from lpm.fsutil import atomic_write, atomic_write_text
 from lpm.jsonio import strict_json, write_json
+from lpm.staging import output_folder, staged_record
 
 PathLike = Union[str, os.PathLike]
 
@@ -106,8 +107,7 @@ def save_figure(fig: Figure, name: str, results_dir: Optional[PathLike] = None, 
     A PNG above ``max_png_bytes`` (image-heavy figures: attention and bit maps) is re-encoded with a
     256-colour palette, then re-rendered at lower resolution while still too large."""
     out = Path(results_dir) if results_dir is not None else globals()["results_dir"]()
-    folder = out / "figures"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(out, "figures")
     paths = {}
     for fmt in formats:
         path = folder / f"{_safe(name)}.{fmt}"
@@ -163,8 +163,7 @@ def save_table(df: pd.DataFrame, name: str, results_dir: Optional[PathLike] = No
     """Write ``df`` to ``results_dir/tables/<name>.csv`` (full precision) and ``.md`` (formatted, with an
     optional caption line under the table); returns ``{"csv": path, "md": path}``."""
     out = Path(results_dir) if results_dir is not None else globals()["results_dir"]()
-    folder = out / "tables"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(out, "tables")
     csv_path, md_path = folder / f"{_safe(name)}.csv", folder / f"{_safe(name)}.md"
     atomic_write_text(csv_path, df.to_csv(index=False))
     text = markdown_table(df, floatfmt)
@@ -235,9 +234,7 @@ def record(notebook_name: str, numbers: Mapping[str, Any], results_dir: Optional
         "git_commit": git_commit(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    folder = out / "records"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{_safe(notebook_name)}.json"
+    path = output_folder(out, "records") / f"{_safe(notebook_name)}.json"
     return write_json(path, payload)
 
 
@@ -257,8 +254,10 @@ def _keep_kodak_results(out: Path, images: Any, smoke: bool) -> Path:
 
 
 def read_record(notebook_name: str, results_dir: PathLike) -> Optional[dict[str, Any]]:
-    """The record a notebook wrote in ``results_dir`` (``None`` if there is none)."""
-    path = Path(results_dir) / "records" / f"{_safe(notebook_name)}.json"
+    """The record a notebook wrote in ``results_dir`` (``None`` if there is none); inside ``lpm reproduce``, the
+    one an earlier notebook of the batch wrote, if any (:func:`lpm.staging.staged_record`)."""
+    name = f"{_safe(notebook_name)}.json"
+    path = staged_record(Path(results_dir), name) or Path(results_dir) / "records" / name
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
