@@ -72,7 +72,7 @@ from lpm.provenance import environment
 
 __all__ = [
     "LoadedCodec", "CHECKPOINT_FORMAT", "CheckpointError", "CheckpointNotFoundError", "save_codec", "load_codec", "read_metadata",
-    "file_sha256", "MAX_RATES", "MAX_EXTRA_BUILD_BYTES",
+    "file_sha256", "MAX_RATES", "MAX_EXTRA_BUILD_BYTES", "MAX_META_CHARS", "MAX_BUDGET_CHARS",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -82,6 +82,11 @@ KINDS = tuple(CODEC_KINDS)  # "tic" (a bare backbone) and every variable-rate ki
 MAX_RATES = 64
 #: Most characters of a config-like metadata field (codec_config, prompt_config, rates, lambda_range).
 MAX_CONFIG_CHARS = 1 << 16
+#: Most characters of the free ``meta`` JSON (ledgers of long runs fit many times over) and of its ``budget``
+#: text, which is printed and shown in every figure's footnote (a checkpoint whose budget is megabytes long is
+#: refused, not printed).
+MAX_META_CHARS = 8 << 20
+MAX_BUDGET_CHARS = 1 << 14
 #: Most bytes that building a checkpoint's model may allocate besides its stored tensors (attention index
 #: tables, which grow as ``window**4`` per Swin block).
 MAX_EXTRA_BUILD_BYTES = 256 << 20
@@ -289,7 +294,12 @@ def _parse(path: Path, md: dict[str, str]) -> tuple[CodecConfig, dict[str, Any],
                 raise CheckpointError(f"{path}: invalid checkpoint metadata (lambda_range must be [λ_min, λ_max] "
                                       f"with λ_min < λ_max, got {lr})")
             fields["lambda_range"] = lr
-    meta = _json(path, md, "meta", dict, default="{}")
+    meta = _json(path, md, "meta", dict, default="{}", limit=MAX_META_CHARS)
+    budget = meta.get("budget")
+    if budget is not None and not (isinstance(budget, str) and len(budget) <= MAX_BUDGET_CHARS):
+        got = f"{len(budget)} characters" if isinstance(budget, str) else f"a JSON {type(budget).__name__}"
+        raise CheckpointError(f"{path}: invalid checkpoint metadata (meta.budget must be a text of at most "
+                              f"{MAX_BUDGET_CHARS} characters, got {got})")
     return cfg, fields, base_rate, meta
 
 

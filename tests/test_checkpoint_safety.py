@@ -212,6 +212,10 @@ NESTED = "[" * 30000 + "]" * 30000
     ("prompted", {"codec_config": "{" + " " * 70000 + "}"}, "characters"),
     ("prompted", {"meta": "[1, 2]"}, "meta must be a JSON object"),
     ("prompted", {"meta": "[" * 200000 + "]" * 200000}, "meta is not JSON"),
+    ("prompted", {"meta": json.dumps({"budget": "x" * 20000})}, "meta.budget must be a text of at most 16384 "
+                                                                  "characters, got 20000 characters"),
+    ("prompted", {"meta": '{"budget": 42}'}, "characters, got a JSON int"),
+    ("prompted", {"meta": json.dumps({"notes": "x" * (9 << 20)})}, "meta is 9437197 characters; at most 8388608"),
     ("prompted", {"rates": '{"a": 1}'}, "rates must be a JSON list"),
     ("prompted", {"rates": "[]"}, "1..64"),
     ("prompted", {"rates": json.dumps([0.001 * (i + 1) for i in range(65)])}, "1..64"),
