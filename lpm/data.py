@@ -461,16 +461,18 @@ _PIL_LIMIT_LOCK = threading.Lock()
 
 @contextmanager
 def _pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
-    """PIL's decompression-bomb limit raised to ``max_pixels`` while an image is opened: PIL refuses images of
-    more than twice ``Image.MAX_IMAGE_PIXELS`` (179 M pixels by default) whatever ``--max-pixels`` allows, and
-    our own limit, checked from the header before any pixel is decoded, is the one that bounds memory here.
-    ``None`` (no limit asked for) and limits below PIL's leave PIL's as it is."""
+    """PIL's decompression-bomb limit raised to ``max_pixels`` while an image is opened, and its warning
+    silenced: PIL refuses images of more than twice ``Image.MAX_IMAGE_PIXELS`` (179 M pixels by default)
+    whatever ``--max-pixels`` allows, and warns above it; our own limit, checked from the header right after
+    opening and before any pixel is decoded, is the one that bounds memory here, with its own message.
+    ``None`` (no limit asked for) leaves PIL's limit and warning as they are."""
     bomb = Image.MAX_IMAGE_PIXELS
-    if max_pixels is None or bomb is None or max_pixels <= bomb:
+    if max_pixels is None or bomb is None:
         yield
         return
-    with _PIL_LIMIT_LOCK:
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = max(bomb, max_pixels)
         try:
             yield
         finally:

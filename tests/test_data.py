@@ -181,8 +181,14 @@ def test_a_max_pixels_above_pils_bomb_limit_is_the_limit(tmp_path, monkeypatch, 
     x, info = read_image(path, max_pixels=4800)
     assert (info.height, info.width) == (60, 80) and x.shape[-2:] == (60, 80)
     assert Image.MAX_IMAGE_PIXELS == 1000  # put back
-    with pytest.raises(ImageTooLargeError, match="more than the allowed max_pixels=4799"):
-        read_image(path, max_pixels=4799)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # our refusal alone, no DecompressionBombWarning of PIL's before it
+        with pytest.raises(ImageTooLargeError, match="more than the allowed max_pixels=4799"):
+            read_image(path, max_pixels=4799)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # above PIL's limit, below twice it, above ours
+        with pytest.raises(ImageTooLargeError, match="more than the allowed max_pixels=2000"):
+            read_image(path, max_pixels=2000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageTooLargeError, match=rf"a.{fmt.lower()}"):
         read_image(path, max_pixels=None)
     assert Image.MAX_IMAGE_PIXELS == 1000
