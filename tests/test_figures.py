@@ -416,3 +416,56 @@ def test_map_figures_take_tensors_channels_first_and_refuse_nothing_to_show():
     empty = F.Curve("nothing", [], [], kind="classical")
     row = F.bd_table([empty], [])
     assert row["vs_vtm_note"][0].startswith("not")
+
+
+def _cache(results_dir: Path, label: str, info: dict, imgs: EvalImages, rates, bpp, psnr) -> None:
+    path = F.eval_cache_path(results_dir, label, imgs, False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": path.stem, "results": {"bpp": list(bpp), "psnr-rgb": list(psnr),
+                                                                 "ms-ssim-rgb": [None] * len(rates), "rate": list(rates)},
+                                "meta": {"checkpoint_sha256": info["sha256"], "dataset": imgs.name,
+                                         "num_images": len(imgs.paths), "lpm_format": fileformat.FORMAT_VERSION,
+                                         "images_sha256": imgs.sha256, "measure": MEASURE_VERSION}}))
+
+
+def test_same_rd_claim_judges_the_trained_ladder_over_the_shared_psnr_range(tmp_path):
+    """The "same RD" row took rd_curves' continuous rates into the BD-rate on images other than all of Kodak (on
+    Kodak only the trained ones), and called a ladder sitting on the separate curve over a sliver of its PSNR
+    range "supported" (BD-rate ≈ 0 there says nothing about the ladder)."""
+    from lpm.eval import bd_rate
+    from lpm.train.checkpoint import save_codec
+
+    ck = F.load_checkpoint("tiny-smoke")
+    trained = sorted(float(r) for r in ck.model.rates)
+    folder = tmp_path / "sep-run"
+    for i, rate in enumerate(trained):
+        save_codec(folder / f"model-{rate:g}.safetensors", make_tiny_base(seed=i),
+                   meta={"base_rate": rate, "kind": "separate", "budget": "test budget"})
+    sep = F.load_checkpoint(str(folder))
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)).save(tmp_path / f"img{i}.png")
+    imgs = EvalImages(tuple(tmp_path / f"img{i}.png" for i in range(2)), "synthetic", None, None)
+    sep_bpp = [0.1 * 1.5 ** i for i in range(len(trained))]
+    sep_psnr = [26.0 + 1.5 * i for i in range(len(trained))]
+    for (model, info), rate, b, q in zip(sep.models, trained, sep_bpp, sep_psnr):
+        _cache(tmp_path / "res", f"{sep.label}_{Path(info['path']).stem}", info, imgs, [rate], [b], [q])
+    claim = "same RD as separately optimised models"
+
+    # ours: 3 % more bits at every trained rate, and one continuous rate in between that dips
+    mid = math.sqrt(trained[1] * trained[2])
+    rates = trained[:2] + [mid] + trained[2:]
+    bpp = [1.03 * b for b in sep_bpp[:2]] + [0.17] + [1.03 * b for b in sep_bpp[2:]]
+    psnr = sep_psnr[:2] + [25.0] + sep_psnr[2:]
+    _cache(tmp_path / "res", ck.label, ck.info, imgs, rates, bpp, psnr)
+    row = F.claims_table(F.Context([ck, sep], imgs, tmp_path / "res", smoke=False)).set_index("claim").loc[claim]
+    want = bd_rate(sep_bpp, sep_psnr, [1.03 * b for b in sep_bpp], sep_psnr)
+    assert row["value"] == pytest.approx(want) and want == pytest.approx(3.0, abs=0.01)
+    assert row["verdict"] == "supported" and "over 100 % of the separate models' PSNR range" in row["measurement"]
+
+    # ours over a sliver: every trained point within ±1 % of the separate curve's third point, on that curve
+    near = [sep_bpp[2] * (1 + 0.004 * k) for k in range(-3, len(trained) - 3)]
+    near_q = [sep_psnr[2] + 1.5 * math.log(b / sep_bpp[2]) / math.log(1.5) for b in near]
+    _cache(tmp_path / "res", ck.label, ck.info, imgs, trained, near, near_q)
+    row = F.claims_table(F.Context([ck, sep], imgs, tmp_path / "res", smoke=False)).set_index("claim").loc[claim]
+    assert row["verdict"].startswith("not measurable yet: the curves share 1 % of the separate models' PSNR range")
+    assert row["value"] == pytest.approx(0.0, abs=0.1)  # over the sliver the BD-rate would have passed the criterion
