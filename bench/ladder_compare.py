@@ -167,6 +167,10 @@ def _parse_ladder(spec: str) -> tuple[str, list[Path]]:
 def compare(ladders: Sequence[tuple[str, list[Path]]], separate: Sequence[Path], budget: str = "") -> dict[str, Any]:
     paths = [p for _, ps in ladders for p in ps] + list(separate)
     loaded = {p: _read(p) for p in dict.fromkeys(paths)}
+    anonymous = [str(p) for p, d in loaded.items() if None in _dataset_key(p, d)[:2]]
+    if anonymous:  # (None, None, None) for every file would pass as "one data set"
+        raise LadderError(f"{', '.join(anonymous)}: names no data set (meta.dataset and meta.num_images, as lpm eval "
+                          "writes them); cannot tell that the files were measured on the same images")
     keys = {_dataset_key(p, d) for p, d in loaded.items()}
     if len(keys) > 1:
         raise LadderError("the files are not of one data set (dataset, number of images, manifest sha256 differ: "

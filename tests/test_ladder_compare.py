@@ -145,3 +145,22 @@ def test_bd_over_a_sliver_is_no_verdict(tmp_path):
     assert lad["psnr_overlap_share"] < 0.05
     assert lad["rd_target"].startswith("not measurable over the ladder")
     assert lad["range_verdict"].startswith("not supported")
+
+
+def test_files_that_name_no_data_set_are_refused(tmp_path):
+    """Results JSONs without meta (or without its dataset and image count) all had the key (None, None, None):
+    "one data set", so a ladder was judged against separate models measured on any images."""
+    sep = _separate(tmp_path)
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"results": {"rate": RATES, "bpp": [0.1 * (r / 0.0018) ** 0.3 for r in RATES],
+                                            "psnr-rgb": [25.0 + 1.2 * i for i in range(6)]}}))
+    anonymous = []
+    for p in sep:
+        data = json.loads(p.read_text())
+        del data["meta"]
+        anonymous.append(p.with_name(f"anon-{p.name}"))
+        anonymous[-1].write_text(json.dumps(data))
+    with pytest.raises(lc.LadderError, match="names no data set"):
+        lc.compare([("bare", [bare])], anonymous)
+    with pytest.raises(lc.LadderError, match="names no data set"):  # beside files that do name theirs
+        lc.compare([("bare", [bare])], sep)
