@@ -469,3 +469,20 @@ def test_same_rd_claim_judges_the_trained_ladder_over_the_shared_psnr_range(tmp_
     row = F.claims_table(F.Context([ck, sep], imgs, tmp_path / "res", smoke=False)).set_index("claim").loc[claim]
     assert row["verdict"].startswith("not measurable yet: the curves share 1 % of the separate models' PSNR range")
     assert row["value"] == pytest.approx(0.0, abs=0.1)  # over the sliver the BD-rate would have passed the criterion
+
+
+def test_rd_claims_against_a_reference_count_only_over_most_of_our_psnr_range():
+    """The RD rows against published anchors took a BD-rate over any overlap: a ladder of which only its top
+    sliver reached the anchor's PSNR range got a verdict from that sliver."""
+    from lpm.figures.claims import RANGE_SHARE, _judged_bd, _verdict_from_bd
+
+    ref = F.Curve("ref", [0.1 * 1.5 ** i for i in range(6)], [28.0 + 1.5 * i for i in range(6)], kind="anchor")
+    inside = F.Curve("ours", [0.2, 0.3, 0.45, 0.65], [29.0, 30.2, 31.4, 32.6])  # inside the reference's range
+    v, why, dominated = _judged_bd(ref, inside)
+    assert v is not None and why == "ok"
+    # a ladder below the reference's PSNR range, not beaten by it: only its top 0.2 dB of 3.6 dB overlaps (6 %)
+    low = F.Curve("ours", [0.02, 0.03, 0.045, 0.065], [24.6, 25.8, 27.0, 28.2])
+    v, why, dominated = _judged_bd(ref, low)
+    assert not dominated and v is None and f"over only 6 % of our PSNR range, < {100 * RANGE_SHARE:g} %" in why
+    text, verdict = _verdict_from_bd({"ref": (v, why, dominated)}, lambda x: x < 0)
+    assert verdict == "not measurable yet: no BD-rate against ref" and "over only 6 %" in text

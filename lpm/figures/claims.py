@@ -81,6 +81,22 @@ def _verdict_from_bd(values: Mapping[str, tuple[Optional[float], str, bool]],
     return text, "supported"
 
 
+def _judged_bd(ref: Curve, ours: Curve) -> tuple[Optional[float], str, bool]:
+    """``(BD-rate or None, note, ours dominated by ref)`` for an RD claim against ``ref``: the BD-rate counts only
+    where the two curves share at least :data:`RANGE_SHARE` of *our* PSNR range (else the BD-rate of a sliver
+    of our ladder would decide the verdict for all of it)."""
+    v, why = bd_against(ref, ours)
+    if v is not None:
+        lo, hi = max(min(ref.psnr), min(ours.psnr)), min(max(ref.psnr), max(ours.psnr))
+        width = max(ours.psnr) - min(ours.psnr)
+        share = max(0.0, hi - lo) / width if width > 0 else 1.0
+        if share < RANGE_SHARE:
+            shown = _shown(100 * share, 0, lambda x: x >= 100 * RANGE_SHARE)
+            v, why = None, (f"BD-rate {v:+.1f} % over only {shown} % of our PSNR range, "
+                            f"< {100 * RANGE_SHARE:g} %")
+    return v, why, _dominated_by(ours, ref)
+
+
 def same_rd(ours: Curve, separate: Curve, images_name: str) -> dict:
     """Measurement, value and verdict of the "same RD" claim: BD-rate of ours (trained rates) against the separate
     models, judged only where the two curves share at least :data:`RANGE_SHARE` of the separate models' PSNR range
@@ -223,10 +239,11 @@ def claims_table(ctx: Context, *, recompute_storage: bool = True) -> pd.DataFram
     ours = checkpoint_curve(ctx.ours, ctx.images, ctx.results_dir, kind="ours", smoke=ctx.smoke, compute=False,
                             log=lambda _: None)
     cache = eval_cache_path(ctx.results_dir, ctx.label, ctx.images, ctx.smoke)
+    over = f", over ≥ {100 * RANGE_SHARE:g} % of our PSNR range"
     rd_claims = [
-        ("better RD than all variable-rate methods", "BD-rate < 0 against each", VARIABLE_RATE_ANCHORS,
+        ("better RD than all variable-rate methods", f"BD-rate < 0 against each{over}", VARIABLE_RATE_ANCHORS,
          lambda v: v < 0.0, PAPER["variable"]),
-        ("RD approaching SOTA fixed-rate codecs", f"BD-rate ≤ +{APPROACH_BD_RATE:g} % against each",
+        ("RD approaching SOTA fixed-rate codecs", f"BD-rate ≤ +{APPROACH_BD_RATE:g} % against each{over}",
          FIXED_RATE_SOTA, lambda v: v <= APPROACH_BD_RATE, PAPER["fixed"]),
     ]
     # every RD row judges the trained ladder (the cache also holds rd_curves' continuous rates), on any images
@@ -245,15 +262,14 @@ def claims_table(ctx: Context, *, recompute_storage: bool = True) -> pd.DataFram
             row.update(measurement="", value=None, verdict=f"not measurable yet: {blocker}")
         else:
             anchors = anchor_curves(refs, comparable=True)
-            vals = {a.label: (*bd_against(a, ours), _dominated_by(ours, a)) for a in anchors}
+            vals = {a.label: _judged_bd(a, ours) for a in anchors}
             # other variable-rate checkpoints measured here (same images) count too
             if claim.startswith("better"):
                 for c in ctx.others:
                     if c.kind in ("rate_conditioned", "gain_units"):
                         oc = checkpoint_curve(c, ctx.images, ctx.results_dir, smoke=ctx.smoke, compute=False,
                                               log=lambda _: None)
-                        vals[c.label] = (*bd_against(oc, ours), _dominated_by(ours, oc)) if oc else \
-                            (None, "no evaluation cache", False)
+                        vals[c.label] = _judged_bd(oc, ours) if oc else (None, "no evaluation cache", False)
             text, verdict = _verdict_from_bd(vals, test)
             numeric = [v for v, _, _ in vals.values() if v is not None]
             row.update(measurement=text, value=max(numeric) if numeric else None, verdict=verdict)
