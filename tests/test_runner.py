@@ -105,6 +105,17 @@ def test_max_minutes_stops_and_saves(tmp_path, data_dir):
     assert written and written[0].exists()
 
 
+def test_printed_resume_command_names_the_data_dir_absolute(tmp_path, data_dir, monkeypatch, capsys):
+    """The resume commands printed on a stop work from any directory: a relative --data-dir is printed
+    absolute (it was printed as given, e.g. ../shared/data, another folder from elsewhere)."""
+    monkeypatch.chdir(data_dir.parent)
+    cfg = _cfg(tmp_path, data_dir, max_minutes=0.0, data={"crop": 32, "batch": 2, "on_device": False})
+    Runner(cfg, data_dir=data_dir.name, progress=False).run()
+    out = capsys.readouterr().out
+    assert f"--resume --data-dir {data_dir.absolute()}" in out
+    assert f"--out-dir NEW_DIR --data-dir {data_dir.absolute()}" in out
+
+
 def test_max_minutes_counts_each_invocation_not_the_whole_run(tmp_path, data_dir, monkeypatch):
     """`--max-minutes 9` then `--resume --max-minutes 9`: the second invocation trains again (it used to stop
     at once, because the run's restored clock already exceeded the allowance)."""

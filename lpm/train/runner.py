@@ -296,7 +296,8 @@ class Runner:
             cmd = f"lpm train {self.out / 'config.yaml'} --continue-from {self.out / PARTIAL_FILE} --out-dir NEW_DIR"
         else:
             cmd = f"lpm train {self.out / 'config.yaml'} --resume"
-        return cmd + (f" --data-dir {self.data_dir}" if self.data_dir else "")
+        # absolute like out_dir: a relative --data-dir printed as given named another folder from elsewhere
+        return cmd + (f" --data-dir {Path(self.data_dir).absolute()}" if self.data_dir else "")
 
     # ------------------------------------------------------------------ state
     def _save_state(self, stage_idx: int, step: int, stage: Stage, train_step: Optional[TrainStep],
