@@ -381,6 +381,20 @@ def test_find_rate_looks_past_a_lowest_rate_that_does_not_fit():
     assert find_rate(monotone, monotone(rng[0]) * 0.5, rng, probes=trained) == (rng[0], monotone(rng[0]))
 
 
+def test_find_rate_with_both_ends_fitting_takes_the_larger_size():
+    """kodim02 with tiny-smoke-prompts-only at --target-bpp 0.25: both ends fit, the lowest rate's file is the
+    larger (0.2082 against 0.1924 bpp); the search returned the highest rate without a warning, though the
+    file it had measured at the lowest fits and comes closer. Now the larger fitting size, with the warning;
+    a monotone codec still gets the highest rate."""
+    rng, sizes = (0.0018, 0.0483), {0.0018: 0.2082, 0.0483: 0.1924}
+    with pytest.warns(UserWarning, match="does not rise with the rate"):
+        assert find_rate(sizes.__getitem__, 0.25, rng) == (0.0018, 0.2082)
+    monotone = lambda r: 10 * r**0.7  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert find_rate(monotone, monotone(rng[1]) * 2, rng) == (rng[1], monotone(rng[1]))
+
+
 def test_find_rate_with_zero_tolerance_stops_after_max_iter_with_a_fitting_rate():
     rng = (0.0018, 0.0483)
     calls: list[float] = []

@@ -310,7 +310,7 @@ def find_rate(
     bracket keep it converging on steps, kinks and noise. Only measured sizes that fit are ever returned:
     of those, the largest size (the larger rate on a tie). Stops when the measured size is within ``tol``
     (relative) below the target or after ``max_iter`` encodes. Returns ``(rate, measured)``; if the largest
-    rate fits, the largest. If the smallest rate is too big, the largest rate and the ``probes`` (the
+    rate fits, the larger of the two ends' sizes (the largest rate, for a codec whose size rises with λ). If the smallest rate is too big, the largest rate and the ``probes`` (the
     trained rates, say) are measured too, since for a checkpoint whose size does not rise with λ one of them
     may fit: the largest fitting size among them is returned, with the warning below; if none fits, the
     smallest rate and its size (the caller decides whether that is an error).
@@ -329,9 +329,9 @@ def find_rate(
             return lo, s_lo
         return _fitting(seen, target)
     s_hi = measure(hi)
-    if s_hi <= target:
-        return hi, s_hi
     seen[hi] = s_hi
+    if s_hi <= target:  # both ends fit: the larger size (the largest rate where the size rises with λ)
+        return _fitting(seen, target)
     # interpolate toward the middle of the accepted window [target·(1-tol), target]
     log_aim = math.log(max(target * (1 - tol / 2), 1e-300))
 
