@@ -14,7 +14,7 @@ Errors on bad input (unreadable images, truncated or foreign streams, another ch
 checkpoints, an unreachable ``--target-bpp``, an animated or multi-page image, a directory, FIFO or device
 where a file is expected, a folder that cannot be written, a full disk, a name too long) print one line
 ``lpm: error: ...`` naming the user's path and exit with status 2; nothing is written in that case, and no
-temporary file is left behind (also on Ctrl-C, exit 130, and SIGTERM, exit 143). Warnings print as one
+temporary file is left behind (also on Ctrl-C, exit 130, SIGTERM, exit 143, and SIGHUP, exit 129). Warnings print as one
 line ``lpm: warning: ...``.
 
 Outputs, as with gzip/zstd (:mod:`lpm.fsutil`): a file appears atomically (temporary file in the same
@@ -530,11 +530,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so that cleanup runs (temporary files are removed)."""
+    """SIGTERM or SIGHUP (a closed terminal), raised in the main thread like Ctrl-C so that cleanup runs
+    (temporary files are removed); ``signum`` the signal (exit status 128 + it)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.signum = signum
 
 
 def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
-    raise _Terminated()
+    raise _Terminated(signum)
+
+
+#: Signals the CLI turns into an interrupt (SIGHUP where the platform has it; one that is ignored, as under
+#: ``nohup``, stays ignored).
+_TERM_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001
@@ -565,7 +575,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # TrainingStateError, ...) is a ValueError or an OSError: no torch import is needed to catch them here
 
     in_main_thread = threading.current_thread() is threading.main_thread()
-    old_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    old_handlers = {}
+    if in_main_thread:
+        for sig in _TERM_SIGNALS:
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                old_handlers[sig] = signal.signal(sig, _on_sigterm)
     old_format, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         with warnings.catch_warnings():
@@ -589,11 +603,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt as e:
         print("lpm: interrupted", file=sys.stderr)
-        return 128 + signal.SIGTERM if isinstance(e, _Terminated) else 130
+        return 128 + e.signum if isinstance(e, _Terminated) else 130
     finally:
         warnings.formatwarning = old_format
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, old_sigterm if old_sigterm is not None else signal.SIG_DFL)
+        for sig, old in old_handlers.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -416,10 +417,13 @@ def test_ctrl_c_during_writing_leaves_the_old_file_and_no_temporary(files, capsy
 _SUBPROCESS_PRELUDE = """
 import os, signal, sys
 real_fsync = os.fsync
-def fsync(fd):  # SIGTERM arrives while the temporary file exists
-    os.kill(os.getpid(), signal.SIGTERM)
+SIG = signal.SIGHUP if sys.argv[1].startswith("sighup") else signal.SIGTERM
+def fsync(fd):  # the signal arrives while the temporary file exists
+    os.kill(os.getpid(), SIG)
     real_fsync(fd)
-if sys.argv[1] == "sigterm":
+if sys.argv[1] == "sighup-ignored":  # as under nohup
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+if sys.argv[1] in ("sigterm", "sighup", "sighup-ignored"):
     os.fsync = fsync
 from lpm.cli import main
 sys.exit(main(sys.argv[2:]))
@@ -447,6 +451,20 @@ def test_sigterm_during_compress_leaves_nothing_and_warnings_are_one_line(files)
         "lpm: interrupted\n"
     )
     assert _snapshot(files) == before
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_during_compress_leaves_nothing_unless_it_is_ignored(files):
+    """A closed terminal (SIGHUP) killed lpm with its temporary file left beside the output; now it is an
+    interrupt like SIGTERM (exit 129, nothing left). Under nohup (SIGHUP ignored) it stays ignored."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(files / "rgb.png")
+    before = _snapshot(files)
+    res = _lpm_subprocess(files, "sighup", "compress", "rgb.png", "new.lpm", *MODEL)
+    assert res.returncode == 128 + signal.SIGHUP and res.stderr == "lpm: interrupted\n", res.stderr
+    assert _snapshot(files) == before
+    res = _lpm_subprocess(files, "sighup-ignored", "compress", "rgb.png", "new.lpm", *MODEL)
+    assert res.returncode == 0, res.stderr
+    assert set(_snapshot(files)) == set(before) | {"new.lpm"}
 
 
 # --- the helper itself --------------------------------------------------------------------------------------

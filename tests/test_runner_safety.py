@@ -259,6 +259,33 @@ def test_cli_ctrl_c_saves_state_and_exits_130(tmp_path, data_dir, monkeypatch, c
     assert "6 crops of 32px" in captured.out and "Traceback" not in captured.err
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_cli_sighup_saves_state_and_exits_129(tmp_path, data_dir, monkeypatch, capsys):  # noqa: F811
+    """A closed terminal or ssh session (SIGHUP) during step 3 of ``lpm train`` killed the run without saving
+    (the last periodic state was all that stayed); now it stops after the step, saves and exits 129."""
+    real_next, calls = CropSampler.next, {"n": 0}
+
+    def next_then_hangup(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGHUP)
+        return real_next(self)
+
+    out = tmp_path / "run"
+    config = _write_config(tmp_path, data_dir, out)
+    monkeypatch.setattr(CropSampler, "next", next_then_hangup)
+    old = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (a test runner may ignore it)
+    try:
+        rc = main(["train", str(config), "--device", "cpu", "--no-progress"])
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # put back
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    captured = capsys.readouterr()
+    assert rc == 128 + signal.SIGHUP, captured.err
+    assert int(torch.load(out / "state.pt", weights_only=True)["step"]) == 3
+    assert "interrupted by SIGHUP at step 3 of 6" in captured.err and "--resume" in captured.err
+
+
 def test_cli_sigterm_from_outside_exits_143_with_state_saved(tmp_path, data_dir):  # noqa: F811
     """``lpm train`` in a subprocess, SIGTERM from outside while it trains: it stops at a step boundary,
     saves, prints the resume command and the real budget, and exits 143; the state then resumes."""

@@ -12,10 +12,11 @@ elapsed time, ledger) is written atomically every ``checkpoint_every`` steps, at
 ``max_minutes`` is reached and on SIGTERM/Ctrl-C; ``--resume`` continues exactly (the next batch and loss
 are those the uninterrupted run would have had).
 
-Interruptions: SIGTERM or a first Ctrl-C (SIGINT) stops the run at the next step boundary (with several
+Interruptions: SIGTERM, SIGHUP (the terminal or ssh session closed) or a first Ctrl-C (SIGINT) stops the run
+at the next step boundary (with several
 processes: at the next logging step, all ranks together), saves the state, prints where it is and how to
 resume plus the budget line (crops actually seen), and then hands the signal on to the handler that was
-there before: under ``lpm train`` the command exits with 143 (SIGTERM, 128+15) or 130 (Ctrl-C); a plain
+there before: under ``lpm train`` the command exits with 143 (SIGTERM, 128+15), 129 (SIGHUP) or 130 (Ctrl-C); a plain
 Python process dies of the SIGTERM as usual or gets its ``KeyboardInterrupt``. A second Ctrl-C quits at once
 without saving (the last periodic state stays). A signal that was ignored (``SIG_IGN``) stays ignored.
 
@@ -100,7 +101,8 @@ class TrainingDiverged(ValueError):
 
 
 #: Signals that stop a run cleanly (state saved), then go on to the handler that was installed before.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: SIGHUP too (a closed terminal or ssh session), where the platform has it.
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 def restart_to_json(restart: Restart) -> str:
