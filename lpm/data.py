@@ -157,6 +157,8 @@ def read_image(
     """
     path = Path(path)
     if not path.exists():
+        if os.fspath(path) == "-":  # the convention for standard input, which lpm does not read
+            raise FileNotFoundError("image file not found: '-' (lpm does not read standard input; name a file)")
         if path.is_symlink():  # say what is wrong with the link rather than "not found"
             try:
                 path.resolve(strict=True)

@@ -422,6 +422,9 @@ def read(path: str | os.PathLike, *, max_pixels: int | None = None) -> Compresse
         try:
             mode = os.stat(path).st_mode
         except OSError:
+            if path == "-" and isinstance(exc, FileNotFoundError):  # the convention for standard input
+                raise FileNotFoundError(errno.ENOENT, "no such file (lpm does not read standard input; name a "
+                                        "file)", path) from None
             raise exc from None
         if stat.S_ISSOCK(mode):
             raise not_regular(mode) from None

@@ -247,3 +247,15 @@ def test_a_plain_16bit_ppm_with_loose_whitespace_and_a_bound(tmp_path):
     (tmp_path / "huge.ppm").write_bytes(b"P3\n4000 4000\n65535\n0 0 0\n")
     with pytest.raises(ImageReadError, match="convert it to binary P6 or PNG"):
         read_image(tmp_path / "huge.ppm")
+
+
+def test_input_dash_says_standard_input_is_not_read(tmp_path, ckpt, capsys, monkeypatch):
+    """``lpm compress - out.lpm`` said only 'No such file or directory'; a file named ``-`` is still read."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["compress", "-", "o.lpm", "--model", ckpt], ["decompress", "-", "o.png", "--model", ckpt],
+                 ["info", "-"]):
+        rc, _, err = _run(capsys, *argv)
+        assert rc == 2 and "lpm does not read standard input; name a file" in err, err
+    _png(tmp_path / "-", 16, 16)
+    rc, _, err = _run(capsys, "compress", "-", "o.lpm", "--model", ckpt)
+    assert rc == 0 and (tmp_path / "o.lpm").is_file(), err
