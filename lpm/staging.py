@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from lpm.jsonio import write_json
 
-__all__ = ["KINDS", "MANIFEST", "discard", "output_folder", "publish", "recover", "staged_record"]
+__all__ = ["KINDS", "MANIFEST", "discard", "output_folder", "publish", "published_path", "recover", "staged_record"]
 
 #: The folders of a results folder that a batch publishes all at once.
 KINDS = ("figures", "tables", "records")
@@ -57,6 +57,17 @@ def output_folder(out: Path, kind: str) -> Path:
         folder = _stage(resolved, batch) / notebook / kind
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def published_path(path: Path) -> Path:
+    """Where a file written through :func:`output_folder` lives once its batch is published:
+    ``<results>/.staging/<batch>/<notebook>/<kind>/<file>`` → ``<results>/<kind>/<file>``; any other path as it is.
+    For what a notebook prints or records (a staged path is gone after the batch)."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 4, -1, -1):
+        if parts[i] == ".staging" and parts[i + 1].startswith("lpm-batch-") and parts[i + 3] in KINDS:
+            return Path(*parts[:i], *parts[i + 3:])
+    return Path(path)
 
 
 def staged_record(out: Path, filename: str) -> Optional[Path]:

@@ -279,3 +279,32 @@ def test_a_publish_killed_half_way_is_finished_by_the_next_batch(tmp_path, monke
     assert sorted(p.name for p in (res / "tables").iterdir()) == [f"t{i}.{e}" for i in (1, 2, 3) for e in ("csv", "md")]
     assert len(json.loads((res / "outputs.json").read_text())["notebooks"]["nb"]["files"]) == 6
     assert not (res / ".staging").exists()
+
+
+def test_published_paths_are_what_the_notebooks_print_and_record(tmp_path, capsys):
+    """Inside a batch the files are written to a stage: rate_slider recorded its strip figure as
+    '.staging/lpm-batch-…/rate_slider/figures/…png' (gone after the batch) and every notebook printed such paths."""
+    from lpm.staging import published_path
+
+    res = tmp_path / "res"
+    staged = res / ".staging" / "lpm-batch-1-abc" / "rate_slider" / "figures" / "strip.png"
+    assert published_path(staged) == res / "figures" / "strip.png"
+    assert published_path(res / "figures" / "strip.png") == res / "figures" / "strip.png"
+    assert published_path(Path("/x/.staging/other/figures/a.png")) == Path("/x/.staging/other/figures/a.png")
+
+    assert main(["reproduce", "--only", "rate_slider", "--smoke", "--results-dir", str(res)]) == 0
+    out = capsys.readouterr().out
+    rec = json.loads((res / "records" / "rate_slider.json").read_text())["numbers"]
+    figs = [v for k, v in _walk(rec) if k == "strip_figure"]
+    assert figs and all(f.startswith("figures/") and (res / f).is_file() for f in figs), figs
+    assert f"recorded {res / 'records' / 'rate_slider.json'}" in out, out[-2000:]
+
+
+def _walk(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k, v
+            yield from _walk(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v)

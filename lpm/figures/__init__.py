@@ -65,6 +65,7 @@ from lpm.figures.claims import (  # noqa: E402
     APPROACH_BD_RATE, DATA_TOLERANCE, SAME_RD_BD_RATE, STORAGE_TOLERANCE, claims_table,
 )
 from lpm.figures.plots import ANCHOR_STYLE, plot_attention, plot_bit_allocation, plot_rd, plot_savings  # noqa: E402
+from lpm.staging import published_path  # noqa: E402
 
 __all__ = [
     "ANCHOR_GROUPS",
@@ -117,6 +118,7 @@ __all__ = [
     "record",
     "results_dir",
     "save_figure",
+    "published_path",
     "save_table",
     "setup",
     "show",
