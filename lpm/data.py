@@ -27,7 +27,6 @@ manifests and ``data/download.py``; :func:`locate_dataset` finds a local copy an
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import io
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, get_worker_info
 from PIL import Image, UnidentifiedImageError
 
-from lpm.fsutil import atomic_write
+from lpm.fsutil import atomic_write, broken_link
 from lpm.fsutil import one_line as _one_line
 from lpm.paths import PROJECT_ROOT as _PROJECT_ROOT
 
@@ -159,16 +158,8 @@ def read_image(
     if not path.exists():
         if os.fspath(path) == "-":  # the convention for standard input, which lpm does not read
             raise FileNotFoundError("image file not found: '-' (lpm does not read standard input; name a file)")
-        if path.is_symlink():  # say what is wrong with the link rather than "not found"
-            try:
-                path.resolve(strict=True)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"image file not found: {path} is a symbolic link to a missing file "
-                                        f"({path.readlink()})") from None
-            except (RuntimeError, OSError) as e:  # a loop: RuntimeError before Python 3.13, ELOOP after
-                if isinstance(e, RuntimeError) or e.errno == errno.ELOOP:
-                    raise FileNotFoundError(f"image file not found: {path} is a symbolic link in a loop") from None
-        raise FileNotFoundError(f"image file not found: {path}")
+        link = broken_link(path)  # say what is wrong with the link rather than "not found"
+        raise FileNotFoundError(f"image file not found: {path}" + (f" is {link}" if link else ""))
     if path.is_dir():
         raise ImageReadError(f"{path}: is a directory, not an image file")
     if not path.is_file():
@@ -314,9 +305,7 @@ def _decode_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
     colour models whose samples are not what a viewer shows (palette, CMYK, YCbCr, Lab, ...)."""
     layout = _tiff_layout(path)
     _check_size(path, layout.height, layout.width, max_pixels)
-    bomb = Image.MAX_IMAGE_PIXELS
-    if max_pixels is not None and bomb:
-        bomb = max(bomb, max_pixels)  # as _pil_pixel_limit raises it
+    bomb = _pil_limit(max_pixels)  # the limit PIL opens it with
     if bomb and layout.height * layout.width > 2 * bomb:  # where PIL itself refuses to open one
         raise ImageTooLargeError(f"{path}: {layout.height}x{layout.width} (HxW) TIFF has {layout.height * layout.width} "
                                  f"pixels, more than twice PIL's decompression-bomb limit of {bomb}")
@@ -461,6 +450,12 @@ def _tiff_layout(path: Path) -> _TiffLayout:
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
+def _pil_limit(max_pixels: int | None) -> int | None:
+    """PIL's decompression-bomb limit while lpm opens an image (:func:`_pil_pixel_limit`): raised to ours."""
+    bomb = Image.MAX_IMAGE_PIXELS
+    return bomb if max_pixels is None or bomb is None else max(bomb, max_pixels)
+
+
 @contextmanager
 def _pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
     """PIL's decompression-bomb limit raised to ``max_pixels`` while an image is opened, and its warning
@@ -474,7 +469,7 @@ def _pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
         return
     with _PIL_LIMIT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        Image.MAX_IMAGE_PIXELS = max(bomb, max_pixels)
+        Image.MAX_IMAGE_PIXELS = _pil_limit(max_pixels)
         try:
             yield
         finally:

@@ -31,9 +31,10 @@ import secrets
 import stat
 import unicodedata
 from collections.abc import Callable, Iterable
-from typing import TextIO
+from pathlib import Path
+from typing import Optional, TextIO
 
-__all__ = ["OutputRefused", "atomic_save", "atomic_write", "atomic_write_text", "check_output", "file_kind", "one_line",
+__all__ = ["OutputRefused", "atomic_save", "atomic_write", "atomic_write_text", "broken_link", "check_output", "file_kind", "one_line",
            "open_append", "printable", "remove_stale_temporaries"]
 
 # Characters of the output's name kept in the temporary's name: ".{prefix}.{12 hex}.tmp" then has at
@@ -88,6 +89,23 @@ def file_kind(mode: int) -> str:
         if test(mode):
             return name
     return "special file"
+
+
+def broken_link(path: str | os.PathLike[str]) -> Optional[str]:
+    """What is wrong with ``path`` if it is a symbolic link that leads nowhere: ``"a symbolic link to a missing
+    file (<target>)"`` or ``"a symbolic link in a loop"``; ``None`` for anything else (for messages that would
+    otherwise just say "not found")."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        return f"a symbolic link to a missing file ({path.readlink()})"
+    except (RuntimeError, OSError) as e:  # a loop: RuntimeError before Python 3.13, ELOOP after
+        if isinstance(e, RuntimeError) or e.errno == errno.ELOOP:
+            return "a symbolic link in a loop"
+    return None
 
 
 def _replaceable(mode: int) -> bool:

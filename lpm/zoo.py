@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from lpm.checkpoints import LoadedCodec, load_codec
+from lpm.fsutil import broken_link
 from lpm.paths import CHECKPOINT_DIR, PROJECT_ROOT  # noqa: F401  (PROJECT_ROOT re-exported)
 from lpm.models import DEFAULT_RATES, CodecConfig, PromptConfig, PromptedCodec, TICCodec
 
@@ -151,14 +152,9 @@ def load(name_or_path: str, device: str = "cpu") -> LoadedCodec:
     if name_or_path in CHECKPOINTS:
         path, expected = checkpoint_path(name_or_path), CHECKPOINTS[name_or_path].sha256
     elif not path.exists():
-        if path.is_symlink():  # say what is wrong with the link rather than "no such name"
-            try:
-                path.resolve(strict=True)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"checkpoint {name_or_path!r} is a symbolic link to a missing file "
-                                        f"({path.readlink()})") from None
-            except (RuntimeError, OSError):  # a loop (RuntimeError before Python 3.13, ELOOP after)
-                raise FileNotFoundError(f"checkpoint {name_or_path!r} is a symbolic link in a loop") from None
+        link = broken_link(path)  # say what is wrong with the link rather than "no such name"
+        if link:
+            raise FileNotFoundError(f"checkpoint {name_or_path!r} is {link}")
         known = ", ".join(sorted(CHECKPOINTS)) or "none shipped yet"
         raise FileNotFoundError(f"no checkpoint file or zoo name {name_or_path!r} (zoo names: {known})")
     loaded = load_codec(path, expected_sha256=expected, device=device)

@@ -363,6 +363,21 @@ def test_notebook_switch_text_and_list_parameters_are_checked_by_name(tmp_path):
         F.results_dir(3)
 
 
+def _calls(name: str):
+    """``(notebook path, cell source, call node)`` of every call of ``name`` (``f(...)`` or ``x.f(...)``) in the
+    code cells of the project's notebooks."""
+    import ast
+
+    for p in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
+        for cell in nbformat.read(str(p), as_version=4).cells:
+            if cell.cell_type != "code" or f"{name}(" not in cell.source:
+                continue
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.Call) and name in (getattr(node.func, "attr", None),
+                                                          getattr(node.func, "id", None)):
+                    yield p, cell.source, node
+
+
 def test_every_table_of_our_numbers_names_the_training_budget():
     """storage_parameters, storage_summary, training_data and comparison_points were written to results/ with
     numbers of the smoke checkpoints and no word of their (reduced) training budget."""
@@ -371,20 +386,14 @@ def test_every_table_of_our_numbers_names_the_training_budget():
     # published numbers with their sources, none of ours; tables with a budget column on every row
     exempt = {"rd_anchor_sources", "claims", "comparison", "comparison_full"}
     seen = set()
-    for p in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
-        for cell in nbformat.read(str(p), as_version=4).cells:
-            if cell.cell_type != "code" or "save_table(" not in cell.source:
-                continue
-            for node in ast.walk(ast.parse(cell.source)):
-                if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "save_table":
-                    name = node.args[1].value
-                    seen.add(name)
-                    if name in exempt:
-                        continue
-                    caption = next((k.value for k in node.keywords if k.arg == "caption"), None)
-                    src = ast.get_source_segment(cell.source, caption) if caption is not None else ""
-                    assert "ctx.budget" in src or "c.budget" in src, \
-                        f"{p.name}: table {name} says nothing of the training budget"
+    for p, source, node in _calls("save_table"):
+        name = node.args[1].value
+        seen.add(name)
+        if name in exempt:
+            continue
+        caption = next((k.value for k in node.keywords if k.arg == "caption"), None)
+        src = ast.get_source_segment(source, caption) if caption is not None else ""
+        assert "ctx.budget" in src or "c.budget" in src, f"{p.name}: table {name} says nothing of the training budget"
     assert {"rd_ours", "storage_summary", "training_data", "comparison_points", "claims"} <= seen
 
 
@@ -394,15 +403,10 @@ def test_every_image_a_notebook_reads_is_bounded_in_pixels():
     import ast
 
     calls = 0
-    for p in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
-        for cell in nbformat.read(str(p), as_version=4).cells:
-            if cell.cell_type != "code" or "read_image(" not in cell.source:
-                continue
-            for node in ast.walk(ast.parse(cell.source)):
-                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "read_image":
-                    calls += 1
-                    assert any(k.arg == "max_pixels" for k in node.keywords), \
-                        f"{p.name}: {ast.get_source_segment(cell.source, node)} reads without a pixel limit"
+    for p, source, node in _calls("read_image"):
+        calls += 1
+        assert any(k.arg == "max_pixels" for k in node.keywords), \
+            f"{p.name}: {ast.get_source_segment(source, node)} reads without a pixel limit"
     assert calls >= 3
 
 

@@ -232,58 +232,42 @@ def test_sigterm_saves_state_passes_the_signal_on_and_resumes_exactly(
     assert all(torch.equal(w[k], ref_w[k]) for k in ref_w)
 
 
-def test_cli_ctrl_c_saves_state_and_exits_130(tmp_path, data_dir, monkeypatch, capsys):  # noqa: F811
-    """``lpm train`` (in process) and a Ctrl-C during step 3: stop after it, save, exit 130."""
-    real_next, calls = CropSampler.next, {"n": 0}
-
-    def next_then_ctrl_c(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_next(self)
-
-    out = tmp_path / "run"
-    config = _write_config(tmp_path, data_dir, out)
-    monkeypatch.setattr(CropSampler, "next", next_then_ctrl_c)
+@pytest.mark.parametrize("sig_name, handler", [
     # a process started in the background by a shell without job control inherits SIGINT ignored, and the
     # runner rightly leaves an ignored signal ignored: give this test the Ctrl-C handler of a terminal
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        rc = main(["train", str(config), "--device", "cpu", "--no-progress"])
-    finally:
-        signal.signal(signal.SIGINT, old)
-    captured = capsys.readouterr()
-    assert rc == 130, captured.err
-    assert int(torch.load(out / "state.pt", weights_only=True)["step"]) == 3
-    assert "interrupted by SIGINT at step 3 of 6" in captured.err and "--resume" in captured.err
-    assert "6 crops of 32px" in captured.out and "Traceback" not in captured.err
-
-
-@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
-def test_cli_sighup_saves_state_and_exits_129(tmp_path, data_dir, monkeypatch, capsys):  # noqa: F811
-    """A closed terminal or ssh session (SIGHUP) during step 3 of ``lpm train`` killed the run without saving
-    (the last periodic state was all that stayed); now it stops after the step, saves and exits 129."""
+    ("SIGINT", signal.default_int_handler),
+    # a closed terminal or ssh session: it killed the run without saving (only the last periodic state stayed)
+    pytest.param("SIGHUP", signal.SIG_DFL, marks=pytest.mark.skipif(not hasattr(signal, "SIGHUP"),
+                                                                      reason="no SIGHUP on this platform")),
+])
+def test_cli_ctrl_c_or_hangup_saves_state_and_exits_128_plus_the_signal(
+    tmp_path, data_dir, monkeypatch, capsys, sig_name, handler  # noqa: F811
+):
+    """``lpm train`` (in process) and a Ctrl-C (exit 130) or SIGHUP (exit 129) during step 3: stop after it,
+    save, put the handler back."""
+    sig = getattr(signal, sig_name)
     real_next, calls = CropSampler.next, {"n": 0}
 
-    def next_then_hangup(self):
+    def next_then_signal(self):
         calls["n"] += 1
         if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), sig)
         return real_next(self)
 
     out = tmp_path / "run"
     config = _write_config(tmp_path, data_dir, out)
-    monkeypatch.setattr(CropSampler, "next", next_then_hangup)
-    old = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (a test runner may ignore it)
+    monkeypatch.setattr(CropSampler, "next", next_then_signal)
+    old = signal.signal(sig, handler)
     try:
         rc = main(["train", str(config), "--device", "cpu", "--no-progress"])
-        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # put back
+        assert signal.getsignal(sig) == handler  # put back
     finally:
-        signal.signal(signal.SIGHUP, old)
+        signal.signal(sig, old)
     captured = capsys.readouterr()
-    assert rc == 128 + signal.SIGHUP, captured.err
+    assert rc == 128 + sig, captured.err
     assert int(torch.load(out / "state.pt", weights_only=True)["step"]) == 3
-    assert "interrupted by SIGHUP at step 3 of 6" in captured.err and "--resume" in captured.err
+    assert f"interrupted by {sig_name} at step 3 of 6" in captured.err and "--resume" in captured.err
+    assert "6 crops of 32px" in captured.out and "Traceback" not in captured.err
 
 
 def test_cli_sigterm_from_outside_exits_143_with_state_saved(tmp_path, data_dir):  # noqa: F811

@@ -81,15 +81,22 @@ def _verdict_from_bd(values: Mapping[str, tuple[Optional[float], str, bool]],
     return text, "supported"
 
 
+def _psnr_share(a: Curve, b: Curve, of: Curve) -> Optional[float]:
+    """The share of ``of``'s PSNR range (``of`` is ``a`` or ``b``) that ``a`` and ``b`` both cover; ``None`` when
+    that range is a single value."""
+    lo, hi = max(min(a.psnr), min(b.psnr)), min(max(a.psnr), max(b.psnr))
+    width = max(of.psnr) - min(of.psnr)
+    return max(0.0, hi - lo) / width if width > 0 else None
+
+
 def _judged_bd(ref: Curve, ours: Curve) -> tuple[Optional[float], str, bool]:
     """``(BD-rate or None, note, ours dominated by ref)`` for an RD claim against ``ref``: the BD-rate counts only
     where the two curves share at least :data:`RANGE_SHARE` of *our* PSNR range (else the BD-rate of a sliver
     of our ladder would decide the verdict for all of it)."""
     v, why = bd_against(ref, ours)
     if v is not None:
-        lo, hi = max(min(ref.psnr), min(ours.psnr)), min(max(ref.psnr), max(ours.psnr))
-        width = max(ours.psnr) - min(ours.psnr)
-        share = max(0.0, hi - lo) / width if width > 0 else 1.0
+        share = _psnr_share(ref, ours, of=ours)
+        share = 1.0 if share is None else share
         if share < RANGE_SHARE:
             shown = _shown(100 * share, 0, lambda x: x >= 100 * RANGE_SHARE)
             v, why = None, (f"BD-rate {v:+.1f} % over only {shown} % of our PSNR range, "
@@ -106,9 +113,7 @@ def same_rd(ours: Curve, separate: Curve, images_name: str) -> dict:
     if v is None:
         return {"measurement": f"n/a ({why})", "value": None, "verdict": f"not measurable yet: {why}"}
     text = f"BD-rate of ours vs {separate.label}: {v:+.2f} % on {images_name}"
-    lo, hi = max(min(separate.psnr), min(ours.psnr)), min(max(separate.psnr), max(ours.psnr))
-    width = max(separate.psnr) - min(separate.psnr)
-    share = max(0.0, hi - lo) / width if width > 0 else 0.0
+    share = _psnr_share(separate, ours, of=separate) or 0.0
     text += f", over {100 * share:.0f} % of the separate models' PSNR range"
     if share < RANGE_SHARE:
         shown = _shown(100 * share, 0, lambda x: x >= 100 * RANGE_SHARE)
